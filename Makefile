@@ -1,0 +1,49 @@
+# `make demo` and `make test` set everything up on a fresh machine (Python >= 3.11, pip).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo demo-drift test test-slow lint format bench clean
+
+$(STAMP): pyproject.toml constraints/cpu.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# CPU torch pinned by the constraints file, not by the package's own requirements.
+	$(BIN)/pip install -q -c constraints/cpu.txt -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/honed run examples/financial-sentiment.yaml --overwrite
+	$(BIN)/honed predict runs/financial-sentiment \
+	  "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn." \
+	  "The company said it will cut 300 jobs after sales fell sharply." \
+	  "The annual general meeting will be held in Helsinki."
+	$(BIN)/honed models list
+
+demo-drift: $(STAMP)
+	$(BIN)/python examples/drift_demo.py
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/pytest -q -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(STAMP)
+	$(BIN)/python bench/train_classification.py
+
+clean:
+	rm -rf runs .honed .pytest_cache

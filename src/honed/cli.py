@@ -1,0 +1,65 @@
+"""The ``honed`` command line: a thin layer over the library.
+
+Only argparse and honed's light modules are imported at start-up; each command imports what it
+needs when it runs, so ``honed --help`` stays fast. Stage packages add their own commands via
+a ``commands`` module exposing ``register(subparsers)`` (listed in ``_COMMAND_MODULES``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from honed import __version__
+from honed.errors import HonedError
+
+# Each module defines register(subparsers) adding its sub-commands (with set_defaults(func=...)).
+_COMMAND_MODULES = (
+    "honed.pipeline.commands",
+    "honed.registry.commands",
+    "honed.train.commands",
+    "honed.serve.commands",
+    "honed.monitor.commands",
+    "honed.security.commands",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="honed",
+        description="Turn a general pretrained model into a specialist and keep it healthy.",
+    )
+    parser.add_argument("--version", action="version", version=f"honed {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int | None] | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(func(args) or 0)
+    except HonedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

