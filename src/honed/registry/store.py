@@ -162,11 +162,11 @@ class Registry:
         )
         previous = None
         try:
-            previous = self.client.get_model_version_by_alias(name, alias).version
+            previous = str(self.client.get_model_version_by_alias(name, alias).version)
         except Exception:  # no previous holder of the alias
             previous = None
         self.client.set_registered_model_alias(name, alias, target.version)
-        if previous and previous != target.version:
+        if previous and previous != str(target.version):
             self.client.set_model_version_tag(
                 name, target.version, f"replaced_{alias}", str(previous)
             )
