@@ -145,3 +145,20 @@ def test_report_has_counts_and_lengths(phrasebank_file):
     assert set(report["rows"]) == {"train", "validation", "test"}
     assert report["length"]["train"]["chars_mean"] > 0
     assert sum(report["rows"].values()) == 90
+
+
+def test_hf_dataset_saved_to_disk(tmp_path):
+    import datasets
+
+    datasets.Dataset.from_list(rows(10)).save_to_disk(str(tmp_path / "ds"))
+    data = load_classification(cfg(format="hf"), str(tmp_path / "ds"))
+    assert sum(data.report["rows"].values()) == 30
+    assert data.source_sha256
+
+
+def test_csv_undecodable_line_is_reported(tmp_path):
+    path = tmp_path / "d.csv"
+    body = "text,label\n" + "\n".join(f"{r['text']},{r['label']}" for r in rows(10))
+    path.write_bytes(body.encode() + b"\nbad \xff bytes,positive\n")
+    with pytest.raises(DataError, match=r"d\.csv:32: undecodable bytes"):
+        load_classification(cfg(), str(path))
