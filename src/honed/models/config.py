@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from honed.config_base import StrictModel
@@ -23,5 +25,11 @@ class ModelConfig(StrictModel):
     )
     trust_remote_code: bool = Field(
         False, description="Run modelling code shipped with the model. Off unless opted in."
+    )
+    pooling: Literal["auto", "cls", "mean"] = Field(
+        "auto",
+        description="Classification head input: 'cls' (the architecture's pooler) or 'mean' "
+        "(masked token mean). 'auto': mean for sentence-transformers bases trained with mean "
+        "pooling (e.g. all-MiniLM-L6-v2), cls otherwise.",
     )
     max_length: int = Field(128, gt=0, le=32768, description="Truncate inputs to this many tokens.")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from honed.errors import ModelError
+from honed.models.heads import load_classifier, resolve_pooling
 
 
 def read_lineage(folder: Path) -> dict[str, Any]:
@@ -49,7 +50,7 @@ class Predictor:
 
     @classmethod
     def from_folder(cls, folder: str | Path, merge: bool = True) -> Predictor:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoTokenizer
 
         folder = Path(folder)
         if not folder.is_dir():
@@ -60,9 +61,7 @@ class Predictor:
         if (folder / "adapter_config.json").is_file():
             model = cls._load_adapter(folder, lineage, merge)
         else:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                str(folder), use_safetensors=True
-            )
+            model = load_classifier(folder, use_safetensors=True)
         labels = lineage.get("labels") or [
             model.config.id2label[i] for i in range(model.config.num_labels)
         ]
@@ -71,11 +70,13 @@ class Predictor:
     @staticmethod
     def _load_adapter(folder: Path, lineage: dict[str, Any], merge: bool) -> Any:
         from peft import PeftModel
-        from transformers import AutoModelForSequenceClassification
 
         labels = lineage.get("labels") or []
-        base = AutoModelForSequenceClassification.from_pretrained(
-            str(adapter_base_path(folder, lineage)),
+        base_path = adapter_base_path(folder, lineage)
+        requested = (lineage.get("spec") or {}).get("model", {}).get("pooling", "auto")
+        base = load_classifier(
+            base_path,
+            resolve_pooling(requested, base_path),
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
             label2id={label: i for i, label in enumerate(labels)},

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from honed.data.dataset import SplitData, load_classification
 from honed.evals import classification as cls_eval
+from honed.models.heads import load_classifier, resolve_pooling
 from honed.models.resolve import load_kwargs
 from honed.train import common
 from honed.train.methods import get_method
@@ -53,11 +54,10 @@ class ClassificationTask:
         return load_classification(spec.data, spec.data_source())
 
     def load_model(self, spec: RunSpec, base: ResolvedModel, labels: list[str]) -> Any:
-        from transformers import AutoModelForSequenceClassification
-
         method = get_method(spec.method.name)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(base.path),
+        model = load_classifier(
+            base.path,
+            resolve_pooling(spec.model.pooling, base.path),
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
             label2id={label: i for i, label in enumerate(labels)},
