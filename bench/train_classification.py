@@ -73,8 +73,14 @@ def run_variant(variant: str, epochs: float, threads: int) -> dict:
     labels = data.labels
     label2id = {label: i for i, label in enumerate(labels)}
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels))
     plain = variant == "plain"
+    if plain:
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels))
+    else:  # honed's own head choice (mean pooling for this sentence-transformers base)
+        from honed.models.heads import load_classifier, resolve_pooling
+
+        pooling = resolve_pooling(spec.model.pooling, Path(path))
+        model = load_classifier(path, pooling, num_labels=len(labels))
     train = _dataset(data.train, tokenizer, label2id, plain)
     args = TrainingArguments(
         output_dir=f"/tmp/honed-bench-{variant}",
