@@ -1,1 +1,20 @@
-"""monitor stage."""
+"""Operate stage: keep a served specialist healthy.
+
+Modules (import what you need; nothing heavy is imported here):
+
+- ``requestlog``: request/feedback tables (SQLAlchemy; SQLite default, PostgreSQL by URL) and
+  :class:`~honed.monitor.requestlog.RequestLogger`, the non-blocking batch writer.
+- ``profile``: :func:`~honed.monitor.profile.build_reference_profile`, saved as
+  ``<model folder>/reference_profile/`` (json + npz).
+- ``drift``: :func:`~honed.monitor.drift.check_drift` (PSI/KL over k-means cells and PCA
+  components, domain-classifier ROC AUC, text statistics, predictions, confidence) with
+  :class:`~honed.monitor.drift.DriftConfig` thresholds.
+- ``window``: reads a window of logged traffic (embeddings cached in the log) and checks it.
+- ``quality``: confidence/feedback agreement, generator output checks (empty, refusal,
+  length, format, PII), latency and error-rate objectives.
+- ``feedback``: ``POST /v1/feedback`` router, feedback store, export to classification /
+  SFT / DPO jsonl.
+- ``alerts``: log line, webhook, Prometheus gauges.
+- ``report``: one self-contained HTML report.
+- ``commands``: ``honed monitor drift|report``, ``honed feedback export``.
+"""

@@ -1,0 +1,199 @@
+"""CLI: ``honed monitor drift``, ``honed monitor report``, ``honed feedback export``.
+
+Only argparse at import time; each handler imports what it needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    monitor = subparsers.add_parser("monitor", help="Drift checks and reports on served traffic.")
+    msub = monitor.add_subparsers(dest="monitor_command", metavar="SUBCOMMAND")
+    monitor.set_defaults(func=lambda _args: monitor.print_help() or 2)
+    _add_drift(msub)
+    _add_report(msub)
+
+    feedback = subparsers.add_parser("feedback", help="User feedback -> training data.")
+    fsub = feedback.add_subparsers(dest="feedback_command", metavar="SUBCOMMAND")
+    feedback.set_defaults(func=lambda _args: feedback.print_help() or 2)
+    export = fsub.add_parser(
+        "export",
+        help="Write corrections / preferred answers as jsonl training data.",
+        description="Classifier corrections -> {text, label}; generator corrections -> SFT "
+        "{prompt, completion}; preferred vs logged answer -> DPO {prompt, chosen, rejected}. "
+        "De-duplicated; each row keeps request_id/feedback_id provenance.",
+    )
+    export.add_argument("--out", required=True, help="Output .jsonl file.")
+    export.add_argument(
+        "--kind",
+        choices=["auto", "classification", "sft", "dpo"],
+        default="auto",
+        help="Which rows; 'auto' writes every kind present (FILE.<kind>.jsonl when several).",
+    )
+    export.add_argument("--since", help="Only feedback this recent (e.g. 7d).")
+    _add_db(export)
+    export.set_defaults(func=_feedback_export)
+
+
+def _add_db(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db",
+        help="Request-log database URL (default: sqlite in the state folder; "
+        "PostgreSQL: postgresql+psycopg://user@host/db).",
+    )
+
+
+def _add_profile(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--profile", help="Reference profile folder.")
+    group.add_argument(
+        "--model",
+        dest="model_ref",
+        help="Model reference (folder, NAME@ALIAS, NAME/VERSION) holding reference_profile/.",
+    )
+
+
+def _add_drift(msub: argparse._SubParsersAction) -> None:
+    drift = msub.add_parser(
+        "drift",
+        help="Check a window of logged traffic against the model's reference profile.",
+        description="Exit code 0: ok/warn/too little data; 1: at least one component alerts.",
+    )
+    drift.add_argument("--since", default="24h", help="Window length back from now (24h).")
+    _add_profile(drift)
+    drift.add_argument("--served-model", help="Only requests logged for this served model id.")
+    drift.add_argument("--thresholds", help="YAML/JSON file of DriftConfig fields.")
+    drift.add_argument("--webhook", help="POST alerts to this URL.")
+    drift.add_argument("--json", action="store_true", help="Print the full result as JSON.")
+    drift.add_argument("--no-save", action="store_true", help="Do not store the result.")
+    _add_db(drift)
+    drift.set_defaults(func=_drift)
+
+
+def _add_report(msub: argparse._SubParsersAction) -> None:
+    report = msub.add_parser("report", help="Write a self-contained HTML monitoring report.")
+    report.add_argument("--out", required=True, help="Output .html file.")
+    report.add_argument("--since", default="7d", help="Period covered (7d).")
+    _add_profile(report)
+    _add_db(report)
+    report.set_defaults(func=_report)
+
+
+def _since(text: str | None):
+    if not text:
+        return None
+    from datetime import UTC, datetime
+
+    from honed.monitor.window import parse_duration
+
+    return datetime.now(UTC) - parse_duration(text)
+
+
+def _load_profile(args: argparse.Namespace, required: bool = True):
+    from honed.errors import HonedError
+    from honed.monitor.profile import PROFILE_DIRNAME, ReferenceProfile
+
+    if args.profile:
+        return ReferenceProfile.load(args.profile)
+    if args.model_ref:
+        from honed.registry.store import resolve_ref
+
+        return ReferenceProfile.load(Path(resolve_ref(args.model_ref)) / PROFILE_DIRNAME)
+    if required:
+        raise HonedError("name the reference: --profile FOLDER or --model REF")
+    return None
+
+
+def _drift_config(path: str | None):
+    from honed.monitor.drift import DriftConfig
+
+    if not path:
+        return DriftConfig()
+    import yaml
+    from pydantic import ValidationError
+
+    from honed.errors import HonedError
+
+    file = Path(path)
+    if not file.is_file():
+        raise HonedError(f"{file}: thresholds file not found")
+    try:
+        return DriftConfig.model_validate(yaml.safe_load(file.read_text(encoding="utf-8")) or {})
+    except (yaml.YAMLError, ValidationError) as err:
+        raise HonedError(f"{file}: invalid thresholds: {err}") from None
+
+
+def _drift(args: argparse.Namespace) -> int:
+    from honed.models.embed import Embedder
+    from honed.monitor.alerts import LogSink, WebhookSink, alerts_from_drift, dispatch
+    from honed.monitor.drift import ALERT
+    from honed.monitor.requestlog import RequestStore
+    from honed.monitor.window import drift_for_window, load_window
+
+    profile = _load_profile(args)
+    config = _drift_config(args.thresholds)
+    store = RequestStore(args.db)
+    since = _since(args.since)
+    lazy = _LazyEmbedder(Embedder)
+    window = load_window(store, since, model=args.served_model, embedder=lazy, dim=profile.dim)
+    report = drift_for_window(profile, window, config)
+    if not args.no_save:
+        store.save_drift_check(report.to_dict())
+    print(json.dumps(report.to_dict(), indent=2) if args.json else _table(report))
+    sinks = [LogSink()] + ([WebhookSink(args.webhook)] if args.webhook else [])
+    errors = dispatch(alerts_from_drift(report, args.served_model), sinks, report)
+    for err in errors:
+        print(f"warning: alert not delivered: {err}", file=sys.stderr)
+    return 1 if report.status == ALERT else 0
+
+
+class _LazyEmbedder:
+    """Loads the packaged MiniLM only when some text lacks a cached embedding."""
+
+    def __init__(self, factory):
+        self.factory, self.model = factory, None
+
+    def encode(self, texts):
+        if self.model is None:
+            self.model = self.factory.packaged()
+        return self.model.encode(texts)
+
+
+def _table(report) -> str:
+    lines = [f"drift: {report.status} ({report.window_size} requests)"]
+    for c in report.components.values():
+        value = "-" if c.value is None else f"{c.value:.3f}"
+        lines.append(
+            f"  {c.name:<18} {c.metric:<9} {value:>8}  warn {c.warn}  alert {c.alert}  {c.status}"
+        )
+    return "\n".join(lines)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from honed.monitor.feedback import FeedbackStore
+    from honed.monitor.report import collect, write_report
+    from honed.monitor.requestlog import RequestStore
+
+    profile = _load_profile(args, required=False)
+    store = RequestStore(args.db)
+    reference = (profile.predictions or profile.labels) if profile else None
+    data = collect(
+        store, FeedbackStore(engine=store.engine), _since(args.since), reference_labels=reference
+    )
+    out = write_report(data, args.out)
+    print(f"wrote {out}")
+    return 0
+
+
+def _feedback_export(args: argparse.Namespace) -> int:
+    from honed.monitor.feedback import FeedbackStore, export_training_data
+
+    written = export_training_data(FeedbackStore(args.db), args.out, args.kind, _since(args.since))
+    for kind, (path, n) in written.items():
+        print(f"{kind}: {n} rows -> {path}")
+    return 0

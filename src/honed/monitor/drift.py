@@ -1,0 +1,411 @@
+"""Drift: a window of traffic against the reference profile.
+
+Components (each with a value, a status and details):
+
+- ``embedding_cells``: PSI (and KL) of the share of texts per k-means cell.
+- ``embedding_pca``: PSI per principal component over reference quantile bins; the status uses
+  the mean over components, the details list each one (and KL).
+- ``domain_classifier``: ROC AUC of a logistic regression telling reference embeddings from
+  window embeddings, cross-validated; 0.5 = indistinguishable. This is Evidently's
+  "model-based" embedding drift method.
+- ``text_length``: PSI of words-per-text over reference quantile bins.
+- ``oov_rate``: increase of the out-of-vocabulary word rate over the reference's.
+- ``language``: total variation distance between language shares (stopword heuristic).
+- ``predictions``: PSI of the predicted-label distribution against the eval predictions.
+- ``confidence``: drop of the mean confidence against the eval confidences.
+
+PSI = sum((w - r) * ln(w / r)) over bins (shares smoothed by ``epsilon``). Conventional
+reading: < 0.1 no significant change, 0.1-0.2 moderate, > 0.2 significant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from honed.config_base import StrictModel
+from honed.errors import HonedError
+from honed.monitor import textstats
+from honed.monitor.profile import (
+    ReferenceProfile,
+    TextEmbedder,
+    bin_shares,
+    confidence_summary,
+    shares,
+)
+
+OK, WARN, ALERT, SKIPPED, INSUFFICIENT = "ok", "warn", "alert", "skipped", "insufficient_data"
+_SEVERITY = {SKIPPED: -1, OK: 0, WARN: 1, ALERT: 2}
+COMPONENTS = (
+    "embedding_cells",
+    "embedding_pca",
+    "domain_classifier",
+    "text_length",
+    "oov_rate",
+    "language",
+    "predictions",
+    "confidence",
+)
+
+
+class DriftConfig(StrictModel):
+    """Thresholds and knobs of a drift check. A component is ``warn`` at or above its warn
+    threshold and ``alert`` at or above its alert threshold; the check's status is the worst
+    component status."""
+
+    psi_warn: float = Field(0.1, gt=0, description="PSI warn threshold (convention: 0.1).")
+    psi_alert: float = Field(0.2, gt=0, description="PSI alert threshold (convention: 0.2).")
+    auc_warn: float = Field(
+        0.55, gt=0.5, le=1, description="Domain-classifier ROC AUC warn (Evidently default 0.55)."
+    )
+    auc_alert: float = Field(0.6, gt=0.5, le=1, description="Domain-classifier ROC AUC alert.")
+    oov_warn: float = Field(
+        0.05, gt=0, description="Warn when the OOV word rate rises this much (absolute)."
+    )
+    oov_alert: float = Field(0.1, gt=0, description="Alert on this absolute OOV-rate rise.")
+    language_warn: float = Field(
+        0.1, gt=0, le=1, description="Warn on this total variation distance of language shares."
+    )
+    language_alert: float = Field(0.2, gt=0, le=1, description="Alert on this language TVD.")
+    confidence_warn: float = Field(
+        0.05, gt=0, le=1, description="Warn when mean confidence drops this much (absolute)."
+    )
+    confidence_alert: float = Field(0.1, gt=0, le=1, description="Alert on this confidence drop.")
+    min_window: int = Field(
+        50, ge=2, description="Fewer window requests than this: status 'insufficient_data'."
+    )
+    classifier_max_samples: int = Field(
+        1000, ge=20, description="Per side (reference, window) rows fed to the domain classifier."
+    )
+    cv_folds: int = Field(5, ge=2, le=20, description="Cross-validation folds of the classifier.")
+    classifier_c: float = Field(
+        0.1,
+        gt=0,
+        description="Inverse L2 strength of the logistic regression. Strong (0.1): hundreds "
+        "of rows in 384 dimensions overfit otherwise, which adds noise to in-domain AUCs.",
+    )
+    epsilon: float = Field(
+        1e-4,
+        gt=0,
+        lt=0.01,
+        description="Share floor so PSI/KL stay finite on empty bins; the floor used is at "
+        "least 0.5 / window size (half a count), so one empty bin in a small window does not "
+        "read as drift.",
+    )
+    ignore: tuple[str, ...] = Field(
+        (), description=f"Components computed but left out of the overall status: {COMPONENTS}."
+    )
+    seed: int = Field(0, description="Seed of the classifier's sampling and folds.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DriftConfig:
+        for name in ("psi", "auc", "oov", "language", "confidence"):
+            warn, alert = getattr(self, f"{name}_warn"), getattr(self, f"{name}_alert")
+            if alert < warn:
+                raise ValueError(f"{name}_alert ({alert}) must be >= {name}_warn ({warn})")
+        unknown = set(self.ignore) - set(COMPONENTS)
+        if unknown:
+            raise ValueError(f"ignore: unknown components {sorted(unknown)}; known: {COMPONENTS}")
+        return self
+
+
+@dataclass
+class ComponentResult:
+    name: str
+    metric: str
+    value: float | None
+    status: str
+    warn: float | None = None
+    alert: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DriftReport:
+    status: str
+    window_size: int
+    components: dict[str, ComponentResult]
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    window_start: str | None = None
+    window_end: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DriftReport:
+        comps = {k: ComponentResult(**v) for k, v in data["components"].items()}
+        return cls(**{**data, "components": comps})
+
+    def alerts(self) -> list[ComponentResult]:
+        return [c for c in self.components.values() if c.status in (WARN, ALERT)]
+
+
+def smoothed(p: np.ndarray, eps: float) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), eps, None)
+    return p / p.sum()
+
+
+def psi(reference: np.ndarray, window: np.ndarray, eps: float = 1e-4) -> float:
+    """Population stability index between two share vectors of equal length."""
+    r, w = smoothed(reference, eps), smoothed(window, eps)
+    return float(np.sum((w - r) * np.log(w / r)))
+
+
+def kl(reference: np.ndarray, window: np.ndarray, eps: float = 1e-4) -> float:
+    """KL(window || reference) in nats."""
+    r, w = smoothed(reference, eps), smoothed(window, eps)
+    return float(np.sum(w * np.log(w / r)))
+
+
+def grade(value: float, warn: float, alert: float) -> str:
+    return ALERT if value >= alert else WARN if value >= warn else OK
+
+
+def floor(cfg: DriftConfig, n_window: int) -> float:
+    """Share floor for PSI/KL: half a count of the window (Jeffreys-style), or epsilon."""
+    return max(cfg.epsilon, 0.5 / max(n_window, 1))
+
+
+def _psi_result(name: str, value: float, cfg: DriftConfig, **details: Any) -> ComponentResult:
+    return ComponentResult(
+        name,
+        "psi",
+        value,
+        grade(value, cfg.psi_warn, cfg.psi_alert),
+        cfg.psi_warn,
+        cfg.psi_alert,
+        details,
+    )
+
+
+def cells_drift(profile: ReferenceProfile, emb: np.ndarray, cfg: DriftConfig) -> ComponentResult:
+    """Nearest-centroid cell shares of ``emb`` (n, d) against the reference's (k,)."""
+    centroids = profile.centroids.astype(np.float32)  # (k, d)
+    # Squared distances without materialising (n, k, d): |x|^2 - 2 x.c + |c|^2.
+    d2 = -2.0 * emb @ centroids.T + (centroids**2).sum(1)[None, :]  # (n, k), |x|^2 dropped
+    cells = d2.argmin(1)
+    window = np.bincount(cells, minlength=len(centroids)) / len(emb)
+    ref, eps = profile.cell_shares, floor(cfg, len(emb))
+    return _psi_result(
+        "embedding_cells",
+        psi(ref, window, eps),
+        cfg,
+        kl=kl(ref, window, eps),
+        reference_shares=ref.tolist(),
+        window_shares=window.tolist(),
+    )
+
+
+def pca_drift(profile: ReferenceProfile, emb: np.ndarray, cfg: DriftConfig) -> ComponentResult:
+    proj = (emb - profile.pca_mean) @ profile.pca_components.T  # (n, c)
+    psis, kls = [], []
+    eps = floor(cfg, len(emb))
+    for j in range(proj.shape[1]):
+        window = bin_shares(proj[:, j], profile.pca_edges[j])
+        ref = profile.pca_shares[j]
+        psis.append(psi(ref, window, eps))
+        kls.append(kl(ref, window, eps))
+    return _psi_result(
+        "embedding_pca",
+        float(np.mean(psis)),
+        cfg,
+        per_component_psi=psis,
+        per_component_kl=kls,
+        max_psi=float(np.max(psis)),
+        kl_mean=float(np.mean(kls)),
+        explained_variance=profile.pca_explained.tolist(),
+    )
+
+
+def domain_classifier_auc(
+    reference: np.ndarray,
+    window: np.ndarray,
+    folds: int = 5,
+    max_samples: int = 1000,
+    seed: int = 0,
+    c: float = 0.1,
+) -> float:
+    """Cross-validated ROC AUC of logistic regression telling window rows (label 1) from
+    reference rows (label 0); each side subsampled to ``max_samples`` and balanced."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    rng = np.random.default_rng(seed)
+    n = min(len(reference), len(window), max_samples)
+    ref = reference[rng.choice(len(reference), n, replace=False)].astype(np.float32)
+    win = window[rng.choice(len(window), n, replace=False)].astype(np.float32)
+    x = np.concatenate([ref, win])  # (2n, d)
+    y = np.concatenate([np.zeros(n), np.ones(n)])
+    splitter = StratifiedKFold(n_splits=min(folds, n), shuffle=True, random_state=seed)
+    clf = LogisticRegression(C=c, max_iter=1000)
+    scores = cross_val_predict(clf, x, y, cv=splitter, method="decision_function")
+    return float(roc_auc_score(y, scores))
+
+
+def classifier_drift(
+    profile: ReferenceProfile, emb: np.ndarray, cfg: DriftConfig
+) -> ComponentResult:
+    auc = domain_classifier_auc(
+        profile.embedding_sample,
+        emb,
+        cfg.cv_folds,
+        cfg.classifier_max_samples,
+        cfg.seed,
+        cfg.classifier_c,
+    )
+    status = grade(auc, cfg.auc_warn, cfg.auc_alert)
+    return ComponentResult("domain_classifier", "roc_auc", auc, status, cfg.auc_warn, cfg.auc_alert)
+
+
+def text_drift(profile: ReferenceProfile, texts: Sequence[str], cfg: DriftConfig) -> list:
+    ref_text = profile.text
+    lengths, rate, window_lang = textstats.analyse(texts, frozenset(ref_text["vocab"]))
+    window_len = bin_shares(lengths, profile.length_edges)
+    length = _psi_result(
+        "text_length",
+        psi(np.asarray(ref_text["length_shares"]), window_len, floor(cfg, len(texts))),
+        cfg,
+        reference_mean_words=ref_text["mean_words"],
+        window_mean_words=float(lengths.mean()),
+    )
+    rise = rate - ref_text["oov_rate"]
+    oov = ComponentResult(
+        "oov_rate",
+        "oov_rise",
+        rise,
+        grade(rise, cfg.oov_warn, cfg.oov_alert),
+        cfg.oov_warn,
+        cfg.oov_alert,
+        {"reference": ref_text["oov_rate"], "window": rate},
+    )
+    ref_lang = ref_text["languages"]
+    tvd = 0.5 * sum(abs(window_lang.get(k, 0) - ref_lang.get(k, 0)) for k in textstats.LANGUAGES)
+    lang = ComponentResult(
+        "language",
+        "tvd",
+        tvd,
+        grade(tvd, cfg.language_warn, cfg.language_alert),
+        cfg.language_warn,
+        cfg.language_alert,
+        {"reference": ref_lang, "window": window_lang},
+    )
+    return [length, oov, lang]
+
+
+def prediction_drift(
+    profile: ReferenceProfile, predictions: Sequence[Any], cfg: DriftConfig
+) -> ComponentResult:
+    ref = profile.predictions or profile.labels or {}
+    window = shares(predictions)
+    keys = sorted(set(ref) | set(window))
+    r = np.array([ref.get(k, 0.0) for k in keys])
+    w = np.array([window.get(k, 0.0) for k in keys])
+    return _psi_result(
+        "predictions", psi(r, w, floor(cfg, len(predictions))), cfg, reference=ref, window=window
+    )
+
+
+def confidence_drift(
+    profile: ReferenceProfile, confidences: Sequence[float], cfg: DriftConfig
+) -> ComponentResult:
+    ref = profile.confidence or {}
+    window = confidence_summary(confidences)
+    drop = ref.get("mean", 0.0) - window["mean"]
+    status = grade(drop, cfg.confidence_warn, cfg.confidence_alert)
+    return ComponentResult(
+        "confidence",
+        "mean_drop",
+        drop,
+        status,
+        cfg.confidence_warn,
+        cfg.confidence_alert,
+        {
+            "reference_mean": ref.get("mean"),
+            "window_mean": window["mean"],
+            "window_hist": window["hist"],
+        },
+    )
+
+
+def check_drift(
+    profile: ReferenceProfile,
+    texts: Sequence[str] | None = None,
+    *,
+    embeddings: np.ndarray | None = None,
+    predictions: Sequence[Any] | None = None,
+    confidences: Sequence[float] | None = None,
+    embedder: TextEmbedder | None = None,
+    config: DriftConfig | None = None,
+) -> DriftReport:
+    """Compare one window of traffic with ``profile``. Embedding components need
+    ``embeddings`` (n, d) or ``texts`` + ``embedder``; text components need ``texts``;
+    prediction/confidence components need those (at least ``min_window`` of them; they may
+    cover part of the window) and a profile that holds them."""
+    cfg = config or DriftConfig()
+    n = _window_size(texts, embeddings)
+    if n < cfg.min_window:
+        return DriftReport(INSUFFICIENT, n, {})
+    results: list[ComponentResult] = []
+    emb = _window_embeddings(profile, texts, embeddings, embedder)
+    if emb is not None:
+        results += [
+            cells_drift(profile, emb, cfg),
+            pca_drift(profile, emb, cfg),
+            classifier_drift(profile, emb, cfg),
+        ]
+    if texts is not None:
+        results += text_drift(profile, list(texts), cfg)
+    # Predictions/confidences may cover only part of the window (e.g. classifier routes).
+    if _enough(predictions, cfg) and (profile.predictions or profile.labels):
+        results.append(prediction_drift(profile, predictions, cfg))
+    if _enough(confidences, cfg) and profile.confidence:
+        results.append(confidence_drift(profile, confidences, cfg))
+    components = {r.name: r for r in results}
+    return DriftReport(overall_status(components, cfg), n, components)
+
+
+def _enough(values: Sequence[Any] | None, cfg: DriftConfig) -> bool:
+    return values is not None and len(values) >= cfg.min_window
+
+
+def overall_status(components: dict[str, ComponentResult], cfg: DriftConfig) -> str:
+    counted = [c.status for name, c in components.items() if name not in cfg.ignore]
+    if not counted:
+        return SKIPPED
+    return max(counted, key=lambda s: _SEVERITY.get(s, -1))
+
+
+def _window_size(texts: Sequence[str] | None, embeddings: np.ndarray | None) -> int:
+    if texts is None and embeddings is None:
+        raise HonedError("drift check needs texts or embeddings of the window")
+    if texts is not None and embeddings is not None and len(texts) != len(embeddings):
+        raise HonedError(
+            f"drift window: {len(texts)} texts but {len(embeddings)} embeddings (must match)"
+        )
+    return len(texts) if texts is not None else len(embeddings)
+
+
+def _window_embeddings(
+    profile: ReferenceProfile,
+    texts: Sequence[str] | None,
+    embeddings: np.ndarray | None,
+    embedder: TextEmbedder | None,
+) -> np.ndarray | None:
+    if embeddings is None:
+        if texts is None or embedder is None:
+            return None
+        embeddings = embedder.encode(list(texts))
+    emb = np.asarray(embeddings, dtype=np.float32)
+    if emb.ndim != 2 or emb.shape[1] != profile.dim:
+        raise HonedError(
+            f"window embeddings have shape {emb.shape}; the profile expects (n, {profile.dim}) "
+            "(same embedding model as the reference)"
+        )
+    return emb

@@ -1,0 +1,249 @@
+"""Output quality and service objectives.
+
+- Classifiers: confidence distribution (mean, low-confidence share, histogram) and agreement
+  with the labels users gave as feedback.
+- Generators: empty outputs, refusals (phrase list), length anomalies against the reference
+  character-length quantiles, format validity (JSON or a regex), PII in outputs (emails,
+  phones, credit cards passing Luhn, IBANs passing mod-97, US SSNs).
+- Service: latency p50/p95/p99 and error rate against objectives.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from honed.config_base import StrictModel
+from honed.monitor.profile import confidence_summary
+
+REFUSAL_PHRASES = (
+    "i'm sorry, but",
+    "i am sorry, but",
+    "i can't help with",
+    "i cannot help with",
+    "i can't assist",
+    "i cannot assist",
+    "i'm unable to",
+    "i am unable to",
+    "i won't be able to",
+    "as an ai language model",
+    "i cannot provide",
+    "i can't provide",
+    "i must decline",
+)
+
+
+class QualityConfig(StrictModel):
+    """Checks on generated outputs and service objectives."""
+
+    output_format: Literal["text", "json", "regex"] = Field(
+        "text", description="Expected output format: free text, a JSON document, or a regex."
+    )
+    format_regex: str | None = Field(
+        None, description="Pattern the whole output must match when output_format is 'regex'."
+    )
+    refusal_phrases: tuple[str, ...] = Field(
+        REFUSAL_PHRASES, description="Lower-case phrases marking a refusal."
+    )
+    min_chars_quantile: str = Field(
+        "0.01", description="Reference char-length quantile below which an output is too short."
+    )
+    max_chars_quantile: str = Field(
+        "0.99", description="Reference char-length quantile above which an output is too long."
+    )
+    low_confidence: float = Field(
+        0.5, ge=0, le=1, description="Classifier confidence below this counts as low."
+    )
+    latency_p95_ms: float = Field(1000.0, gt=0, description="Objective: p95 latency (ms).")
+    latency_p99_ms: float = Field(2500.0, gt=0, description="Objective: p99 latency (ms).")
+    max_error_rate: float = Field(
+        0.01, ge=0, le=1, description="Objective: share of requests with status >= 500 or error."
+    )
+
+
+# --- PII -------------------------------------------------------------------------------------
+
+_EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")
+_PHONE = re.compile(
+    r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]\d{2,4}){2,4}(?!\w)"
+)
+_CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
+_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,4})?\b")
+_SSN = re.compile(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b")
+
+
+def luhn_ok(number: str) -> bool:
+    digits = [int(c) for c in number if c.isdigit()]
+    if not 13 <= len(digits) <= 19:
+        return False
+    total = 0
+    for i, d in enumerate(reversed(digits)):
+        if i % 2 == 1:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def iban_ok(candidate: str) -> bool:
+    s = candidate.replace(" ", "")
+    if not 15 <= len(s) <= 34:
+        return False
+    rearranged = s[4:] + s[:4]
+    number = "".join(str(int(c, 36)) for c in rearranged)  # A=10 ... Z=35
+    return int(number) % 97 == 1
+
+
+def _phones(text: str, taken: Iterable[str]) -> list[str]:
+    """Phone-like digit groups: 7-12 digits (up to 15 after a leading '+', E.164), not a
+    substring of a card number or SSN found already."""
+    taken = list(taken)
+    out = []
+    for m in _PHONE.findall(text):
+        digits = sum(c.isdigit() for c in m)
+        limit = 15 if m.startswith("+") else 12
+        if 7 <= digits <= limit and not any(m in t or t in m for t in taken):
+            out.append(m)
+    return out
+
+
+def find_pii(text: str) -> dict[str, list[str]]:
+    """PII found in ``text`` by type (validated with checksums where they exist)."""
+    cards = [m for m in _CARD.findall(text) if luhn_ok(m)]
+    ssns = _SSN.findall(text)
+    hits = {
+        "email": _EMAIL.findall(text),
+        "credit_card": cards,
+        "iban": [m for m in _IBAN.findall(text) if iban_ok(m)],
+        "ssn": ssns,
+        "phone": _phones(text, cards + ssns),
+    }
+    return {kind: found for kind, found in hits.items() if found}
+
+
+def redact_pii(text: str) -> str:
+    """A ready-made redaction hook for the request log: each PII match -> ``[TYPE]``."""
+    for kind, hits in find_pii(text).items():
+        for hit in sorted(set(hits), key=len, reverse=True):  # longest first: no partial hits
+            text = text.replace(hit, f"[{kind.upper()}]")
+    return text
+
+
+# --- generator outputs -----------------------------------------------------------------------
+
+
+def is_refusal(text: str, phrases: Sequence[str] = REFUSAL_PHRASES) -> bool:
+    low = text.strip().lower().replace("’", "'")
+    return any(p in low for p in phrases)
+
+
+def format_ok(text: str, cfg: QualityConfig) -> bool:
+    if cfg.output_format == "json":
+        try:
+            json.loads(text)
+        except ValueError:
+            return False
+        return True
+    if cfg.output_format == "regex":
+        if cfg.format_regex is None:
+            raise ValueError("output_format 'regex' needs format_regex")
+        return re.fullmatch(cfg.format_regex, text, flags=re.DOTALL) is not None
+    return True
+
+
+def check_output(
+    text: str | None, cfg: QualityConfig, char_quantiles: dict[str, float] | None = None
+) -> list[str]:
+    """Flags for one generated output: empty, refusal, too_short, too_long, bad_format,
+    pii:<type>."""
+    text = text or ""
+    if not text.strip():
+        return ["empty"]
+    flags = []
+    if is_refusal(text, cfg.refusal_phrases):
+        flags.append("refusal")
+    if char_quantiles:
+        low = char_quantiles.get(cfg.min_chars_quantile)
+        high = char_quantiles.get(cfg.max_chars_quantile)
+        if low is not None and len(text) < low:
+            flags.append("too_short")
+        if high is not None and len(text) > high:
+            flags.append("too_long")
+    if not format_ok(text, cfg):
+        flags.append("bad_format")
+    flags += [f"pii:{kind}" for kind in find_pii(text)]
+    return flags
+
+
+def generation_quality(
+    outputs: Sequence[str | None],
+    cfg: QualityConfig | None = None,
+    char_quantiles: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Rates of each flag over ``outputs`` (e.g. ``{"empty": 0.01, "pii:email": 0.002}``)."""
+    cfg = cfg or QualityConfig()
+    counts: Counter[str] = Counter()
+    for text in outputs:
+        counts.update(set(check_output(text, cfg, char_quantiles)))
+    n = max(len(outputs), 1)
+    rates = {flag: c / n for flag, c in sorted(counts.items())}
+    pii_any = sum(c for flag, c in counts.items() if flag.startswith("pii:"))
+    return {"n": len(outputs), "rates": rates, "pii_outputs": pii_any}
+
+
+# --- classifiers -----------------------------------------------------------------------------
+
+
+def classifier_quality(
+    confidences: Sequence[float],
+    predictions: Sequence[str] | None = None,
+    feedback_labels: Sequence[str | None] | None = None,
+    cfg: QualityConfig | None = None,
+) -> dict[str, Any]:
+    """Confidence summary; agreement of predictions with user-given labels (where given)."""
+    cfg = cfg or QualityConfig()
+    conf = np.asarray(confidences, dtype=np.float64)
+    out: dict[str, Any] = {
+        "confidence": confidence_summary(conf),
+        "low_confidence_share": float((conf < cfg.low_confidence).mean()) if len(conf) else 0.0,
+    }
+    if predictions is not None and feedback_labels is not None:
+        if len(predictions) != len(feedback_labels):
+            raise ValueError("predictions and feedback_labels differ in length")
+        pairs = [(p, f) for p, f in zip(predictions, feedback_labels, strict=True) if f]
+        out["feedback_n"] = len(pairs)
+        out["feedback_agreement"] = sum(p == f for p, f in pairs) / len(pairs) if pairs else None
+    return out
+
+
+# --- service objectives ----------------------------------------------------------------------
+
+
+def service_objectives(
+    latencies_ms: Iterable[float | None],
+    status_codes: Iterable[int | None],
+    errors: Iterable[str | None] | None = None,
+    cfg: QualityConfig | None = None,
+) -> dict[str, Any]:
+    """Latency percentiles, error rate, and which objectives are breached."""
+    cfg = cfg or QualityConfig()
+    lat = np.array([x for x in latencies_ms if x is not None], dtype=np.float64)
+    codes = list(status_codes)
+    errs = list(errors) if errors is not None else [None] * len(codes)
+    failed = sum((c or 0) >= 500 or bool(e) for c, e in zip(codes, errs, strict=True))
+    n = len(codes)
+    pct = {f"p{q}": float(np.percentile(lat, q)) if len(lat) else None for q in (50, 95, 99)}
+    error_rate = failed / n if n else 0.0
+    breaches = []
+    if pct["p95"] is not None and pct["p95"] > cfg.latency_p95_ms:
+        breaches.append("latency_p95")
+    if pct["p99"] is not None and pct["p99"] > cfg.latency_p99_ms:
+        breaches.append("latency_p99")
+    if error_rate > cfg.max_error_rate:
+        breaches.append("error_rate")
+    return {"n": n, "latency_ms": pct, "error_rate": error_rate, "breaches": breaches}

@@ -1,0 +1,137 @@
+"""Replay experiments for the drift demo and benchmark: in-domain financial headlines
+(Financial PhraseBank) as reference and stream, off-domain text mixed into shifted windows.
+
+Used by ``examples/drift_demo.py`` (``make demo-drift``) and ``bench/drift_detection.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from honed.errors import DataError
+from honed.monitor.drift import ALERT, DriftConfig, DriftReport, check_drift
+from honed.monitor.profile import ProfileConfig, ReferenceProfile, build_reference_profile
+
+PHRASEBANK = Path("financial_phrasebank/Sentences_AllAgree.txt")
+ALPACA = Path("alpaca/alpaca_5000.json")
+INJECTIONS = Path("security/prompt_injection/prompt_injections.jsonl")
+
+
+def find_data(relative: Path, repo_root: Path | None = None) -> Path:
+    """``data/<relative>`` in the repo when present, else ``../shared/data/<relative>``."""
+    root = repo_root or Path(__file__).resolve().parents[3]
+    for base in (root / "data", root.parent / "shared" / "data"):
+        if (base / relative).is_file():
+            return base / relative
+    raise DataError(f"{relative}: not found under {root / 'data'} or {root.parent}/shared/data")
+
+
+def load_phrasebank(path: Path | None = None) -> tuple[list[str], list[str]]:
+    """Sentences and labels of ``sentence@label`` lines (ISO-8859-1)."""
+    path = path or find_data(PHRASEBANK)
+    texts, labels = [], []
+    for line in path.read_text(encoding="iso-8859-1").splitlines():
+        if "@" in line:
+            text, label = line.rsplit("@", 1)
+            texts.append(text.strip())
+            labels.append(label.strip())
+    return texts, labels
+
+
+def load_alpaca(path: Path | None = None, limit: int = 2000) -> list[str]:
+    """Alpaca instructions (with their input when there is one): off-domain requests."""
+    rows = json.loads((path or find_data(ALPACA)).read_text(encoding="utf-8"))
+    out = [(r["instruction"] + ("\n" + r["input"] if r.get("input") else "")) for r in rows]
+    return out[:limit]
+
+
+def load_german(path: Path | None = None) -> list[str]:
+    """German texts of the prompt-injection set (stopword guess): another language."""
+    from honed.monitor.textstats import guess_language
+
+    lines = (path or find_data(INJECTIONS)).read_text(encoding="utf-8").splitlines()
+    texts = [json.loads(line)["text"] for line in lines if line.strip()]
+    return [t for t in texts if guess_language(t) == "de"]
+
+
+def cached_embeddings(texts: Sequence[str], encode: Callable[[list[str]], np.ndarray]):
+    """Embeddings (n, d) from the state cache, computed once per distinct text list."""
+    from honed.state import cache_dir
+
+    key = hashlib.sha256("\x1e".join(texts).encode("utf-8")).hexdigest()[:24]
+    path = cache_dir("embeddings") / f"{key}.npy"
+    if path.is_file():
+        return np.load(path, allow_pickle=False)
+    emb = np.asarray(encode(list(texts)), dtype=np.float32)
+    np.save(path, emb)
+    return emb
+
+
+@dataclass
+class Corpus:
+    """Texts and their embeddings (n, d), aligned."""
+
+    texts: list[str]
+    emb: np.ndarray
+
+    def take(self, idx: np.ndarray) -> Corpus:
+        return Corpus([self.texts[i] for i in idx], self.emb[idx])
+
+
+@dataclass
+class Trial:
+    in_domain: list[DriftReport]
+    shifted: list[DriftReport]
+
+    @property
+    def false_alarms(self) -> int:
+        return sum(r.status == ALERT for r in self.in_domain)
+
+    @property
+    def detections(self) -> int:
+        return sum(r.status == ALERT for r in self.shifted)
+
+
+def run_trial(
+    domain: Corpus,
+    off: Corpus,
+    seed: int,
+    *,
+    window: int = 200,
+    n_in_domain: int = 10,
+    n_shifted: int = 1,
+    mix: float = 0.3,
+    reference_size: int = 1200,
+    drift_config: DriftConfig | None = None,
+) -> Trial:
+    """Reference from ``reference_size`` in-domain texts; ``n_in_domain`` windows drawn from
+    the held-out in-domain texts; ``n_shifted`` windows with ``mix`` off-domain texts."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(domain.texts))
+    ref, pool = domain.take(order[:reference_size]), domain.take(order[reference_size:])
+    profile = build_reference_profile(
+        ref.texts, embeddings=ref.emb, config=ProfileConfig(seed=seed)
+    )
+    cfg = drift_config or DriftConfig(seed=seed)
+    in_domain = [
+        _check(profile, pool.take(rng.choice(len(pool.texts), window, replace=False)), cfg)
+        for _ in range(n_in_domain)
+    ]
+    n_off = round(window * mix)
+    shifted = []
+    for _ in range(n_shifted):
+        part_in = pool.take(rng.choice(len(pool.texts), window - n_off, replace=False))
+        part_off = off.take(rng.choice(len(off.texts), n_off, replace=False))
+        mixed = Corpus(part_in.texts + part_off.texts, np.concatenate([part_in.emb, part_off.emb]))
+        shifted.append(_check(profile, mixed, cfg))
+    return Trial(in_domain, shifted)
+
+
+def _check(profile: ReferenceProfile, window: Corpus, cfg: DriftConfig) -> DriftReport:
+    return check_drift(profile, window.texts, embeddings=window.emb, config=cfg)

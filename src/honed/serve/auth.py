@@ -1,0 +1,260 @@
+"""API keys (stored hashed), scopes, per-key token buckets, and the body-size limit.
+
+`AccessMiddleware` (pure ASGI) runs before routing, so with keys configured nothing but
+`/healthz` answers without a valid key: not the docs, not /metrics, not even a 404.
+Route dependencies (`deps.InferKey`, `deps.AdminKey`) then check the key's scopes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from fastapi import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from honed.serve.settings import ApiKeyEntry, ServeConfigError, ServeSettings
+
+OPEN_PATHS = frozenset({"/healthz"})
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    return "hk-" + secrets.token_urlsafe(32)
+
+
+@dataclass
+class TokenBucket:
+    """`rate` tokens per second up to `burst`; one request costs one token."""
+
+    rate: float
+    burst: int
+    tokens: float = field(init=False)
+    stamp: float = field(default_factory=time.monotonic)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.tokens = float(self.burst)
+
+    def take(self) -> float:
+        """0.0 when allowed, else seconds until a token is available."""
+        with self.lock:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            if self.tokens >= 1.0:
+                self.tokens -= 1.0
+                return 0.0
+            return (1.0 - self.tokens) / self.rate
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """An authenticated caller (what routes see; never the key itself)."""
+
+    name: str
+    scopes: frozenset[str]
+
+
+class KeyStore:
+    """Hashed keys; lookup compares every digest in constant time."""
+
+    def __init__(self, entries: list[ApiKeyEntry], rate: float | None, burst: int) -> None:
+        self.entries = entries
+        self.buckets: dict[str, TokenBucket] = {}
+        for e in entries:
+            r = e.rate_limit_rps or rate
+            if r is not None:
+                self.buckets[e.sha256] = TokenBucket(r, burst)
+
+    @classmethod
+    def from_settings(cls, settings: ServeSettings) -> KeyStore:
+        entries = list(settings.api_keys)
+        if settings.api_keys_file is not None:
+            entries += read_keys_file(settings.api_keys_file)
+        return cls(entries, settings.rate_limit_rps, settings.rate_limit_burst)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.entries)
+
+    def lookup(self, key: str) -> ApiKeyEntry | None:
+        digest = hash_key(key)
+        found = None
+        for e in self.entries:  # no early exit: timing does not reveal which entry matched
+            if hmac.compare_digest(digest, e.sha256):
+                found = e
+        return found
+
+    def throttle(self, entry: ApiKeyEntry) -> float:
+        bucket = self.buckets.get(entry.sha256)
+        return bucket.take() if bucket else 0.0
+
+
+def read_keys_file(path: Path) -> list[ApiKeyEntry]:
+    """`keys: [{name, sha256, scopes, rate_limit_rps}]` from YAML or JSON."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ServeConfigError(f"api keys file {path}: {err}") from None
+    items = data.get("keys") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise ServeConfigError(f"api keys file {path}: expected a top-level 'keys:' list")
+    try:
+        return [ApiKeyEntry(**item) for item in items]
+    except (TypeError, ValueError) as err:
+        raise ServeConfigError(f"api keys file {path}: {err}") from None
+
+
+def append_key(path: Path, name: str, scopes: list[str]) -> str:
+    """Create a key, store its hash in `path`, return the key (shown once)."""
+    key = new_key()
+    entries = read_keys_file(path) if path.exists() else []
+    if any(e.name == name for e in entries):
+        raise ServeConfigError(f"{path}: a key named {name!r} exists already")
+    entries.append(ApiKeyEntry(name=name, sha256=hash_key(key), scopes=scopes))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"keys": [e.model_dump(exclude_none=True) for e in entries]}))
+    path.chmod(0o600)
+    return key
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from `receive`; FastAPI re-raises HTTPExceptions met while reading a body."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body exceeds {limit} bytes")
+
+
+def _error(status: int, message: str, type_: str, code: str, headers: dict | None = None):
+    body = json.dumps(
+        {"error": {"message": message, "type": type_, "param": None, "code": code}}
+    ).encode()
+    hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    hdrs += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    return body, hdrs
+
+
+class AccessMiddleware:
+    """Authenticate, rate-limit and cap the body of every HTTP request but /healthz."""
+
+    def __init__(self, app: ASGIApp, keys: KeyStore, max_body: int, retry_after: int) -> None:
+        self.app = app
+        self.keys = keys
+        self.max_body = max_body
+        self.retry_after = retry_after
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        refusal = self._authenticate(scope)
+        if refusal is None:
+            refusal = self._check_length(scope)
+        if refusal is not None:
+            await _send(send, *refusal)
+            return
+        await self._call_limited(scope, receive, send)
+
+    def _authenticate(self, scope: Scope) -> tuple | None:
+        if not self.keys.enabled:
+            return None
+        key = _bearer(scope)
+        entry = self.keys.lookup(key) if key else None
+        if entry is None:
+            why = "missing API key" if not key else "invalid API key"
+            msg = f"{why}: send 'Authorization: Bearer <key>'"
+            return (
+                401,
+                *_error(
+                    401,
+                    msg,
+                    "authentication_error",
+                    "invalid_api_key",
+                    {"WWW-Authenticate": "Bearer"},
+                ),
+            )
+        wait = self.keys.throttle(entry)
+        if wait > 0:
+            retry = str(max(1, int(wait + 0.999)))
+            return (
+                429,
+                *_error(
+                    429,
+                    "rate limit reached for this key",
+                    "rate_limit_error",
+                    "rate_limited",
+                    {"Retry-After": retry},
+                ),
+            )
+        scope.setdefault("state", {})["api_key"] = ApiKey(entry.name, frozenset(entry.scopes))
+        return None
+
+    def _check_length(self, scope: Scope) -> tuple | None:
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.max_body
+                except ValueError:
+                    return (
+                        400,
+                        *_error(400, "bad Content-Length", "invalid_request_error", "bad_length"),
+                    )
+                if too_big:
+                    return self._too_large()
+        return None
+
+    def _too_large(self) -> tuple:
+        msg = f"request body exceeds {self.max_body} bytes"
+        return (413, *_error(413, msg, "invalid_request_error", "body_too_large"))
+
+    async def _call_limited(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Chunked bodies carry no Content-Length: count bytes as they arrive.
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    raise BodyTooLarge(self.max_body)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                await _send(send, *self._too_large())
+
+
+def _bearer(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            text = value.decode("latin-1").strip()
+            if text.lower().startswith("bearer "):
+                return text[7:].strip() or None
+            return None
+    return None
+
+
+async def _send(send: Send, status: int, body: bytes, headers: list) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

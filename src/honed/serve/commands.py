@@ -1,0 +1,199 @@
+"""CLI: `honed serve`, `honed apikey create`, `honed deploy k8s|endpoint`, `honed push`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+_SERVE_FLAGS = (  # (flag, settings field, type, help)
+    ("--host", "host", str, "bind address (default 127.0.0.1)"),
+    ("--port", "port", int, "TCP port (default 8000)"),
+    ("--base", "base", str, "base model for the adapters (folder, ref or packaged:NAME)"),
+    ("--base-name", "base_name", str, "the base model's id in the API"),
+    ("--api-keys-file", "api_keys_file", Path, "hashed API keys (see `honed apikey create`)"),
+    ("--max-batch-size", "max_batch_size", int, "rows per forward pass"),
+    ("--max-wait-ms", "max_wait_ms", float, "batching window in milliseconds"),
+    ("--max-queue", "max_queue", int, "queued requests per model before 503"),
+    ("--device", "device", str, "auto, cpu or cuda[:N]"),
+    ("--dtype", "dtype", str, "auto, float32, bfloat16 or float16"),
+    ("--rate-limit-rps", "rate_limit_rps", float, "per-key requests per second"),
+    ("--classify-workers", "classify_workers", int, "parallel classifier batch threads"),
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    _register_serve(sub)
+    _register_apikey(sub)
+    _register_deploy(sub)
+    push = sub.add_parser("push", help="publish a registered model or adapter to the HF Hub")
+    push.add_argument("ref", help="folder, NAME@ALIAS or NAME/VERSION")
+    push.add_argument("--repo", required=True, help="hub repo id, e.g. me/financial-sentiment")
+    push.add_argument("--public", action="store_true", help="create the repo public")
+    push.set_defaults(func=_push)
+
+
+def _register_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="OpenAI-compatible server for models and adapters")
+    p.add_argument("models", nargs="*", help="[NAME=]REF: folder, NAME@ALIAS or NAME/VERSION")
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="NAME=REF",
+        help="an adapter over the base (repeatable)",
+    )
+    p.add_argument("--config", type=Path, help="YAML file with a `serve:` section")
+    p.add_argument(
+        "--merge-adapter",
+        action="store_true",
+        default=None,
+        help="merge the single adapter into the base at load",
+    )
+    for flag, _, typ, text in _SERVE_FLAGS:
+        p.add_argument(flag, type=typ, help=text)
+    p.add_argument("--log-level", default="info", help="uvicorn log level")
+    p.set_defaults(func=_serve)
+
+
+def _register_apikey(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("apikey", help="API keys for `honed serve`")
+    psub = p.add_subparsers(dest="apikey_command", metavar="ACTION", required=True)
+    create = psub.add_parser("create", help="make a key; its sha256 goes to the keys file")
+    create.add_argument("name", help="label for logs and metrics")
+    create.add_argument("--scopes", default="infer", help="comma list: infer, admin")
+    create.add_argument("--file", type=Path, default=Path("keys.yaml"), help="keys file")
+    create.set_defaults(func=_apikey_create)
+
+
+def _register_deploy(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("deploy", help="deployment configs for a registered model")
+    psub = p.add_subparsers(dest="deploy_command", metavar="TARGET", required=True)
+    k8s = psub.add_parser("k8s", help="Kubernetes Deployment + Service + HPA")
+    k8s.add_argument("model_ref", help="NAME@ALIAS, NAME/VERSION or folder")
+    k8s.add_argument("--out", type=Path, required=True, help="output folder")
+    k8s.add_argument("--name", help="Kubernetes name (default: from the model ref)")
+    k8s.add_argument("--image", default=None, help="container image")
+    k8s.add_argument("--replicas", type=int, default=1, help="minimum replicas")
+    k8s.add_argument("--max-replicas", type=int, default=4, help="HPA maximum")
+    k8s.add_argument("--gpus", type=int, default=0, help="GPUs per pod")
+    k8s.add_argument("--keys-secret", help="Secret with keys.yaml and probe-key")
+    k8s.add_argument("--no-check", action="store_true", help="do not resolve the ref now")
+    k8s.set_defaults(func=_deploy_k8s)
+    ep = psub.add_parser("endpoint", help="HF Inference Endpoints or SageMaker config")
+    ep.add_argument("model_ref", help="NAME@ALIAS, NAME/VERSION or folder")
+    ep.add_argument("--target", choices=["hf", "sagemaker"], required=True)
+    ep.add_argument("--out", type=Path, required=True, help="output JSON file")
+    ep.add_argument("--repo", help="hub repo holding the model (hf)")
+    ep.add_argument("--image", default=None, help="container image")
+    ep.add_argument("--instance", help="instance type")
+    ep.set_defaults(func=_deploy_endpoint)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from honed.serve.app import create_app
+    from honed.serve.settings import ServeSettings
+
+    flags = {
+        field: getattr(args, flag.lstrip("-").replace("-", "_"))
+        for flag, field, _, _ in _SERVE_FLAGS
+    }
+    models = list(args.models) + list(args.adapter)
+    if models:
+        flags["models"] = models
+    flags["merge_adapter"] = args.merge_adapter
+    settings = ServeSettings.load(args.config, **flags)
+    _check_models(settings)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=30,
+        timeout_keep_alive=settings.keep_alive_s,
+    )
+    return 0
+
+
+def _check_models(settings) -> None:
+    """Fail at once on a typo'd model ref instead of serving 503 from /readyz forever."""
+    from honed.serve.loading import parse_entry, resolve_folder
+    from honed.serve.settings import ServeConfigError
+
+    if not settings.models and not settings.base:
+        raise ServeConfigError("nothing to serve: name a model (folder, NAME@ALIAS, NAME/VERSION)")
+    for entry in settings.models:
+        parse_entry(entry)
+    if settings.base:
+        resolve_folder(settings.base)
+
+
+def _apikey_create(args: argparse.Namespace) -> int:
+    from honed.serve.auth import append_key
+    from honed.serve.settings import ServeConfigError
+
+    scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+    bad = sorted(set(scopes) - {"infer", "admin"})
+    if bad or not scopes:
+        raise ServeConfigError(f"--scopes: unknown scope(s) {bad}; use infer and/or admin")
+    key = append_key(args.file, args.name, scopes)
+    print(f"added {args.name!r} ({','.join(scopes)}) to {args.file}; the key (shown once):")
+    print(key)
+    return 0
+
+
+def _check_ref(ref: str) -> None:
+    from honed.serve.loading import resolve_folder
+
+    resolve_folder(ref)  # a clear error now beats a crash-looping pod later
+
+
+def _deploy_k8s(args: argparse.Namespace) -> int:
+    from honed.serve.deploy import DEFAULT_IMAGE, DeployOptions, k8s_name, write_k8s
+
+    if not args.no_check:
+        _check_ref(args.model_ref)
+    opts = DeployOptions(
+        model_ref=args.model_ref,
+        name=args.name or k8s_name(args.model_ref),
+        image=args.image or DEFAULT_IMAGE,
+        replicas=args.replicas,
+        max_replicas=args.max_replicas,
+        gpus=args.gpus,
+        keys_secret=args.keys_secret,
+    )
+    for path in write_k8s(opts, args.out):
+        print(path)
+    return 0
+
+
+def _deploy_endpoint(args: argparse.Namespace) -> int:
+    from honed.serve.deploy import DEFAULT_IMAGE, endpoint_config, k8s_name
+
+    _check_ref(args.model_ref)
+    cfg = endpoint_config(
+        args.target,
+        args.model_ref,
+        k8s_name(args.model_ref),
+        args.repo,
+        args.image or DEFAULT_IMAGE,
+        args.instance,
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(cfg, indent=2) + "\n")
+    print(args.out)
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from honed.serve.deploy import check_online, push
+    from honed.serve.loading import resolve_folder
+
+    check_online()  # before touching the registry: offline must fail at once
+    folder = resolve_folder(args.ref)
+    print(push(folder, args.repo, private=not args.public))
+    return 0

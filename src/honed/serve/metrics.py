@@ -1,0 +1,57 @@
+"""Prometheus metrics in a per-app CollectorRegistry (two apps in one process never clash)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    """Request count/latency, tokens, queue depth, batch sizes and errors per model/adapter.
+
+    `model` is the base/classifier id; `adapter` the adapter id or "" (base weights).
+    Unknown model ids are recorded as "unknown" so callers cannot inflate label cardinality.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "honed_requests",
+            "Requests answered.",
+            ["route", "model", "adapter", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "honed_request_latency_seconds",
+            "Request latency.",
+            ["route", "model", "adapter"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "honed_time_to_first_token_seconds",
+            "Time to first token.",
+            ["model", "adapter"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens_in = Counter(
+            "honed_prompt_tokens", "Prompt tokens.", ["model", "adapter"], registry=r
+        )
+        self.tokens_out = Counter(
+            "honed_completion_tokens", "Generated tokens.", ["model", "adapter"], registry=r
+        )
+        self.errors = Counter(
+            "honed_errors", "Error answers.", ["route", "model", "adapter", "type"], registry=r
+        )
+        self.queue_depth = Gauge("honed_queue_depth", "Queued requests.", ["model"], registry=r)
+        self.batch_size = Histogram(
+            "honed_batch_size",
+            "Rows per forward pass.",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )

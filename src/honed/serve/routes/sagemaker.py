@@ -1,0 +1,51 @@
+"""SageMaker's container contract (enabled by `sagemaker: true`): GET /ping, POST /invocations.
+
+/invocations takes the body of one of the OpenAI-style routes and dispatches on its shape:
+`messages` -> chat completion, `prompt` -> completion, `input` -> classification.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from honed.serve.deps import InferKey, ReadyEngine, SettingsDep
+from honed.serve.errors import ERROR_RESPONSES, APIError
+from honed.serve.routes import chat, classify, completions
+from honed.serve.schemas import ChatCompletionRequest, ClassifyRequest, CompletionRequest
+
+router = APIRouter(tags=["sagemaker"])
+
+_ROUTES = (
+    ("messages", ChatCompletionRequest, chat.chat_completions),
+    ("prompt", CompletionRequest, completions.completions),
+    ("input", ClassifyRequest, classify.classify),
+)
+
+
+@router.get("/ping", responses=ERROR_RESPONSES)
+async def ping(engine: ReadyEngine, key: InferKey) -> JSONResponse:
+    return JSONResponse({"status": "ready"})
+
+
+@router.post("/invocations", responses=ERROR_RESPONSES)
+async def invocations(
+    request: Request,
+    engine: ReadyEngine,
+    settings: SettingsDep,
+    key: InferKey,
+    body: Annotated[dict[str, Any], Body(description="A chat, completion or classify body.")],
+) -> Any:
+    for field, model, handler in _ROUTES:
+        if field in body:
+            try:
+                parsed = model.model_validate(body)
+            except ValidationError as err:
+                first = err.errors()[0]
+                loc = ".".join(str(p) for p in first["loc"]) or None
+                raise APIError(400, f"{loc}: {first['msg']}", param=loc) from None
+            return await handler(parsed, request, engine, settings, key)
+    raise APIError(400, "body needs 'messages' (chat), 'prompt' (completion) or 'input' (classify)")

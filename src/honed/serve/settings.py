@@ -1,0 +1,173 @@
+"""Server settings: defaults < YAML ``serve:`` section < ``HONED_SERVE_*`` env < CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from honed.errors import HonedError
+
+Scope = Literal["infer", "admin"]
+
+
+class ServeConfigError(HonedError):
+    """Server settings are invalid (bad flag, env variable, YAML section or keys file)."""
+
+
+class ApiKeyEntry(BaseModel):
+    """One API key, stored as the sha256 of the key (the key itself is never stored)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(..., description="Label used in logs and metrics; never the key itself.")
+    sha256: str = Field(
+        ..., pattern=r"^[0-9a-f]{64}$", description="Hex sha256 of the key (see `honed apikey`)."
+    )
+    scopes: list[Scope] = Field(
+        default_factory=lambda: ["infer"],
+        description="'infer' may call the model routes; 'admin' may also load/unload adapters.",
+    )
+    rate_limit_rps: float | None = Field(
+        None, gt=0, description="Per-key override of the default requests-per-second limit."
+    )
+
+
+class ServeSettings(BaseSettings):
+    """Everything `honed serve` can be told. Each field is also `HONED_SERVE_<FIELD>`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HONED_SERVE_",
+        extra="forbid",
+        frozen=True,
+        protected_namespaces=(),
+    )
+
+    # -- what to serve ----------------------------------------------------------------------
+    models: list[str] = Field(
+        default_factory=list,
+        description="Models to serve, each '[NAME=]REF' where REF is a folder, NAME@ALIAS or "
+        "NAME/VERSION: a causal LM, a LoRA adapter (loaded over its base), or a "
+        "sequence-classification model.",
+    )
+    base: str | None = Field(
+        None,
+        description="Base model for the adapters (folder, registry ref or packaged:NAME); "
+        "default: the base recorded in the first adapter's lineage.json / adapter_config.json.",
+    )
+    base_name: str | None = Field(
+        None, description="The base model's id in the API; default: its folder name."
+    )
+    merge_adapter: bool = Field(
+        False,
+        description="With exactly one adapter, merge it into the base at load time (no adapter "
+        "overhead; the base itself and hot loading are then unavailable).",
+    )
+    device: str = Field("auto", description="'auto' (cuda when present), 'cpu' or 'cuda[:N]'.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype; 'auto' = bfloat16 on GPU, float32 on CPU."
+    )
+    torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads at start.")
+    # -- network ----------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Bind address (0.0.0.0 inside a container).")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port.")
+    keep_alive_s: int = Field(
+        30, ge=1, description="Idle keep-alive timeout; above a load balancer's idle timeout."
+    )
+    # -- batching and backpressure ----------------------------------------------------------
+    max_batch_size: int = Field(16, ge=1, le=1024, description="Rows per forward pass.")
+    max_wait_ms: float = Field(
+        5.0, ge=0, le=10_000, description="How long the first request waits for others to batch."
+    )
+    max_queue: int = Field(
+        256, ge=1, description="Queued requests per model; beyond it requests get 503."
+    )
+    request_timeout_s: float = Field(
+        120.0, gt=0, description="Per-request deadline (queue + compute); then 504."
+    )
+    retry_after_s: int = Field(1, ge=1, description="Retry-After seconds sent with 429/503.")
+    # -- request limits ---------------------------------------------------------------------
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted.")
+    max_prompt_tokens: int = Field(2048, ge=1, description="Longest prompt, in tokens.")
+    max_tokens_cap: int = Field(1024, ge=1, description="Largest max_tokens a request may ask.")
+    default_max_tokens: int = Field(128, ge=1, description="max_tokens when a request omits it.")
+    max_n: int = Field(8, ge=1, description="Largest `n` (choices per request).")
+    max_classify_inputs: int = Field(256, ge=1, description="Texts per /v1/classify request.")
+    classify_workers: int = Field(
+        1, ge=1, le=64, description="Classifier batches run in parallel on this many threads."
+    )
+    classify_max_length: int = Field(512, ge=1, description="Truncate classified texts (tokens).")
+    # -- access -----------------------------------------------------------------------------
+    api_keys: list[ApiKeyEntry] = Field(
+        default_factory=list, description="Hashed API keys (see `honed apikey create`)."
+    )
+    api_keys_file: Path | None = Field(
+        None, description="YAML/JSON file with `keys: [{name, sha256, scopes}]`; added to api_keys."
+    )
+    rate_limit_rps: float | None = Field(
+        None, gt=0, description="Default per-key requests/second (token bucket); None = no limit."
+    )
+    rate_limit_burst: int = Field(20, ge=1, description="Token-bucket size per key.")
+    enable_admin: bool = Field(True, description="Expose POST/DELETE /v1/adapters.")
+    sagemaker: bool = Field(
+        False, description="Also answer SageMaker's GET /ping and POST /invocations."
+    )
+    warmup: bool = Field(True, description="Run one real forward pass before /readyz says ready.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Precedence, highest first: flags (init kwargs), environment, the YAML `serve:` section.
+        yaml_file = _YAML_FILE.get("path")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if yaml_file is not None:
+            sources.append(
+                YamlConfigSettingsSource(
+                    settings_cls, yaml_file=yaml_file, yaml_config_section="serve"
+                )
+            )
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, yaml_file: Path | None = None, **flags: Any) -> ServeSettings:
+        """Settings from a YAML file's `serve:` section, the environment and flags (non-None)."""
+        if yaml_file is not None and not Path(yaml_file).is_file():
+            raise ServeConfigError(f"settings file not found: {yaml_file}")
+        _YAML_FILE["path"] = Path(yaml_file) if yaml_file else None
+        try:
+            return cls(**{k: v for k, v in flags.items() if v is not None})
+        except ValidationError as err:
+            raise ServeConfigError(f"invalid serve settings: {_short(err)}") from None
+        except (TypeError, ValueError) as err:  # malformed YAML section
+            raise ServeConfigError(f"invalid serve settings: {err}") from None
+        finally:
+            _YAML_FILE["path"] = None
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys) or self.api_keys_file is not None
+
+
+# The YAML path for the one `load` call in progress (pydantic-settings builds sources per class).
+_YAML_FILE: dict[str, Path | None] = {"path": None}
+
+
+def _short(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "settings"
+        parts.append(f"{loc}: {e['msg']}")
+    return "; ".join(parts)

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi import FastAPI, Header, HTTPException
+from fastapi.testclient import TestClient
+
+from honed.errors import HonedError
+from honed.monitor.feedback import (
+    FeedbackStore,
+    UnknownRequestError,
+    build_feedback_router,
+    export_training_data,
+)
+from honed.monitor.requestlog import RequestLogger, make_engine
+
+
+@pytest.fixture
+def logged(db_url):
+    engine = make_engine(db_url)
+    logger = RequestLogger(engine=engine)
+    logger.submit({"id": "c1", "input_text": "Profit fell 5 %", "predicted_label": "positive"})
+    logger.submit({"id": "g1", "input_text": "Summarise: X", "output_text": "bad summary"})
+    logger.submit({"id": "g2", "input_text": "Say hi", "output_text": "hi"})
+    logger.flush()
+    yield engine, logger
+    logger.close()
+    engine.dispose()
+
+
+def _app(store, auth=None):
+    app = FastAPI()
+    app.include_router(build_feedback_router(store, auth_dependency=auth))
+    return TestClient(app)
+
+
+def test_post_feedback_and_404(logged):
+    engine, logger = logged
+    client = _app(FeedbackStore(engine=engine, logger=logger))
+    ok = client.post("/v1/feedback", json={"request_id": "c1", "rating": "down"})
+    assert ok.status_code == 201 and ok.json()["request_id"] == "c1"
+    missing = client.post("/v1/feedback", json={"request_id": "nope", "rating": "up"})
+    assert missing.status_code == 404 and "nope" in missing.json()["detail"]
+    empty = client.post("/v1/feedback", json={"request_id": "c1"})
+    assert empty.status_code == 422
+    bad = client.post("/v1/feedback", json={"request_id": "c1", "rating": "meh"})
+    assert bad.status_code == 422
+
+
+def test_feedback_finds_request_still_in_logger_queue(sqlite_url):
+    engine = make_engine(sqlite_url)
+    logger = RequestLogger(engine=engine, flush_interval_s=60, batch_size=1000)
+    logger.submit({"id": "late", "input_text": "x"})
+    store = FeedbackStore(engine=engine, logger=logger)
+    assert store.add({"request_id": "late", "rating": "up"}) >= 1
+    logger.close()
+    with pytest.raises(UnknownRequestError):
+        FeedbackStore(engine=engine).add({"request_id": "never", "rating": "up"})
+
+
+def test_auth_dependency_applies(logged):
+    engine, _ = logged
+
+    def auth(authorization: str | None = Header(None)):
+        if authorization != "Bearer t":
+            raise HTTPException(401, "no")
+
+    client = _app(FeedbackStore(engine=engine), auth=auth)
+    body = {"request_id": "c1", "rating": "up"}
+    assert client.post("/v1/feedback", json=body).status_code == 401
+    assert (
+        client.post("/v1/feedback", json=body, headers={"Authorization": "Bearer t"}).status_code
+        == 201
+    )
+
+
+def test_export_rows_dedup_and_provenance(logged, tmp_path):
+    engine, _ = logged
+    store = FeedbackStore(engine=engine)
+    store.add({"request_id": "c1", "rating": "down", "correction": "neutral"})
+    store.add({"request_id": "c1", "rating": "down", "correction": "negative"})  # latest wins
+    store.add({"request_id": "g1", "rating": "down", "preferred": "good summary"})
+    store.add({"request_id": "g1", "rating": "down", "preferred": "good summary"})  # duplicate
+    store.add({"request_id": "g2", "rating": "up"})  # no target: nothing to export
+    store.add({"request_id": "g2", "signal": "regenerate"})
+    written = export_training_data(store, tmp_path / "fb.jsonl")
+    assert {k: n for k, (_, n) in written.items()} == {"classification": 1, "sft": 1, "dpo": 1}
+    cls = [json.loads(x) for x in (tmp_path / "fb.classification.jsonl").read_text().splitlines()]
+    assert cls[0]["text"] == "Profit fell 5 %" and cls[0]["label"] == "negative"
+    assert cls[0]["request_id"] == "c1" and cls[0]["feedback_id"] == 2
+    dpo = json.loads((tmp_path / "fb.dpo.jsonl").read_text())
+    assert dpo["chosen"] == "good summary" and dpo["rejected"] == "bad summary"
+    only = export_training_data(store, tmp_path / "pairs.jsonl", kind="dpo")
+    assert only["dpo"] == (tmp_path / "pairs.jsonl", 1)
+
+
+def test_export_without_feedback_is_a_clear_error(logged, tmp_path):
+    engine, _ = logged
+    with pytest.raises(HonedError, match="no feedback"):
+        export_training_data(FeedbackStore(engine=engine), tmp_path / "x.jsonl")
+
+
+def test_router_without_store_uses_the_apps_request_logger(sqlite_url):
+    engine = make_engine(sqlite_url)
+    logger = RequestLogger(engine=engine)
+    logger.submit({"id": "x1", "input": "hello", "output": "hi"})
+    app = FastAPI()
+    app.state.request_logger = logger
+    app.include_router(build_feedback_router())
+    client = TestClient(app)
+    res = client.post("/v1/feedback", json={"request_id": "x1", "preferred": "hello!"})
+    assert res.status_code == 201, res.text
+    assert FeedbackStore(engine=engine).joined()[0]["preferred"] == "hello!"
+    logger.close()
+    engine.dispose()
+
+
+def test_implicit_signal(sqlite_url):
+    engine = make_engine(sqlite_url)
+    logger = RequestLogger(engine=engine)
+    logger.submit({"id": "s1", "input": "tell me a joke", "output": "no"})
+    store = FeedbackStore(engine=engine, logger=logger)
+    store.add_signal("s1", "regenerate")
+    assert [r["signal"] for r in store.joined()] == ["regenerate"]
+    logger.close()
+    engine.dispose()

@@ -1,0 +1,62 @@
+"""Helpers to drive the app in tests (imported by the test modules)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+
+from honed.serve.app import create_app
+from honed.serve.settings import ServeSettings
+
+
+def settings_for(tiny: dict[str, Any], **over: Any) -> ServeSettings:
+    a = tiny["adapters"]
+    models = [str(tiny["base"]), f"a0={a[0]}", f"a1={a[1]}", f"sent={tiny['clf']}"]
+    return ServeSettings(**{"models": models, "max_wait_ms": 2.0, **over})
+
+
+async def wait_ready(app, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while not (app.state.engine is not None and app.state.engine.ready):
+        if app.state.load_error:
+            raise AssertionError(app.state.load_error)
+        if time.monotonic() > end:
+            raise AssertionError("server did not become ready")
+        await asyncio.sleep(0.01)
+
+
+def run_app(
+    settings: ServeSettings,
+    fn: Callable[[httpx.AsyncClient, Any], Awaitable[Any]],
+    setup: Callable[[Any], None] | None = None,
+    headers: dict | None = None,
+) -> Any:
+    """Start the app (lifespan + model load), run `fn(client, app)` in its event loop."""
+    app = create_app(settings)
+    if setup is not None:
+        setup(app)
+
+    async def main() -> Any:
+        async with app.router.lifespan_context(app):
+            await wait_ready(app)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://test", headers=headers, timeout=60
+            ) as client:
+                return await fn(client, app)
+
+    return asyncio.run(main())
+
+
+def chat_body(model: str, text: str = "hello", **kw: Any) -> dict[str, Any]:
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": text}],
+        "max_tokens": 6,
+        "temperature": 0,
+        **kw,
+    }
