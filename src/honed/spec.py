@@ -25,6 +25,7 @@ from honed.data.config import DataConfig
 from honed.errors import SpecError
 from honed.evals.config import EvalConfig
 from honed.models.config import ModelConfig
+from honed.monitor.drift import DriftConfig
 from honed.registry.config import RegistryConfig
 from honed.train.config import MethodConfig, TrainingConfig
 
@@ -55,6 +56,10 @@ class RunSpec(StrictModel):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    monitor: DriftConfig = Field(
+        default_factory=DriftConfig,
+        description="Drift thresholds used by `honed monitor drift --model` for this model.",
+    )
     card: CardConfig = Field(default_factory=CardConfig)
 
     _path: Path | None = PrivateAttr(None)

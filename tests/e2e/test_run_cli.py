@@ -46,7 +46,8 @@ def test_run_writes_model_folder_and_registers(spec_file, tmp_path, method):
     run = tmp_path / f"run-{method}"
     weights = "adapter_model.safetensors" if method == "lora" else "model.safetensors"
     for name in (weights, "tokenizer.json", "README.md", "metrics.json", "data_report.json",
-                 "lineage.json", "spec.yaml", "confusion_matrix.png"):  # fmt: skip
+                 "lineage.json", "spec.yaml", "confusion_matrix.png",
+                 "reference_profile/profile.json"):  # fmt: skip
         assert (run / name).is_file(), name
     assert not (run / "training_args.bin").exists()  # no pickle in a model folder
     assert (run / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

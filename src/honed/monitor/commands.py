@@ -109,11 +109,28 @@ def _load_profile(args: argparse.Namespace, required: bool = True):
     return None
 
 
-def _drift_config(path: str | None):
+def _spec_thresholds(args: argparse.Namespace):
+    """The `monitor:` section of the spec the model was trained with, if any."""
+    from honed.monitor.drift import DriftConfig
+
+    if not getattr(args, "model_ref", None):
+        return DriftConfig()
+    import yaml
+
+    from honed.registry.store import resolve_ref
+
+    spec_file = Path(resolve_ref(args.model_ref)) / "spec.yaml"
+    if not spec_file.is_file():
+        return DriftConfig()
+    section = (yaml.safe_load(spec_file.read_text(encoding="utf-8")) or {}).get("monitor") or {}
+    return DriftConfig.model_validate(section)
+
+
+def _drift_config(path: str | None, args: argparse.Namespace | None = None):
     from honed.monitor.drift import DriftConfig
 
     if not path:
-        return DriftConfig()
+        return _spec_thresholds(args) if args is not None else DriftConfig()
     import yaml
     from pydantic import ValidationError
 
@@ -136,7 +153,7 @@ def _drift(args: argparse.Namespace) -> int:
     from honed.monitor.window import drift_for_window, load_window
 
     profile = _load_profile(args)
-    config = _drift_config(args.thresholds)
+    config = _drift_config(args.thresholds, args)
     store = RequestStore(args.db)
     since = _since(args.since)
     lazy = _LazyEmbedder(Embedder)

@@ -4,6 +4,7 @@ register the model with its lineage."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from honed.pipeline.paths import RunPaths
 from honed.spec import RunSpec
 
 _MARKER = "metrics.json"  # present once a run finished
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -65,6 +67,27 @@ def gate(metrics: dict[str, Any], floors: dict[str, float]) -> list[str]:
     return failures
 
 
+def _write_profile(paths: RunPaths, data, outputs: dict[str, Any]) -> None:
+    """The reference profile drift checks compare traffic with (monitor/profile.py).
+
+    Embeddings come from the packaged all-MiniLM-L6-v2 whatever the base, so profiles of
+    different models are comparable. A profile that cannot be built is reported, not fatal.
+    """
+    from honed.models.embed import Embedder
+    from honed.monitor.profile import ProfileError, write_run_profile
+
+    try:
+        write_run_profile(
+            paths.root,
+            data.train,
+            predictions=outputs.get("predictions"),
+            confidences=outputs.get("confidences"),
+            embedder=Embedder.packaged(),
+        )
+    except (ProfileError, HonedError) as err:
+        logger.warning("no reference profile written: %s", err)
+
+
 def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if k.startswith("test_") and isinstance(v, float)}
 
@@ -92,6 +115,7 @@ def train_and_evaluate(
     # Written before evaluation: loading an adapter folder needs its base model's lineage.
     _write_json(paths.lineage, lineage)
     metrics = task.evaluate(spec, data, base, paths)
+    _write_profile(paths, data, metrics.pop("reference_outputs", None) or {})
     metrics["train"] = {k: v for k, v in train_metrics.items() if k != "log_history"}
     metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
     lineage["metrics"] = _summary(metrics)

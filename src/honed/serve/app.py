@@ -91,7 +91,19 @@ def _init_state(app: FastAPI, settings: ServeSettings, keys: KeyStore, engine: E
     app.state.started = int(time.time())
     app.state.input_guards = []
     app.state.output_guards = []
-    app.state.request_logger = None
+    app.state.request_logger = _request_logger(settings)
+
+
+def _request_logger(settings: ServeSettings):
+    """The monitor stage's non-blocking request logger (queue + batch-writer thread)."""
+    if not settings.request_log:
+        return None
+    from honed.monitor.quality import redact_pii
+    from honed.monitor.requestlog import RequestLogger, identity
+
+    return RequestLogger(
+        settings.request_log_url, redact=redact_pii if settings.redact_pii else identity
+    )
 
 
 def _include_feedback(app: FastAPI) -> None:

@@ -75,6 +75,16 @@ class ServeSettings(BaseSettings):
         "auto", description="Weights dtype; 'auto' = bfloat16 on GPU, float32 on CPU."
     )
     torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads at start.")
+    # -- operate (monitor stage) ------------------------------------------------------------
+    request_log: bool = Field(
+        True, description="Log every request/response for drift and quality monitoring."
+    )
+    request_log_url: str | None = Field(
+        None, description="SQLAlchemy URL of the request log; default: SQLite in the state folder."
+    )
+    redact_pii: bool = Field(
+        True, description="Mask e-mails, phone and card numbers etc. in logged texts."
+    )
     # -- network ----------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Bind address (0.0.0.0 inside a container).")
     port: int = Field(8000, ge=1, le=65535, description="TCP port.")

@@ -36,7 +36,9 @@ class Task(Protocol):
         self, spec: RunSpec, data: SplitData, base: ResolvedModel, paths: RunPaths
     ) -> dict[str, Any]:
         """Evaluate the saved model on the test split; returns the metrics written to
-        ``metrics.json`` (flat ``test_*`` numbers plus nested details)."""
+        ``metrics.json`` (flat ``test_*`` numbers plus nested details). An optional
+        ``reference_outputs: {predictions, confidences}`` entry is moved into the model's
+        reference profile for drift checks instead."""
         ...
 
 

@@ -107,6 +107,11 @@ class ClassificationTask:
             "test": {**tuned, "confusion_matrix": matrix, "labels": labels, "rows": len(y_true)},
             "baselines": self._baselines(spec, data, base, labels),
             "worst_errors": cls_eval.worst_errors(data.test, preds, spec.eval.worst_examples),
+            # Not written to metrics.json: the pipeline stores them in the reference profile.
+            "reference_outputs": {
+                "predictions": [p["label"] for p in preds],
+                "confidences": [p["score"] for p in preds],
+            },
         }
         return report
 

@@ -1,0 +1,382 @@
+"""Supervised fine-tuning of a causal LM on chat data, with TRL's SFTTrainer.
+
+Rows come in one of three shapes, detected from the first row's fields:
+
+- ``messages``: ``[{"role": "system"|"user"|"assistant", "content": ...}, ...]`` ending with
+  an assistant turn;
+- alpaca: ``instruction`` (+ optional ``input``) and ``output``;
+- ``prompt`` / ``completion`` text.
+
+Every row becomes a conversational prompt/completion pair (prompt: the turns before the last
+assistant turn; completion: that turn), rendered with the tokenizer's chat template, and the
+loss covers the completion tokens only (TRL's ``completion_only_loss``; the template's
+end-of-turn token is part of the completion, so the model learns to stop). This works with any
+prefix-preserving chat template, whereas TRL's ``assistant_only_loss`` needs
+``{% generation %}`` markers that e.g. SmolLM2's template lacks. Earlier assistant turns of a
+multi-turn conversation are context, not targets.
+
+Sequences are packed best-fit-decreasing into rows of ``model.max_length`` tokens without
+padding; each token keeps its own sequence's ``position_ids``, and with the KV cache off
+transformers builds a block-diagonal causal mask from them, so packed samples never attend to
+each other (checked in tests/unit/train/test_sft.py).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from honed.data.dataset import (
+    SplitData,
+    apply_bad_row_policy,
+    length_stats,
+    remove_leaks,
+    split_rows,
+)
+from honed.data.loaders import BadRow, RawData, load_raw
+from honed.errors import DataError
+from honed.evals import generative
+from honed.models.resolve import load_kwargs
+from honed.train import common
+from honed.train.methods import get_method
+
+if TYPE_CHECKING:
+    from honed.models.resolve import ResolvedModel
+    from honed.pipeline.paths import RunPaths
+    from honed.spec import RunSpec
+
+CHAT_FORMATS = ("messages", "alpaca", "prompt_completion")
+ROLES = ("system", "user", "assistant")
+#: ChatML, used when a tokenizer has no chat template of its own.
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+#: Test rows scored for loss/perplexity and rows shown side by side (CPU time bounds).
+MAX_EVAL_ROWS = 200
+SAMPLE_ROWS = 8
+# Proposed spec fields (see the report); constants until the lead adds them.
+PACKING = True
+
+
+# ---------------------------------------------------------------- data
+
+
+def detect_chat_format(fields: Mapping[str, Any], requested: str = "auto") -> str:
+    """Which of CHAT_FORMATS a row is in; a clear error naming the fields otherwise."""
+    if requested != "auto":
+        return requested
+    if "messages" in fields:
+        return "messages"
+    if "instruction" in fields and "output" in fields:
+        return "alpaca"
+    if "prompt" in fields and "completion" in fields:
+        return "prompt_completion"
+    raise DataError(
+        f"sft: cannot tell the chat format from the fields {sorted(fields)}; expected "
+        "'messages', 'instruction'+'output' (alpaca) or 'prompt'+'completion'"
+    )
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def _check_messages(messages: Any) -> str | None:
+    """Why a messages list is unusable, or None when it is fine."""
+    if not isinstance(messages, list) or not messages:
+        return "'messages' must be a non-empty list"
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, Mapping) or msg.get("role") not in ROLES:
+            return f"message {i}: needs a role in {ROLES}"
+        if not isinstance(msg.get("content"), str):
+            return f"message {i}: content must be text"
+    if messages[-1]["role"] != "assistant" or not messages[-1]["content"].strip():
+        return "the last message must be a non-empty assistant turn"
+    if not any(m["role"] == "user" for m in messages[:-1]):
+        return "no user turn before the last assistant turn"
+    return None
+
+
+def to_chat(fields: Mapping[str, Any], fmt: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(conversational {"prompt", "completion"} row, None) or (None, why the row is bad)."""
+    if fmt == "messages":
+        messages = fields.get("messages")
+        problem = _check_messages(messages)
+        if problem:
+            return None, problem
+        clean = [{"role": m["role"], "content": m["content"]} for m in messages]
+        return {"prompt": clean[:-1], "completion": clean[-1:]}, None
+    if fmt == "alpaca":
+        instruction, extra, output = (
+            _text(fields.get(k)) for k in ("instruction", "input", "output")
+        )
+        user = f"{instruction}\n\n{extra}" if extra else instruction
+    else:
+        user, output = _text(fields.get("prompt")), _text(fields.get("completion"))
+    if not user or not output:
+        return None, f"empty prompt or answer ({fmt} format)"
+    return {
+        "prompt": [{"role": "user", "content": user}],
+        "completion": [{"role": "assistant", "content": output}],
+    }, None
+
+
+def chat_rows(raw: RawData, requested: str = "auto") -> tuple[list[dict], list[BadRow], str]:
+    """Convert records into chat rows; returns rows, bad rows and the detected format."""
+    if not raw.records:
+        raise DataError("sft: the data source holds no rows")
+    fmt = detect_chat_format(raw.records[0].fields, requested)
+    rows: list[dict] = []
+    bad = list(raw.bad_rows)
+    for rec in raw.records:
+        row, problem = to_chat(rec.fields, fmt)
+        if row is None:
+            bad.append(BadRow(rec.file, rec.line, problem or "bad row"))
+        else:
+            rows.append({**row, "line": rec.line})
+    return rows, bad, fmt
+
+
+def _row_key(row: Mapping[str, Any]) -> str:
+    return json.dumps([row["prompt"], row["completion"]], sort_keys=True)
+
+
+def _prompt_key(row: Mapping[str, Any]) -> str:
+    return "\n".join(m["content"] for m in row["prompt"] if m["role"] != "system")
+
+
+def _dedup(rows: list[dict]) -> tuple[list[dict], int]:
+    seen: dict[str, dict] = {}
+    for row in rows:
+        seen.setdefault(_row_key(row), row)
+    return list(seen.values()), len(rows) - len(seen)
+
+
+def load_chat_data(spec: RunSpec) -> SplitData:
+    """Load, convert, deduplicate, split (not stratified) and leak-check chat rows."""
+    cfg, source = spec.data, spec.data_source()
+    raw = load_raw(source, cfg)
+    rows, bad, fmt = chat_rows(raw, getattr(cfg, "chat_format", "auto"))
+    apply_bad_row_policy(bad, cfg, source)
+    rows, dups = _dedup(rows) if cfg.dedup else (rows, 0)
+    if len(rows) < 5:
+        raise DataError(f"{source}: {len(rows)} usable row(s); sft needs at least 5 to split")
+    train, validation, test = split_rows(rows, cfg.split, stratify_key=None)
+    leaks = remove_leaks(train, validation, test, key=_prompt_key)
+    data = SplitData(train, validation, test, labels=None, source_sha256=raw.sha256)
+    data.report = {
+        "source": source,
+        "source_sha256": raw.sha256,
+        "chat_format": fmt,
+        "rows_read": len(raw.records) + len(raw.bad_rows),
+        "rows": {name: len(data.split(name)) for name in ("train", "validation", "test")},
+        "bad_rows": [str(b) for b in bad],
+        "duplicates_removed": dups,
+        "leakage_removed": leaks,
+        "length": {
+            "prompt": length_stats([_prompt_key(r) for r in rows]),
+            "completion": length_stats([r["completion"][0]["content"] for r in rows]),
+        },
+        "split": cfg.split.model_dump(),
+        "content_sha256": data.content_sha256,
+    }
+    return data
+
+
+# ---------------------------------------------------------------- models
+
+
+def load_tokenizer(path: Any) -> Any:
+    """The tokenizer with a chat template and a pad token (EOS when it has none)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base(spec: RunSpec, base: ResolvedModel) -> Any:
+    """The base causal LM as the method wants it loaded (e.g. 4-bit for QLoRA), unprepared."""
+    from transformers import AutoModelForCausalLM
+
+    method = get_method(spec.method.name)
+    return AutoModelForCausalLM.from_pretrained(
+        str(base.path), **load_kwargs(spec.model), **method.load_kwargs(spec.method)
+    )
+
+
+def load_trained(spec: RunSpec, base: ResolvedModel, folder: Any) -> Any:
+    """The trained model saved in ``folder``: base + adapter, or the full weights."""
+    from transformers import AutoModelForCausalLM
+
+    method = get_method(spec.method.name)
+    if not method.is_adapter:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), **load_kwargs(spec.model))
+        model.config.use_cache = True  # saved off (training); generation wants the KV cache
+        return model
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(load_base(spec, base), str(folder))
+    if getattr(method, "quantized_base", False):
+        from honed.train.methods.qlora import disable_cpu_repack
+
+        disable_cpu_repack(model)  # keep the trained model's kernels (see qlora.py)
+    return model
+
+
+def sft_config_kwargs(spec: RunSpec, paths: RunPaths) -> dict[str, Any]:
+    """SFTConfig arguments: the shared training arguments plus SFT's own."""
+    method = get_method(spec.method.name)
+    kwargs = common.training_arguments_kwargs(spec.training, paths)
+    kwargs.update(
+        # Validation loss picks the best checkpoint and drives early stopping.
+        metric_for_best_model="loss",
+        greater_is_better=False,
+        # Packed rows have no per-example length for group_by_length to sort on.
+        train_sampling_strategy="random" if PACKING else kwargs["train_sampling_strategy"],
+        max_length=spec.model.max_length,
+        packing=PACKING,
+        packing_strategy="bfd",  # best-fit decreasing; implies padding-free batches
+        completion_only_loss=True,
+        gradient_checkpointing=False,  # SFTConfig turns it on; on CPU it only costs time here
+        dataset_num_proc=None,
+        optim=method.optim() if hasattr(method, "optim") else "adamw_torch",
+    )
+    return kwargs
+
+
+def _dataset(rows: list[dict]) -> Any:
+    import datasets
+
+    return datasets.Dataset.from_list(
+        [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
+    )
+
+
+# ---------------------------------------------------------------- task
+
+
+class SftTask:
+    name = "sft"
+    peft_task_type = "CAUSAL_LM"
+
+    def prepare_data(self, spec: RunSpec) -> SplitData:
+        return load_chat_data(spec)
+
+    def load_model(self, spec: RunSpec, base: ResolvedModel) -> Any:
+        """The base, wrapped or frozen by the method, ready to train."""
+        model = load_base(spec, base)
+        # No KV cache while training: with a cache transformers ignores the packed
+        # sequences' position_ids when masking, and samples would attend to each other.
+        model.config.use_cache = False
+        return get_method(spec.method.name).prepare(model, spec.method, self.peft_task_type)
+
+    def build_trainer(
+        self, spec: RunSpec, data: SplitData, base: ResolvedModel, paths: RunPaths
+    ) -> tuple[Any, Any]:
+        """(SFTTrainer, tokenizer); separate from ``train`` so benchmarks reuse it."""
+        from trl import SFTConfig, SFTTrainer
+
+        tokenizer = load_tokenizer(base.path)
+        trainer = SFTTrainer(
+            model=self.load_model(spec, base),
+            args=SFTConfig(**sft_config_kwargs(spec, paths)),
+            train_dataset=_dataset(data.train),
+            eval_dataset=_dataset(data.validation),
+            processing_class=tokenizer,
+            callbacks=common.callbacks(spec.training),
+        )
+        return trainer, tokenizer
+
+    def train(
+        self, spec: RunSpec, data: SplitData, base: ResolvedModel, paths: RunPaths, resume: bool
+    ) -> dict[str, Any]:
+        common.setup_runtime(spec.training)
+        trainer, tokenizer = self.build_trainer(spec, data, base, paths)
+        return common.train_and_save(trainer, tokenizer, paths, resume)
+
+    def evaluate(
+        self, spec: RunSpec, data: SplitData, base: ResolvedModel, paths: RunPaths
+    ) -> dict[str, Any]:
+        common.setup_runtime(spec.training)
+        tokenizer = load_tokenizer(paths.model_dir)
+        tuned = load_trained(spec, base, paths.model_dir)
+        rows, shown = data.test[:MAX_EVAL_ROWS], data.test[:SAMPLE_ROWS]
+        settings = generation_settings(spec)
+        score = _scorer(tokenizer, spec, rows)
+        after, tuned_texts = score(tuned), _generate(tuned, tokenizer, shown, settings)
+        with base_view(spec, base, tuned) as base_model:
+            before, base_texts = (
+                score(base_model),
+                _generate(base_model, tokenizer, shown, settings),
+            )
+        samples = generative.side_by_side(shown, {"base": base_texts, "tuned": tuned_texts})
+        files = generative.write_samples(samples, paths.root, settings, spec.name)
+        report: dict[str, Any] = {
+            "test_loss": after["loss"],
+            "test_perplexity": after["perplexity"],
+            "test_base_loss": before["loss"],
+            "test_base_perplexity": before["perplexity"],
+            "test": {"tuned": after, "base": before},
+            "samples": {"generation": settings.to_dict(), "rows": len(samples), "files": files},
+        }
+        report.update(_format_metrics(spec, tokenizer, tuned, rows, settings))
+        return report
+
+
+def _scorer(tokenizer: Any, spec: RunSpec, rows: list):
+    """Held-out completion loss of a model on ``rows`` (test rows)."""
+
+    def score(model: Any) -> dict[str, float]:
+        return generative.completion_loss(
+            model, tokenizer, rows, spec.training.eval_batch_size, spec.model.max_length
+        )
+
+    return score
+
+
+def _generate(model: Any, tokenizer: Any, rows: list, settings: Any) -> list[str]:
+    return generative.generate(model, tokenizer, [r["prompt"] for r in rows], settings)
+
+
+def _format_metrics(
+    spec: RunSpec, tokenizer: Any, tuned: Any, rows: list, settings: Any
+) -> dict[str, Any]:
+    """Format adherence of generated answers, when the spec declares a format (proposed
+    eval.format / eval.format_regex fields)."""
+    kind = getattr(spec.eval, "format", None)
+    if not kind:
+        return {}
+    texts = _generate(tuned, tokenizer, rows, settings)
+    result = generative.format_adherence(texts, kind, getattr(spec.eval, "format_regex", None))
+    return {"test_format_adherence": result["rate"], "format_adherence": result}
+
+
+@contextmanager
+def base_view(spec: RunSpec, base: ResolvedModel, tuned: Any) -> Iterator[Any]:
+    """The untuned base next to the tuned model: the adapter switched off when there is one
+    (no second copy in memory), else the base loaded from disk."""
+    if hasattr(tuned, "disable_adapter"):
+        with tuned.disable_adapter():
+            yield tuned
+    else:
+        yield load_base(spec, base)
+
+
+def generation_settings(spec: RunSpec) -> generative.GenerationSettings:
+    """The spec's generation settings (a proposed eval.generation field) or the defaults."""
+    given = getattr(spec.eval, "generation", None)
+    if given is None:
+        return generative.GenerationSettings()
+    values = given.model_dump() if hasattr(given, "model_dump") else dict(given)
+    return generative.GenerationSettings(**values)
+
+
+TASK = SftTask()
