@@ -7,11 +7,10 @@ Method modules import heavy libraries inside functions, so listing methods stays
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from functools import cache
 from typing import Any, Protocol
 
+from honed.plugins import load_plugin, module_names
 from honed.train.config import MethodConfig
 
 
@@ -36,12 +35,8 @@ class Method(Protocol):
 
 @cache
 def available_methods() -> tuple[str, ...]:
-    return tuple(
-        sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
-    )
+    return module_names(__path__)
 
 
 def get_method(name: str) -> Method:
-    if name not in available_methods():
-        raise KeyError(f"unknown method {name!r}; known: {', '.join(available_methods())}")
-    return importlib.import_module(f"{__name__}.{name}").METHOD
+    return load_plugin(__name__, available_methods(), name, "METHOD", "method")

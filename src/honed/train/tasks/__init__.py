@@ -5,10 +5,10 @@ discovered by file name. Task modules import heavy libraries inside functions.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from functools import cache
 from typing import TYPE_CHECKING, Any, Protocol
+
+from honed.plugins import load_plugin, module_names
 
 if TYPE_CHECKING:
     from honed.data.dataset import SplitData
@@ -44,12 +44,8 @@ class Task(Protocol):
 
 @cache
 def available_tasks() -> tuple[str, ...]:
-    return tuple(
-        sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
-    )
+    return module_names(__path__)
 
 
 def get_task(name: str) -> Task:
-    if name not in available_tasks():
-        raise KeyError(f"unknown task {name!r}; known: {', '.join(available_tasks())}")
-    return importlib.import_module(f"{__name__}.{name}").TASK
+    return load_plugin(__name__, available_tasks(), name, "TASK", "task")
