@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, PrivateAttr, ValidationError, field_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from honed.config_base import StrictModel
 from honed.data.config import DataConfig
@@ -50,6 +50,12 @@ class RunSpec(StrictModel):
     output_dir: str | None = Field(
         None, description="Run output folder; default: runs/NAME beside the spec's state folder."
     )
+    task_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Task-specific options, validated by the task's own options model "
+        "(seq2seq: target_field, prefix, max_target_tokens, generation; dpo/reward: "
+        "prompt_field, chosen_field, rejected_field, max_prompt_tokens, beta).",
+    )
     model: ModelConfig
     data: DataConfig
     method: MethodConfig = Field(default_factory=MethodConfig)
@@ -79,6 +85,25 @@ class RunSpec(StrictModel):
         if value not in available_tasks():
             raise ValueError(f"unknown task {value!r}; known: {', '.join(available_tasks())}")
         return value
+
+    @model_validator(mode="after")
+    def _valid_task_options(self) -> RunSpec:
+        from honed.train.tasks import get_task
+
+        options_model = getattr(get_task(self.task), "options_model", None)
+        if options_model is None:
+            if self.task_options:
+                raise ValueError(f"task_options: task {self.task!r} takes no options")
+        else:
+            try:
+                options_model.model_validate(self.task_options)
+            except ValidationError as err:
+                problems = "; ".join(
+                    f"task_options.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                    for e in err.errors()
+                )
+                raise ValueError(problems) from None
+        return self
 
     @property
     def path(self) -> Path | None:

@@ -47,6 +47,7 @@ def training_arguments_kwargs(cfg: TrainingConfig, paths: RunPaths) -> dict[str,
         # transformers 5: a float in [0, 1) is a fraction of the total steps (warmup_ratio is gone).
         "warmup_steps": cfg.warmup_fraction,
         "lr_scheduler_type": cfg.lr_scheduler,
+        "label_smoothing_factor": cfg.label_smoothing,
         "eval_strategy": "epoch",
         "save_strategy": "epoch",
         "logging_strategy": "steps",

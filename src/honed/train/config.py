@@ -52,6 +52,9 @@ class TrainingConfig(StrictModel):
     warmup_fraction: float = Field(
         0.1, ge=0, lt=1, description="Fraction of optimizer steps spent warming up."
     )
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=1, description="Label smoothing of the classification loss (0: off)."
+    )
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     early_stopping_patience: int | None = Field(
         3, ge=1, description="Stop after this many evaluations without improvement; null: never."

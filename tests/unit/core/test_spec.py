@@ -92,3 +92,12 @@ def test_relative_data_path_resolves_against_spec_folder(tmp_path):
 def test_duplicate_labels_rejected():
     with pytest.raises(SpecError, match="duplicate"):
         parse_spec({**MINIMAL, "data": {"source": "d", "labels": ["a", "a"]}})
+
+
+def test_task_options_are_validated_by_the_task():
+    with pytest.raises(SpecError, match="task_options: task 'classification' takes no options"):
+        parse_spec({**MINIMAL, "task_options": {"beta": 0.1}})
+    spec = parse_spec({**MINIMAL, "task": "dpo", "task_options": {"beta": 0.2}})
+    assert spec.task_options == {"beta": 0.2}
+    with pytest.raises(SpecError, match="task_options"):
+        parse_spec({**MINIMAL, "task": "dpo", "task_options": {"betta": 0.2}})
