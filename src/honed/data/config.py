@@ -47,6 +47,9 @@ class DataConfig(StrictModel):
     labels: list[str] | None = Field(
         None, description="Declared label set, in id order. Inferred (sorted) when omitted."
     )
+    chat_format: Literal["auto", "messages", "alpaca", "prompt_completion"] = Field(
+        "auto", description="sft: row shape; 'auto' detects it from the first row's fields."
+    )
     on_bad_rows: Literal["skip", "fail"] = Field(
         "fail",
         description="Rows with a missing/unknown label, empty text or undecodable bytes: "

@@ -2,17 +2,40 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from honed.config_base import StrictModel
 
 Baseline = Literal["majority", "embeddings_logreg"]
 
 
+class GenerationConfig(StrictModel):
+    """Decoding settings of generated samples (recorded next to them in samples.json)."""
+
+    max_new_tokens: int = Field(64, gt=0, description="Tokens generated per sample.")
+    do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    repetition_penalty: float = Field(1.1, gt=0, description="Penalty on repeated tokens.")
+    batch_size: int = Field(8, gt=0, description="Prompts per generate call.")
+
+
 class EvalConfig(StrictModel):
     """What the final report measures on the test split."""
+
+    @model_validator(mode="after")
+    def _regex_given(self) -> EvalConfig:
+        if self.format == "regex":
+            if not self.format_regex:
+                raise ValueError("format_regex: required when format is 'regex'")
+            try:
+                re.compile(self.format_regex)
+            except re.error as err:
+                raise ValueError(f"format_regex: not a valid regular expression ({err})") from None
+        return self
 
     baselines: list[Baseline] = Field(
         default_factory=lambda: ["majority", "embeddings_logreg"],
@@ -22,6 +45,15 @@ class EvalConfig(StrictModel):
     worst_examples: int = Field(
         10, ge=0, description="List this many misclassified test examples, most confident first."
     )
+    generation: GenerationConfig = Field(
+        default_factory=GenerationConfig, description="Generative tasks: decoding settings."
+    )
+    format: Literal["json", "regex"] | None = Field(
+        None,
+        description="Generative tasks: check that answers are valid JSON, or fully match "
+        "format_regex; the adherence rate is reported.",
+    )
+    format_regex: str | None = Field(None, description="Pattern used when format is 'regex'.")
     min_metrics: dict[str, float] = Field(
         default_factory=dict,
         description="Gate: the run fails (exit 3) when a test metric falls below its floor, "

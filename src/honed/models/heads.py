@@ -101,4 +101,9 @@ def load_classifier(path: str | Path, pooling: str | None = None, **kwargs: Any)
         )
     model = _mean_class(config).from_pretrained(str(path), config=config, **kwargs)
     _check_mean_supported(model)
+    # The CLS pooler is unused under mean pooling: drop it, so it neither costs a matmul nor
+    # shows up as a parameter that "trains" without a gradient (or gets a LoRA adapter).
+    encoder = getattr(model, model.base_model_prefix)
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None
     return model

@@ -21,6 +21,19 @@ _PACKAGES = (
 )  # fmt: skip
 
 
+def read_lineage(folder: Path) -> dict[str, Any]:
+    """A model folder's lineage.json ({} when absent); a clear error when it is broken."""
+    from honed.errors import ModelError
+
+    path = Path(folder) / "lineage.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ModelError(f"{path}: broken JSON ({err.msg})") from None
+
+
 def package_versions() -> dict[str, str]:
     versions = {}
     for name in _PACKAGES:

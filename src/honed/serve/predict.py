@@ -6,37 +6,13 @@ files, proving the round trip) and by the server's /v1/classify.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from honed.errors import ModelError
-from honed.models.heads import load_classifier, resolve_pooling
-
-
-def read_lineage(folder: Path) -> dict[str, Any]:
-    path = folder / "lineage.json"
-    if not path.is_file():
-        return {}
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def adapter_base_path(folder: Path, lineage: dict[str, Any]) -> Path:
-    """The base model an adapter folder was trained on, checked against its recorded digest."""
-    from honed.models.config import ModelConfig
-    from honed.models.resolve import resolve_model
-
-    base = lineage.get("base_model") or {}
-    if not base.get("source"):
-        raise ModelError(f"{folder}: adapter without lineage.json naming its base model")
-    resolved = resolve_model(ModelConfig(base=base["source"]))
-    if base.get("digest") and resolved.digest != base["digest"]:
-        raise ModelError(
-            f"{folder}: base model {base['source']!r} changed since training "
-            f"(digest {resolved.digest[:12]} != recorded {base['digest'][:12]})"
-        )
-    return resolved.path
+from honed.models.heads import load_classifier
+from honed.registry.lineage import read_lineage
 
 
 class Predictor:
@@ -69,20 +45,10 @@ class Predictor:
 
     @staticmethod
     def _load_adapter(folder: Path, lineage: dict[str, Any], merge: bool) -> Any:
-        from peft import PeftModel
+        from honed.train.merge import adapter_info, check_base_digest, load_adapter_model
 
-        labels = lineage.get("labels") or []
-        base_path = adapter_base_path(folder, lineage)
-        requested = (lineage.get("spec") or {}).get("model", {}).get("pooling", "auto")
-        base = load_classifier(
-            base_path,
-            resolve_pooling(requested, base_path),
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)},
-            use_safetensors=True,
-        )
-        model = PeftModel.from_pretrained(base, str(folder))
+        check_base_digest(adapter_info(folder))  # an adapter on a changed base is refused
+        model = load_adapter_model(folder)
         # Merging removes the adapter's per-call overhead for inference.
         return model.merge_and_unload() if merge else model
 

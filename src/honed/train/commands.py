@@ -1,4 +1,4 @@
-"""Train-stage commands: ``honed merge`` (and, added by the reward task, ``honed score``).
+"""Train-stage commands: ``honed merge`` and ``honed score`` (reward models).
 
 Each command imports its heavy modules inside the handler so ``honed --help`` stays fast.
 """
@@ -33,9 +33,8 @@ def _register_merge(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_merge)
 
 
-# ---- honed score (reward models): helper 3b adds _register_score here ----------------------
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     _register_merge(sub)
-    # _register_score(sub)  # helper 3b: `honed score` for reward models
+    from honed.train.score import register_score  # light at import: argparse only
+
+    register_score(sub)

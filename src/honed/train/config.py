@@ -23,11 +23,22 @@ class LoraParams(StrictModel):
     bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases train.")
 
 
+class QuantParams(StrictModel):
+    """4-bit quantization of the frozen base (QLoRA, bitsandbytes)."""
+
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type (NF4: QLoRA).")
+    double_quant: bool = Field(True, description="Quantize the quantization constants too.")
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="dtype of the matmuls on dequantized weights."
+    )
+
+
 class MethodConfig(StrictModel):
     """How the base model's weights are adapted."""
 
     name: str = Field("lora", description="Registered method: see `honed methods`.")
     lora: LoraParams = Field(default_factory=LoraParams)
+    qlora: QuantParams = Field(default_factory=QuantParams)
 
     @field_validator("name")
     @classmethod
@@ -68,6 +79,14 @@ class TrainingConfig(StrictModel):
     )
     bf16: Literal["auto", "on", "off"] = Field(
         "off", description="bf16 mixed precision: 'auto' uses it where the hardware supports it."
+    )
+    packing: bool = Field(
+        True,
+        description="Generative tasks: pack samples into max_length rows, without attention "
+        "across samples (padding-free).",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in backward: less memory, ~30% slower."
     )
     seed: int = Field(42, description="Seed of weights init, shuffling and dropout.")
     logging_steps: int = Field(20, gt=0, description="Log training loss every N steps.")

@@ -26,6 +26,9 @@ from typing import Any
 
 from honed.errors import HonedError, ModelError
 from honed.models.resolve import sha256_file
+from honed.registry.lineage import read_lineage
+from honed.train.config import MethodConfig
+from honed.train.methods import get_method
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +75,7 @@ def adapter_info(adapter_dir: Path) -> dict[str, Any]:
             f"{adapter_dir}: no {ADAPTER_CONFIG}; not an adapter folder (full fine-tunes are "
             "standalone already and need no merge)"
         )
-    lineage = read_json(adapter_dir / LINEAGE)
+    lineage = read_lineage(adapter_dir)
     base = lineage.get("base_model") or {}
     base_path = Path(base.get("path") or cfg.get("base_model_name_or_path") or "")
     if not base_path.is_dir():
@@ -139,23 +142,38 @@ def _base_kwargs(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_base_for(info: dict[str, Any], quantized: bool) -> Any:
-    """The adapter's base as trained: full precision, or 4-bit NF4 for a QLoRA adapter."""
+    """The adapter's base as trained: full precision, or 4-bit for a QLoRA adapter."""
     import transformers
 
-    auto = getattr(transformers, AUTO_CLASSES[info["task_type"]])
     kwargs = _base_kwargs(info)
     if quantized:
-        from honed.train.methods import get_method
+        kwargs.update(get_method("qlora").load_kwargs(_method_config(info)))
+    if info["task_type"] == "SEQ_CLS":
+        model = _classifier_base(info, kwargs)
+    else:
+        auto = getattr(transformers, AUTO_CLASSES[info["task_type"]])
+        model = auto.from_pretrained(str(info["base_path"]), **kwargs)
+    if quantized:
         from honed.train.methods.qlora import disable_cpu_repack
 
-        method = get_method("qlora")
-        from honed.train.config import MethodConfig
-
-        kwargs.update(method.load_kwargs(MethodConfig(name="qlora")))
-        model = auto.from_pretrained(str(info["base_path"]), **kwargs)
         disable_cpu_repack(model)
-        return model
-    return auto.from_pretrained(str(info["base_path"]), **kwargs)
+    return model
+
+
+def _method_config(info: dict[str, Any]) -> MethodConfig:
+    """The method settings the adapter was trained with (quantization type etc.)."""
+    recorded = (info["lineage"].get("spec") or {}).get("method")
+    return MethodConfig.model_validate(recorded) if recorded else MethodConfig(name="qlora")
+
+
+def _classifier_base(info: dict[str, Any], kwargs: dict[str, Any]) -> Any:
+    """A classification base with the head input it was trained with (CLS or mean pooling)."""
+    from honed.models.heads import load_classifier, resolve_pooling
+
+    requested = (info["lineage"].get("spec") or {}).get("model", {}).get("pooling", "auto")
+    return load_classifier(
+        info["base_path"], resolve_pooling(requested, info["base_path"]), **kwargs
+    )
 
 
 def load_adapter_model(adapter_dir: str | Path, dequantize: bool = False) -> Any:

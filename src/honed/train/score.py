@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from honed.errors import DataError, HonedError, ModelError
+from honed.registry.lineage import read_lineage
 
 if TYPE_CHECKING:
     from honed.spec import RunSpec
@@ -46,16 +47,6 @@ class RewardScorer:
             for p, r in zip(prompts, responses, strict=True)
         ]
         return score_ids(self.model, self.tokenizer, seqs, self.batch_size)
-
-
-def _read_lineage(folder: Path) -> dict[str, Any]:
-    path = folder / "lineage.json"
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ModelError(f"{path}: broken JSON ({err.msg})") from None
 
 
 def _spec_from_lineage(lineage: dict[str, Any]) -> RunSpec | None:
@@ -96,7 +87,7 @@ def load_reward_model(
     from honed.train.tasks.seq2seq import load_tokenizer, task_options
 
     folder = Path(folder)
-    lineage = _read_lineage(folder)
+    lineage = read_lineage(folder)
     if lineage.get("task") not in (None, "reward"):
         raise ModelError(f"{folder}: a {lineage['task']!r} model, not a reward model")
     spec = spec or _spec_from_lineage(lineage)

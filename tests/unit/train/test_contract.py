@@ -58,12 +58,21 @@ def _outputs(model: Any) -> torch.Tensor:
         return model(**_probe(model)).logits.float()
 
 
-def _load_saved(folder: Path, task: Any, method: Any) -> Any:
-    if method.is_adapter:
-        return load_adapter_model(folder)
+def _load_standalone(folder: Path, task: Any) -> Any:
+    """A saved full model; classifiers through honed's loader (it restores their pooling)."""
+    if task.peft_task_type == "SEQ_CLS":
+        from honed.models.heads import load_classifier
+
+        return load_classifier(folder)
     import transformers
 
     return getattr(transformers, AUTO_CLASSES[task.peft_task_type]).from_pretrained(str(folder))
+
+
+def _load_saved(folder: Path, task: Any, method: Any) -> Any:
+    if method.is_adapter:
+        return load_adapter_model(folder)
+    return _load_standalone(folder, task)
 
 
 def _train_with_spy(task, spec, data, base, paths, monkeypatch) -> dict[str, Any]:
@@ -127,10 +136,7 @@ def test_task_method_contract(case: str, method: str, tmp_path: Path, monkeypatc
 
     merged_dir = merge_adapter(paths.model_dir, tmp_path / "merged")
     assert not (merged_dir / "adapter_config.json").exists()
-    import transformers
-
-    auto = getattr(transformers, AUTO_CLASSES[task.peft_task_type])
-    merged = _outputs(auto.from_pretrained(str(merged_dir)))
+    merged = _outputs(_load_standalone(merged_dir, task))
     assert torch.allclose(merged, reloaded, atol=atol), (merged - reloaded).abs().max()
     lineage = json.loads((merged_dir / "lineage.json").read_text())
     assert lineage["merged_from"]["base_digest"] == base.digest

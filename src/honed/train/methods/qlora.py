@@ -21,9 +21,7 @@ from honed.train.methods.lora import lora_config
 
 #: NF4 ("normal float 4"): 4-bit levels at the quantiles of a normal distribution, which is
 #: how pretrained weights are distributed. Proposed MethodConfig fields would override these.
-QUANT_TYPE = "nf4"
-DOUBLE_QUANT = True
-COMPUTE_DTYPE = "bfloat16"
+SKIP_MODULES = ["lm_head", "classifier", "score", "pooler"]
 
 
 def disable_cpu_repack(model: Any) -> int:
@@ -55,9 +53,12 @@ class QLora:
         return {
             "quantization_config": BitsAndBytesConfig(
                 load_in_4bit=True,
-                bnb_4bit_quant_type=QUANT_TYPE,
-                bnb_4bit_use_double_quant=DOUBLE_QUANT,
-                bnb_4bit_compute_dtype=getattr(torch, COMPUTE_DTYPE),
+                bnb_4bit_quant_type=cfg.qlora.quant_type,
+                bnb_4bit_use_double_quant=cfg.qlora.double_quant,
+                bnb_4bit_compute_dtype=getattr(torch, cfg.qlora.compute_dtype),
+                # Heads stay in full precision: they are new (trained through modules_to_save)
+                # or tiny, and BERT's pooler feeds the classifier directly.
+                llm_int8_skip_modules=SKIP_MODULES,
             )
         }
 

@@ -58,8 +58,6 @@ DEFAULT_CHAT_TEMPLATE = (
 #: Test rows scored for loss/perplexity and rows shown side by side (CPU time bounds).
 MAX_EVAL_ROWS = 200
 SAMPLE_ROWS = 8
-# Proposed spec fields (see the report); constants until the lead adds them.
-PACKING = True
 
 
 # ---------------------------------------------------------------- data
@@ -235,17 +233,19 @@ def sft_config_kwargs(spec: RunSpec, paths: RunPaths) -> dict[str, Any]:
     """SFTConfig arguments: the shared training arguments plus SFT's own."""
     method = get_method(spec.method.name)
     kwargs = common.training_arguments_kwargs(spec.training, paths)
+    packing = spec.training.packing
     kwargs.update(
         # Validation loss picks the best checkpoint and drives early stopping.
         metric_for_best_model="loss",
         greater_is_better=False,
         # Packed rows have no per-example length for group_by_length to sort on.
-        train_sampling_strategy="random" if PACKING else kwargs["train_sampling_strategy"],
+        train_sampling_strategy="random" if packing else kwargs["train_sampling_strategy"],
         max_length=spec.model.max_length,
-        packing=PACKING,
+        packing=packing,
         packing_strategy="bfd",  # best-fit decreasing; implies padding-free batches
         completion_only_loss=True,
-        gradient_checkpointing=False,  # SFTConfig turns it on; on CPU it only costs time here
+        # SFTConfig turns it on by default; honed leaves it to the spec (on CPU it only costs).
+        gradient_checkpointing=spec.training.gradient_checkpointing,
         dataset_num_proc=None,
         optim=method.optim() if hasattr(method, "optim") else "adamw_torch",
     )
