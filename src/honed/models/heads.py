@@ -64,7 +64,10 @@ def _mean_class(config: Any) -> type:
     from transformers import AutoModelForSequenceClassification
 
     base_cls = AutoModelForSequenceClassification._model_mapping[type(config)]
-    return type(f"MeanPool{base_cls.__name__}", (MeanPoolingMixin, base_cls), {})
+    # The pooler is dropped after loading (see load_classifier): its weights are not expected.
+    ignore = [*(getattr(base_cls, "_keys_to_ignore_on_load_missing", None) or []), r"pooler\."]
+    attrs = {"_keys_to_ignore_on_load_missing": ignore}
+    return type(f"MeanPool{base_cls.__name__}", (MeanPoolingMixin, base_cls), attrs)
 
 
 def _check_mean_supported(model: Any) -> None:
