@@ -39,10 +39,15 @@ def preference_rows(n: int = 24) -> list[dict]:
     return rows
 
 
-def build_spec(tmp_path: Path, method: str = "lora") -> Any:
+def build_pair_spec(tmp_path: Path, method: str, task: str) -> Any:
+    """A tiny spec of a pairwise task (dpo, reward) over the same model and pairs."""
     from honed.spec import parse_spec
 
     tiny = helpers()
     base = tiny.save_base(tmp_path / "base-llama", "llama")
     data = tiny.write_jsonl(tmp_path / "pairs.jsonl", preference_rows())
-    return parse_spec(tiny.spec_dict(base, data, method, TASK, tmp_path / "run"))
+    return parse_spec(tiny.spec_dict(base, data, method, task, tmp_path / "run"))
+
+
+def build_spec(tmp_path: Path, method: str = "lora") -> Any:
+    return build_pair_spec(tmp_path, method, TASK)
