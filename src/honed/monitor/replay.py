@@ -19,7 +19,7 @@ from honed.monitor.drift import ALERT, DriftConfig, DriftReport, check_drift
 from honed.monitor.profile import ProfileConfig, ReferenceProfile, build_reference_profile
 
 PHRASEBANK = Path("financial_phrasebank/Sentences_AllAgree.txt")
-ALPACA = Path("alpaca/alpaca_5000.json")
+ALPACA = Path("alpaca/alpaca_2000.json")  # the repo copy, data/alpaca/
 INJECTIONS = Path("security/prompt_injection/prompt_injections.jsonl")
 
 
