@@ -1,5 +1,5 @@
-"""ROUGE-1/2/L/Lsum with Google's ``rouge-score`` package (no hub download, unlike
-``evaluate.load("rouge")``).
+"""ROUGE-1/2/L/Lsum with Google's ``rouge-score`` package (no hub download, unlike the
+``evaluate`` library's metric loader, which wraps this same package).
 
 ROUGE-Lsum is the summary-level LCS: it treats each newline-separated line as a sentence, so
 both texts are split into sentences first and joined with newlines. Scores are F-measures in
