@@ -43,6 +43,11 @@ class ModelRef:
     alias: str | None = None
     version: str | None = None
 
+    def __str__(self) -> str:
+        if self.alias:
+            return f"{self.name}@{self.alias}"
+        return f"{self.name}/{self.version}" if self.version else self.name
+
 
 def parse_ref(ref: str) -> ModelRef:
     match = _REF.match(ref)
