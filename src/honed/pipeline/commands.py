@@ -54,8 +54,14 @@ def _print_result(result) -> None:
     for key in sorted(k for k in m if k.startswith("test_")):
         print(f"  {key:24s} {m[key]:.4f}")
     for name, base in (m.get("baselines") or {}).items():
-        acc, f1 = base["accuracy"], base["macro_f1"]
-        print(f"  baseline {name:15s} accuracy {acc:.4f}  macro_f1 {f1:.4f}")
+        # Each task reports its own baseline metrics; show the headline numbers it has.
+        shown = (
+            {k: v for k, v in base.items() if isinstance(v, float)}
+            if isinstance(base, dict)
+            else {}
+        )
+        figures = "  ".join(f"{k} {v:.4f}" for k, v in list(shown.items())[:3])
+        print(f"  baseline {name:15s} {figures}")
     if result.version:
         print(f"registered: {result.lineage['name']} version {result.version}")
 
