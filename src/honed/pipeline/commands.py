@@ -58,7 +58,7 @@ def _print_result(result) -> None:
         shown = (
             {k: v for k, v in base.items() if isinstance(v, float)}
             if isinstance(base, dict)
-            else {}
+            else {"value": base}
         )
         figures = "  ".join(f"{k} {v:.4f}" for k, v in list(shown.items())[:3])
         print(f"  baseline {name:15s} {figures}")
