@@ -165,10 +165,11 @@ class Registry:
             if version is None
             else ModelRef(name, version=version)
         )
-        previous = None
+        from mlflow.exceptions import MlflowException
+
         try:
-            previous = str(self.client.get_model_version_by_alias(name, alias).version)
-        except Exception:  # no previous holder of the alias
+            previous: str | None = str(self.client.get_model_version_by_alias(name, alias).version)
+        except MlflowException:  # no previous holder of the alias
             previous = None
         self.client.set_registered_model_alias(name, alias, target.version)
         if previous and previous != str(target.version):
