@@ -4,7 +4,8 @@
 
 The same `honed serve` app (``create_app``) runs as a subprocess on loopback, once with
 ``app.state.request_logger = RequestLogger(sqlite file)`` and once without, alternating
-``--rounds`` times so both see the same machine load; /v1/classify is driven at concurrency 32.
+``--rounds`` times so both see the same machine load; /v1/classify is driven at concurrency 32
+by the aiohttp load generator of serve_classify.py (warm-up round, then the measured one).
 Default model: a tiny random BERT classifier (2 layers, hidden 32). Its forward pass is almost
 free, so logging is as large a share of each request as it gets: a worst case.
 After the "on" rounds the log must hold one row per request.
@@ -18,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +27,9 @@ import time
 from pathlib import Path
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).parent))
+from serve_classify import _free_port, drive
 
 TEXTS = [
     "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn in the corresponding period.",
@@ -47,12 +50,6 @@ if db != "-":
     app.state.request_logger = RequestLogger(f"sqlite:///{db}")
 uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(model: Path, db: str) -> tuple[subprocess.Popen, str]:
@@ -81,33 +78,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def drive(url: str, n: int, concurrency: int, pid: int) -> tuple[float, float, int]:
-    """Requests per second and server CPU ms per request over ``n`` requests (after a
-    warm-up of n // 4), and errors."""
-    errors = 0
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-
-        async def run(count: int) -> float:
-            nonlocal errors
-            it = iter(range(count))
-
-            async def worker() -> None:
-                nonlocal errors
-                for i in it:
-                    body = {"model": "clf", "input": TEXTS[i % len(TEXTS)]}
-                    r = await client.post("/v1/classify", json=body)
-                    errors += r.status_code != 200
-
-            start_t = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-            return count / (time.perf_counter() - start_t)
-
-        await run(max(n // 4, concurrency))
-        errors = 0
-        cpu0 = cpu_seconds(pid)
-        rate = await run(n)
-        return rate, (cpu_seconds(pid) - cpu0) * 1000 / n, errors
+def drive_measured(url: str, n: int, concurrency: int, pid: int) -> tuple[float, float, int]:
+    """Requests per second and server CPU ms per request over the measured ``n`` requests
+    (after a warm-up round of the same size), and errors."""
+    cpu0: list[float] = []
+    r = asyncio.run(
+        drive(url, n, concurrency, TEXTS, before_measured=lambda: cpu0.append(cpu_seconds(pid)))
+    )
+    return r["rps"], (cpu_seconds(pid) - cpu0[0]) * 1000 / n, int(r["errors"])
 
 
 def logger_cpu_ms(db: Path, n: int = 5000) -> float:
@@ -163,8 +141,8 @@ def main() -> None:
             for mode in ("off", "on"):
                 proc, url = start(args.model, str(db) if mode == "on" else "-")
                 try:
-                    value, cpu_ms, errors = asyncio.run(
-                        drive(url, args.requests, args.concurrency, proc.pid)
+                    value, cpu_ms, errors = drive_measured(
+                        url, args.requests, args.concurrency, proc.pid
                     )
                 finally:
                     proc.terminate()  # SIGTERM: lifespan shutdown closes (flushes) the logger
@@ -178,7 +156,7 @@ def main() -> None:
         logged = rows_in(db)
         per_record = logger_cpu_ms(work / "micro.db")
     off, on = statistics.median(rps["off"]), statistics.median(rps["on"])
-    expected = args.rounds * (args.requests + max(args.requests // 4, args.concurrency))
+    expected = args.rounds * 2 * args.requests  # warm-up + measured round each
     print(f"rows in the request log: {logged} (requests sent with logging on: {expected})")
     print(
         f"throughput logging on / off: {on:.1f} / {off:.1f} req/s = {on / off:.3f}x "

@@ -179,8 +179,13 @@ def load_causal_lm(path: Path, device: str, dtype):
     return model.to(device).eval()
 
 
-def load_classifier(ref: ModelRef, device: str):
+def load_classifier(ref: ModelRef, device: str, dtype=None, quantization: str = "none"):
     """A sequence classifier (full model, or a SEQ_CLS adapter merged into its base) + labels.
+
+    `dtype` bfloat16 halves the weight bytes and, on CPUs with native bf16 (AVX512-BF16, AMX),
+    roughly doubles batched throughput; `quantization="int8"` (CPU, float32 only) is faster
+    still on CPUs with VNNI. Labels agree with float32 on nearly every input
+    (`bench/serve_classify.py` measures the agreement). Softmax runs in float32 either way.
 
     Loading is the lead's `honed.serve.predict.Predictor.from_folder` (one code path with
     `honed predict` and the run evaluation); batching stays in the engine.
@@ -188,6 +193,35 @@ def load_classifier(ref: ModelRef, device: str):
     from honed.serve.predict import Predictor
 
     predictor = Predictor.from_folder(ref.path, merge=True)
-    model = predictor.model.to(device).eval()
+    model = predictor.model.to(device=device, dtype=dtype).eval()
+    if quantization == "int8":
+        model = quantize_int8(model, device, dtype)
     predictor.tokenizer.padding_side = "right"
     return model, predictor.tokenizer, list(predictor.labels)
+
+
+def quantize_int8(model, device: str, dtype=None):
+    """Dynamic int8 quantization of the encoder's Linear layers (weights int8 per tensor,
+    activations quantized per batch); the classification head stays float32 so scores keep
+    their calibration.
+
+    Why the eager `torch.ao` API although torch marks it deprecated in favour of torchao: its
+    fbgemm/oneDNN kernels use VNNI directly (1.5x bf16, 2.7x float32 per core on MiniLM here),
+    while torchao's int8 path needs torch.compile on CPU to be fast (130 s of compilation at
+    start-up for no gain when tried on this stack).
+    """
+    import warnings
+
+    import torch
+
+    if not device.startswith("cpu"):
+        raise ModelError(f"int8 classifier quantization runs on CPU only, not {device!r}")
+    if dtype not in (None, torch.float32):
+        raise ModelError("int8 classifier quantization needs float32 weights: drop --dtype")
+    encoder = getattr(model, model.base_model_prefix)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the deprecation notice, on every start
+        torch.ao.quantization.quantize_dynamic(
+            encoder, {torch.nn.Linear}, dtype=torch.qint8, inplace=True
+        )
+    return model

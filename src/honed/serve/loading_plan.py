@@ -26,7 +26,10 @@ def build_engine(settings: ServeSettings) -> Engine:
     dtype = loading.pick_dtype(settings.dtype, device)
     classifiers = [
         ClassifierModel(
-            e.name, *loading.load_classifier(e, device), settings=settings, device=device
+            e.name,
+            *loading.load_classifier(e, device, dtype, settings.classify_quantization),
+            settings=settings,
+            device=device,
         )
         for e in entries
         if e.kind in {"classify", "classify-adapter"}
