@@ -1,6 +1,7 @@
 """Alerts from crossed thresholds: a log line, a webhook POST, Prometheus gauges.
 
     alerts = alerts_from_drift(report, model="financial-sentiment")
+    alerts += alerts_from_objectives(report.objectives, model="financial-sentiment")
     dispatch(alerts, [LogSink(), WebhookSink(url), PrometheusSink()])
 
 Every sink is tried even when another fails (a dead webhook must not hide the log line);
@@ -66,25 +67,45 @@ def alerts_from_drift(report: DriftReport, model: str | None = None) -> list[Ale
     return out
 
 
+_OBJECTIVE_KEYS = {  # breach name -> (objective field, unit)
+    "latency_p95": ("latency_p95_ms", "ms"),
+    "latency_p99": ("latency_p99_ms", "ms"),
+    "error_rate": ("max_error_rate", ""),
+}
+
+
 def alerts_from_objectives(service: dict[str, Any], model: str | None = None) -> list[Alert]:
     """Alerts for breached service objectives (from quality.service_objectives)."""
     out = []
+    limits = service.get("objectives") or {}
     for name in service.get("breaches", []):
         value = service["error_rate"] if name == "error_rate" else None
         if name.startswith("latency_"):
             value = service["latency_ms"][name.split("_", 1)[1]]
+        key, unit = _OBJECTIVE_KEYS.get(name, (name, ""))
+        threshold = limits.get(key)
+        shown = f"{value:.4g}{unit and ' ' + unit}" if value is not None else "-"
+        limit = f" > objective {threshold}{unit and ' ' + unit}" if threshold is not None else ""
+        size = f" (window of {service['n']} requests)" if "n" in service else ""
         out.append(
             Alert(
                 f"slo.{name}",
                 ALERT,
                 value,
-                None,
-                f"objective breached: {name}={value}",
+                threshold,
+                f"objective breached: {name}={shown}{limit}{size}",
                 model,
                 _stamp(),
             )
         )
     return out
+
+
+def _worst(report: DriftReport | None, alerts: Sequence[Alert]) -> str:
+    """The worst of the report's status and the alerts' severities (objective alerts can make
+    a window with no drift an alert)."""
+    levels = [a.severity for a in alerts] + ([report.status] if report is not None else [])
+    return max(levels, key=lambda s: _STATUS_CODE.get(s, -1), default=ALERT)
 
 
 class LogSink:
@@ -123,7 +144,7 @@ class WebhookSink:
             return
         body = {
             "source": "honed",
-            "status": report.status if report else ALERT,
+            "status": _worst(report, chosen),
             "alerts": [a.to_dict() for a in chosen],
             "text": "\n".join(f"[{a.severity}] {a.name}: {a.message}" for a in chosen),
         }
@@ -137,9 +158,10 @@ class WebhookSink:
 
 
 class PrometheusSink:
-    """Gauges per drift component (value and status 0/1/2), the overall status, and a
-    counter of alerts. Uses its own ``CollectorRegistry`` unless given one (pass
-    ``prometheus_client.REGISTRY`` to expose them on the server's default /metrics)."""
+    """Gauges per drift component (value and status 0/1/2), the overall status, the service
+    objectives of the window (measure, breached 0/1), and a counter of alerts. Uses its own
+    ``CollectorRegistry`` unless given one (pass ``prometheus_client.REGISTRY`` to expose them
+    on the server's default /metrics)."""
 
     def __init__(self, registry=None, namespace: str = "honed", model: str = ""):
         from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -168,6 +190,18 @@ class PrometheusSink:
             ["model"],
             registry=self.registry,
         )
+        self.slo_value = Gauge(
+            f"{namespace}_slo_value",
+            "Service-objective measure of the last window (latency_p*_ms, error_rate)",
+            ["model", "objective"],
+            registry=self.registry,
+        )
+        self.slo_breached = Gauge(
+            f"{namespace}_slo_breached",
+            "1 when the objective was breached in the last window, else 0",
+            ["model", "objective"],
+            registry=self.registry,
+        )
         self.alerts = Counter(
             f"{namespace}_alerts",
             "Alerts raised",
@@ -190,6 +224,19 @@ class PrometheusSink:
             self.status.labels(model, name).set(_STATUS_CODE.get(comp.status, 0))
         self.overall.labels(model).set(_STATUS_CODE.get(report.status, 0))
         self.window.labels(model).set(report.window_size)
+        if report.objectives:
+            self.observe_objectives(report.objectives, model)
+
+    def observe_objectives(self, service: dict[str, Any], model: str = "") -> None:
+        """Set the objective gauges from quality.service_objectives (breached or not)."""
+        measures = {f"latency_{q}_ms": v for q, v in service["latency_ms"].items()}
+        measures["error_rate"] = service["error_rate"]
+        for name, value in measures.items():
+            if value is not None:
+                self.slo_value.labels(model, name).set(value)
+        for name in _OBJECTIVE_KEYS:
+            breached = name in service.get("breaches", [])
+            self.slo_breached.labels(model, name).set(1 if breached else 0)
 
 
 def dispatch(

@@ -61,18 +61,48 @@ def _add_profile(parser: argparse.ArgumentParser) -> None:
 def _add_drift(msub: argparse._SubParsersAction) -> None:
     drift = msub.add_parser(
         "drift",
-        help="Check a window of logged traffic against the model's reference profile.",
-        description="Exit code 0: ok/warn/too little data; 1: at least one component alerts.",
+        help="Check a window of logged traffic against the model's reference profile and "
+        "its latency / error-rate objectives.",
+        description="Exit code 0: ok/warn/too little data; 1: at least one drift component "
+        "alerts or a service objective is breached. Objectives come from the spec's monitor: "
+        "objectives section (or --thresholds); the flags below override them.",
     )
     drift.add_argument("--since", default="24h", help="Window length back from now (24h).")
     _add_profile(drift)
     drift.add_argument("--served-model", help="Only requests logged for this served model id.")
     drift.add_argument("--thresholds", help="YAML/JSON file of DriftConfig fields.")
+    _add_objective_flags(drift)
     drift.add_argument("--webhook", help="POST alerts to this URL.")
+    drift.add_argument(
+        "--prometheus-textfile",
+        help="Write the drift and objective gauges to this file in Prometheus text format "
+        "(node-exporter textfile collector).",
+    )
     drift.add_argument("--json", action="store_true", help="Print the full result as JSON.")
     drift.add_argument("--no-save", action="store_true", help="Do not store the result.")
     _add_db(drift)
     drift.set_defaults(func=_drift)
+
+
+# flag -> ObjectivesConfig field (the flags override the spec's monitor.objectives)
+_OBJECTIVE_FLAGS = {
+    "--latency-p95-ms": "latency_p95_ms",
+    "--latency-p99-ms": "latency_p99_ms",
+    "--max-error-rate": "max_error_rate",
+    "--min-requests": "min_requests",
+}
+
+
+def _add_objective_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("service objectives (override the spec's)")
+    group.add_argument("--latency-p95-ms", type=float, help="p95 latency objective (ms).")
+    group.add_argument("--latency-p99-ms", type=float, help="p99 latency objective (ms).")
+    group.add_argument(
+        "--max-error-rate", type=float, help="Largest share of failed requests (0-1)."
+    )
+    group.add_argument(
+        "--min-requests", type=int, help="Fewer requests than this: objectives not judged."
+    )
 
 
 def _add_report(msub: argparse._SubParsersAction) -> None:
@@ -145,28 +175,94 @@ def _drift_config(path: str | None, args: argparse.Namespace | None = None):
         raise HonedError(f"{file}: invalid thresholds: {err}") from None
 
 
+def _with_objective_flags(config, args: argparse.Namespace):
+    """``config`` with the objective flags given on the command line applied (validated)."""
+    from pydantic import ValidationError
+
+    from honed.errors import HonedError
+    from honed.monitor.quality import ObjectivesConfig
+
+    fields = _OBJECTIVE_FLAGS.values()
+    given = {f: v for f in fields if (v := getattr(args, f, None)) is not None}
+    if not given:
+        return config
+    try:
+        objectives = ObjectivesConfig.model_validate({**config.objectives.model_dump(), **given})
+    except ValidationError as err:
+        flags = {v: k for k, v in _OBJECTIVE_FLAGS.items()}
+        why = "; ".join(f"{flags[e['loc'][0]]}: {e['msg']}" for e in err.errors())
+        raise HonedError(f"invalid objective: {why}") from None
+    return config.model_copy(update={"objectives": objectives})
+
+
+def _window_objectives(store, since, model: str | None, objectives) -> dict:
+    """Latency and error-rate objectives over the drift window's requests (all of them, not
+    only those with an input text)."""
+    from honed.monitor.quality import service_objectives
+
+    rows = store.fetch(since, model=model, columns=["latency_ms", "status_code", "error"])
+    return service_objectives(
+        [r["latency_ms"] for r in rows],
+        [r["status_code"] for r in rows],
+        [r["error"] for r in rows],
+        objectives,
+    )
+
+
 def _drift(args: argparse.Namespace) -> int:
     from honed.models.embed import Embedder
-    from honed.monitor.alerts import LogSink, WebhookSink, alerts_from_drift, dispatch
     from honed.monitor.drift import ALERT
     from honed.monitor.requestlog import RequestStore
     from honed.monitor.window import drift_for_window, load_window
 
     profile = _load_profile(args)
-    config = _drift_config(args.thresholds, args)
+    config = _with_objective_flags(_drift_config(args.thresholds, args), args)
     store = RequestStore(args.db)
     since = _since(args.since)
     lazy = _LazyEmbedder(Embedder)
     window = load_window(store, since, model=args.served_model, embedder=lazy, dim=profile.dim)
     report = drift_for_window(profile, window, config)
+    report.objectives = _window_objectives(store, since, args.served_model, config.objectives)
     if not args.no_save:
         store.save_drift_check(report.to_dict())
-    print(json.dumps(report.to_dict(), indent=2) if args.json else _table(report))
+    doc = {**report.to_dict(), "combined_status": report.combined_status}
+    print(json.dumps(doc, indent=2) if args.json else _table(report))
+    _send_alerts(report, args)
+    return 1 if report.combined_status == ALERT else 0
+
+
+def _send_alerts(report, args: argparse.Namespace) -> None:
+    """Drift and objective alerts to the log, the webhook and the Prometheus text file."""
+    from honed.monitor.alerts import (
+        LogSink,
+        PrometheusSink,
+        WebhookSink,
+        alerts_from_drift,
+        alerts_from_objectives,
+        dispatch,
+    )
+
+    model = args.served_model
+    alerts = alerts_from_drift(report, model)
+    alerts += alerts_from_objectives(report.objectives or {}, model)
     sinks = [LogSink()] + ([WebhookSink(args.webhook)] if args.webhook else [])
-    errors = dispatch(alerts_from_drift(report, args.served_model), sinks, report)
+    prometheus = PrometheusSink(model=model or "") if args.prometheus_textfile else None
+    errors = dispatch(alerts, sinks + ([prometheus] if prometheus else []), report)
+    if prometheus is not None:
+        errors += _write_textfile(prometheus, args.prometheus_textfile)
     for err in errors:
         print(f"warning: alert not delivered: {err}", file=sys.stderr)
-    return 1 if report.status == ALERT else 0
+
+
+def _write_textfile(sink, path: str) -> list[str]:
+    from prometheus_client import write_to_textfile
+
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_to_textfile(path, sink.registry)  # atomic: written aside, then renamed
+    except OSError as err:
+        return [f"PrometheusSink: {path}: {err}"]
+    return []
 
 
 class _LazyEmbedder:
@@ -188,7 +284,25 @@ def _table(report) -> str:
         lines.append(
             f"  {c.name:<18} {c.metric:<9} {value:>8}  warn {c.warn}  alert {c.alert}  {c.status}"
         )
+    if report.objectives:
+        lines += _objectives_table(report.objectives)
     return "\n".join(lines)
+
+
+def _objectives_table(service: dict) -> list[str]:
+    lines = [f"objectives: {service['status']} ({service['n']} requests)"]
+    limits, breaches = service["objectives"], service["breaches"]
+    judged = service["status"] != "insufficient_data"
+    rows = [
+        ("latency_p95", "ms", service["latency_ms"]["p95"], limits["latency_p95_ms"]),
+        ("latency_p99", "ms", service["latency_ms"]["p99"], limits["latency_p99_ms"]),
+        ("error_rate", "share", service["error_rate"], limits["max_error_rate"]),
+    ]
+    for name, metric, value, limit in rows:
+        shown = "-" if value is None else f"{value:.3f}" if metric == "share" else f"{value:.1f}"
+        status = "alert" if name in breaches else "ok" if judged else "-"
+        lines.append(f"  {name:<18} {metric:<9} {shown:>8}  objective {limit}  {status}")
+    return lines
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -38,6 +38,7 @@ from honed.monitor.profile import (
     confidence_summary,
     shares,
 )
+from honed.monitor.quality import ObjectivesConfig
 
 OK, WARN, ALERT, SKIPPED, INSUFFICIENT = "ok", "warn", "alert", "skipped", "insufficient_data"
 _SEVERITY = {SKIPPED: -1, OK: 0, WARN: 1, ALERT: 2}
@@ -101,6 +102,11 @@ class DriftConfig(StrictModel):
         (), description=f"Components computed but left out of the overall status: {COMPONENTS}."
     )
     seed: int = Field(0, description="Seed of the classifier's sampling and folds.")
+    objectives: ObjectivesConfig = Field(
+        default_factory=ObjectivesConfig,
+        description="Latency and error-rate objectives `honed monitor drift` checks over the "
+        "same window of logged requests (CLI flags override them).",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> DriftConfig:
@@ -133,6 +139,8 @@ class DriftReport:
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     window_start: str | None = None
     window_end: str | None = None
+    # Service objectives over the same window (quality.service_objectives), when checked.
+    objectives: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -144,6 +152,13 @@ class DriftReport:
 
     def alerts(self) -> list[ComponentResult]:
         return [c for c in self.components.values() if c.status in (WARN, ALERT)]
+
+    @property
+    def combined_status(self) -> str:
+        """The drift status, raised to ``alert`` when a service objective is breached."""
+        if self.objectives and self.objectives.get("breaches"):
+            return ALERT
+        return self.status
 
 
 def smoothed(p: np.ndarray, eps: float) -> np.ndarray:

@@ -2,12 +2,19 @@
 training data.
 
 - ``POST /v1/feedback``: ``{"request_id", "rating": "up"|"down", "correction", "preferred",
-  "comment"}``; 404 when the request id is unknown. Implicit signals the server sees
-  (``regenerate``, ``abandoned`` stream) go through :meth:`FeedbackStore.add` with ``signal``.
+  "comment"}``; 404 when the request id is unknown.
+- Implicit signals the server sees: ``regenerate`` (the same caller sent the same prompt to
+  the same model again soon after; recorded on the earlier request) and ``abandoned`` (a
+  stream whose client left before the final chunk). The server queues them through its
+  request logger (:meth:`~honed.monitor.requestlog.RequestLogger.submit_feedback`); other
+  code can use :meth:`FeedbackStore.add_signal`. :func:`feedback_summary` counts them apart
+  from explicit feedback.
 - Export: corrections of a classifier's label -> classification rows ``{text, label}``;
   corrections / preferred answers of a generator -> SFT rows ``{prompt, completion}`` and DPO
   pairs ``{prompt, chosen, rejected}`` (the logged answer is the rejected one). Rows are
   de-duplicated (latest feedback wins) and carry ``request_id`` / ``feedback_id`` provenance.
+  Implicit signals are never exported: they say an answer was unsatisfying, not what a better
+  one is.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from honed.monitor.requestlog import (
 )
 
 Signal = Literal["explicit", "regenerate", "abandoned"]
+IMPLICIT_SIGNALS = ("regenerate", "abandoned")
 KINDS = ("classification", "sft", "dpo")
 _MAX_TEXT = 100_000
 
@@ -94,8 +102,11 @@ class FeedbackStore:
             query = select(RequestRow.id).where(RequestRow.id == request_id)
             return conn.execute(query).first() is not None
 
-    def add(self, feedback: FeedbackIn | dict[str, Any]) -> int:
-        """Store one feedback; raises UnknownRequestError for an unknown request id."""
+    def add(
+        self, feedback: FeedbackIn | dict[str, Any], detail: dict[str, Any] | None = None
+    ) -> int:
+        """Store one feedback (``detail``: what the server saw with an implicit signal);
+        raises UnknownRequestError for an unknown request id."""
         fb = feedback if isinstance(feedback, FeedbackIn) else FeedbackIn(**feedback)
         if not self.request_exists(fb.request_id):
             raise UnknownRequestError(f"unknown request id {fb.request_id!r}")
@@ -108,14 +119,21 @@ class FeedbackStore:
             "correction": fb.correction,
             "preferred": fb.preferred,
             "comment": fb.comment,
+            "detail": detail,
         }
         with self.engine.begin() as conn:
             result = conn.execute(insert(FeedbackRow).returning(FeedbackRow.id), [row])
             return int(result.scalar_one())
 
-    def add_signal(self, request_id: str, signal: Signal, item: int = 0) -> int:
+    def add_signal(
+        self,
+        request_id: str,
+        signal: Signal,
+        item: int = 0,
+        detail: dict[str, Any] | None = None,
+    ) -> int:
         """Record an implicit signal the server saw (``regenerate``, ``abandoned`` stream)."""
-        return self.add(FeedbackIn(request_id=request_id, signal=signal, item=item))
+        return self.add(FeedbackIn(request_id=request_id, signal=signal, item=item), detail)
 
     def joined(self, since: datetime | None = None) -> list[dict[str, Any]]:
         """Feedback rows with their request's fields (``req_*``), oldest first."""
@@ -175,6 +193,40 @@ def _app_store(state: Any) -> FeedbackStore:
     return found
 
 
+# --- summary ---------------------------------------------------------------------------------
+
+
+def feedback_summary(feedback: list[dict[str, Any]], n_requests: int) -> dict[str, Any]:
+    """Counts and per-request rates of explicit feedback (thumbs up/down, corrections or
+    preferred answers, comments) and, apart, of each implicit signal.
+
+    ``feedback``: rows with ``rating``, ``signal``, ``correction``, ``preferred``, ``comment``
+    (e.g. :meth:`FeedbackStore.joined`)."""
+    counts = dict.fromkeys(("up", "down", "correction", "comment"), 0)
+    implicit = dict.fromkeys(IMPLICIT_SIGNALS, 0)
+    explicit = 0
+    for fb in feedback:
+        signal = fb.get("signal") or "explicit"
+        if signal != "explicit":
+            implicit[signal] = implicit.get(signal, 0) + 1
+            continue
+        explicit += 1
+        counts["up"] += fb.get("rating") == 1
+        counts["down"] += fb.get("rating") == -1
+        counts["correction"] += bool(fb.get("correction") or fb.get("preferred"))
+        counts["comment"] += bool(fb.get("comment"))
+    per = max(n_requests, 1)
+    return {
+        "requests": n_requests,
+        "explicit": {"n": explicit, **counts},
+        "implicit": implicit,
+        "rates": {
+            **{k: v / per for k, v in counts.items()},
+            **{k: v / per for k, v in implicit.items()},
+        },
+    }
+
+
 # --- export ----------------------------------------------------------------------------------
 
 
@@ -183,8 +235,8 @@ def training_rows(feedback: list[dict[str, Any]]) -> dict[str, list[dict[str, An
     rows: dict[str, dict[tuple, dict[str, Any]]] = {k: {} for k in KINDS}
     for fb in feedback:  # oldest first: a later row with the same key replaces the earlier
         prompt = fb["req_input"]
-        if not prompt:
-            continue
+        if not prompt or fb.get("signal", "explicit") != "explicit":
+            continue  # implicit signals are weak: never training data
         prov = {"request_id": fb["request_id"], "feedback_id": fb["id"], "model": fb["req_model"]}
         better = (fb["preferred"] or fb["correction"] or "").strip()
         if fb["req_label"] is not None:  # a classifier's request: the correction is a label

@@ -39,7 +39,32 @@ REFUSAL_PHRASES = (
 )
 
 
-class QualityConfig(StrictModel):
+class ObjectivesConfig(StrictModel):
+    """Service-level objectives over a window of logged requests. A breached objective is an
+    alert (``slo.latency_p95``, ``slo.latency_p99``, ``slo.error_rate``)."""
+
+    latency_p95_ms: float = Field(
+        1000.0, gt=0, description="Objective: p95 latency (ms); above it, slo.latency_p95 alerts."
+    )
+    latency_p99_ms: float = Field(
+        2500.0, gt=0, description="Objective: p99 latency (ms); above it, slo.latency_p99 alerts."
+    )
+    max_error_rate: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Objective: share of requests with status >= 500 or an error; above it, "
+        "slo.error_rate alerts.",
+    )
+    min_requests: int = Field(
+        20,
+        ge=1,
+        description="Fewer requests than this in the window: objectives are not judged (status "
+        "'insufficient_data'), so one slow or failed request in a quiet hour pages nobody.",
+    )
+
+
+class QualityConfig(ObjectivesConfig):
     """Checks on generated outputs and service objectives."""
 
     output_format: Literal["text", "json", "regex"] = Field(
@@ -59,11 +84,6 @@ class QualityConfig(StrictModel):
     )
     low_confidence: float = Field(
         0.5, ge=0, le=1, description="Classifier confidence below this counts as low."
-    )
-    latency_p95_ms: float = Field(1000.0, gt=0, description="Objective: p95 latency (ms).")
-    latency_p99_ms: float = Field(2500.0, gt=0, description="Objective: p99 latency (ms).")
-    max_error_rate: float = Field(
-        0.01, ge=0, le=1, description="Objective: share of requests with status >= 500 or error."
     )
 
 
@@ -228,10 +248,12 @@ def service_objectives(
     latencies_ms: Iterable[float | None],
     status_codes: Iterable[int | None],
     errors: Iterable[str | None] | None = None,
-    cfg: QualityConfig | None = None,
+    cfg: ObjectivesConfig | None = None,
 ) -> dict[str, Any]:
-    """Latency percentiles, error rate, and which objectives are breached."""
-    cfg = cfg or QualityConfig()
+    """Latency percentiles, error rate, which objectives are breached, and a status: ``ok``,
+    ``alert`` (some objective breached) or ``insufficient_data`` (fewer than
+    ``cfg.min_requests`` requests: nothing is judged)."""
+    cfg = cfg or ObjectivesConfig()
     lat = np.array([x for x in latencies_ms if x is not None], dtype=np.float64)
     codes = list(status_codes)
     errs = list(errors) if errors is not None else [None] * len(codes)
@@ -239,6 +261,24 @@ def service_objectives(
     n = len(codes)
     pct = {f"p{q}": float(np.percentile(lat, q)) if len(lat) else None for q in (50, 95, 99)}
     error_rate = failed / n if n else 0.0
+    judged = n >= cfg.min_requests
+    breaches = _breaches(pct, error_rate, cfg) if judged else []
+    status = ("alert" if breaches else "ok") if judged else "insufficient_data"
+    return {
+        "n": n,
+        "latency_ms": pct,
+        "error_rate": error_rate,
+        "breaches": breaches,
+        "status": status,
+        "objectives": {
+            "latency_p95_ms": cfg.latency_p95_ms,
+            "latency_p99_ms": cfg.latency_p99_ms,
+            "max_error_rate": cfg.max_error_rate,
+        },
+    }
+
+
+def _breaches(pct: dict[str, float | None], error_rate: float, cfg: ObjectivesConfig) -> list[str]:
     breaches = []
     if pct["p95"] is not None and pct["p95"] > cfg.latency_p95_ms:
         breaches.append("latency_p95")
@@ -246,4 +286,4 @@ def service_objectives(
         breaches.append("latency_p99")
     if error_rate > cfg.max_error_rate:
         breaches.append("error_rate")
-    return {"n": n, "latency_ms": pct, "error_rate": error_rate, "breaches": breaches}
+    return breaches

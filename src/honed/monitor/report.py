@@ -34,7 +34,8 @@ _TRACKED = (  # (component, label) plotted over time
 class ReportData:
     """What the report shows. ``drift``: stored checks ({created_at, status, result});
     ``requests``: rows with created_at, latency_ms, status_code, error, predicted_label;
-    ``feedback``: rows with created_at, rating, signal."""
+    ``feedback``: rows with created_at, rating, signal (explicit, or an implicit regenerate /
+    abandoned), correction, preferred, comment."""
 
     drift: list[dict[str, Any]] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -164,23 +165,23 @@ def plot_latency(requests: Sequence[dict[str, Any]]) -> str:
 
 
 def plot_feedback(feedback: Sequence[dict[str, Any]], n_requests: int) -> str:
+    """Per-request rates: explicit feedback (green), implicit signals (orange)."""
+    from honed.monitor.feedback import feedback_summary
+
     fig, ax = _figure("Feedback")
-    counts = Counter()
-    for fb in feedback:
-        if fb.get("rating") == 1:
-            counts["thumbs up"] += 1
-        elif fb.get("rating") == -1:
-            counts["thumbs down"] += 1
-        if fb.get("signal") not in (None, "explicit"):
-            counts[fb["signal"]] += 1
-        if fb.get("correction") or fb.get("preferred"):
-            counts["correction"] += 1
-    if not counts:
+    summary = feedback_summary(list(feedback), n_requests)
+    explicit = {
+        "thumbs up": summary["explicit"]["up"],
+        "thumbs down": summary["explicit"]["down"],
+        "correction": summary["explicit"]["correction"],
+    }
+    implicit = {f"{k} (implicit)": v for k, v in summary["implicit"].items()}
+    bars = {k: v for k, v in {**explicit, **implicit}.items() if v}
+    if not bars:
         _no_data(ax, "feedback")
         return _png(fig)
-    names = list(counts)
-    rates = [counts[n] / max(n_requests, 1) for n in names]
-    ax.bar(names, rates, color="tab:green")
+    colors = ["tab:orange" if k.endswith("(implicit)") else "tab:green" for k in bars]
+    ax.bar(list(bars), [v / max(n_requests, 1) for v in bars.values()], color=colors)
     ax.set_ylabel("per request")
     return _png(fig)
 
@@ -212,10 +213,28 @@ def _summary_rows(data: ReportData) -> list[tuple[str, str]]:
         ("requests", str(n)),
         ("error rate", f"{errors / n:.2%}" if n else "-"),
         ("latency p95", f"{np.percentile(lat, 95):.1f} ms" if lat else "-"),
-        ("feedback", str(len(data.feedback))),
+        *_feedback_rows(data.feedback, n),
         ("drift checks", str(len(data.drift))),
         ("latest drift status", latest["status"] if latest else "-"),
     ]
+    return rows
+
+
+def _feedback_rows(feedback: list[dict[str, Any]], n: int) -> list[tuple[str, str]]:
+    """Explicit feedback and each implicit signal apart (the latter are weak signals)."""
+    from honed.monitor.feedback import feedback_summary
+
+    summary = feedback_summary(feedback, n)
+    exp, rates = summary["explicit"], summary["rates"]
+    rows = [
+        (
+            "feedback (explicit)",
+            f"{exp['n']} (up {exp['up']}, down {exp['down']}, corrections {exp['correction']})",
+        )
+    ]
+    for signal, count in summary["implicit"].items():
+        rate = f" ({rates[signal]:.2%} of requests)" if n else ""
+        rows.append((f"{signal} (implicit)", f"{count}{rate}"))
     return rows
 
 

@@ -44,6 +44,7 @@ from sqlalchemy import (
     insert,
     select,
 )
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,9 @@ class FeedbackRow(Base):
     correction: Mapped[str | None] = mapped_column(Text)
     preferred: Mapped[str | None] = mapped_column(Text)
     comment: Mapped[str | None] = mapped_column(Text)
+    # What the server saw with an implicit signal, e.g. {"tokens_sent": 12} for an abandoned
+    # stream, {"by_request_id": ...} (the repeat) for a regenerate.
+    detail: Mapped[dict | None] = mapped_column(JSON)
 
 
 class DriftCheckRow(Base):
@@ -121,6 +125,8 @@ class DriftCheckRow(Base):
     result: Mapped[dict] = mapped_column(JSON)
 
 
+# Marks a queued implicit-feedback record (RequestLogger.submit_feedback) among requests.
+_FEEDBACK = "__honed_feedback__"
 REQUEST_FIELDS = frozenset(c.name for c in RequestRow.__table__.columns) - {"pk"}
 # Short names the server's tracker uses (honed.serve.tracking) -> columns.
 ALIASES = {
@@ -150,7 +156,28 @@ def make_engine(url: str | None = None) -> Engine:
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     Base.metadata.create_all(engine)
+    _add_missing_columns(engine)
     return engine
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Add nullable columns introduced after a database was created (``create_all`` only
+    creates missing tables), so an existing request log keeps working after an upgrade."""
+    from sqlalchemy import inspect, text
+
+    inspector = inspect(engine)
+    for table in Base.metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        missing = [c for c in table.columns if c.name not in present and c.nullable]
+        for column in missing:
+            kind = column.type.compile(dialect=engine.dialect)
+            try:
+                with engine.begin() as conn:
+                    conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
+            except DBAPIError:  # another process added it first: fine if it is there now
+                if column.name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
+                    raise
+            log.info("request log: added column %s.%s", table.name, column.name)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -259,13 +286,37 @@ class RequestLogger:
         # The lock only guards two counters (request threads submit concurrently); it is
         # never held across I/O, so submit cannot wait on the database.
         with self._count_lock:
-            record = self._number_item(record)
-            try:
-                self._queue.put_nowait(record)
-            except queue.Full:
-                self.stats.dropped += 1
-                return False
-            self.stats.submitted += 1
+            return self._put(self._number_item(record))
+
+    def submit_feedback(
+        self,
+        request_id: str,
+        signal: str,
+        item: int = 0,
+        detail: dict[str, Any] | None = None,
+    ) -> bool:
+        """Queue an implicit feedback signal the server saw (``regenerate``, ``abandoned``);
+        never blocks. It shares the request queue, so it is written after the records
+        submitted before it (the request it names, normally). False when dropped."""
+        record = {
+            _FEEDBACK: True,
+            "request_id": request_id,
+            "item": item,
+            "signal": signal,
+            "detail": detail,
+            "created_at": utcnow(),
+        }
+        with self._count_lock:
+            return self._put(record)
+
+    def _put(self, record: dict[str, Any]) -> bool:
+        # Called with the count lock held.
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            self.stats.dropped += 1
+            return False
+        self.stats.submitted += 1
         return True
 
     def _number_item(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -325,13 +376,16 @@ class RequestLogger:
         return batch
 
     def _write(self, batch: list[dict[str, Any]]) -> None:
-        rows = []
+        rows, feedback = [], []
         for record in batch:
+            if record.get(_FEEDBACK):
+                feedback.append({k: v for k, v in record.items() if k != _FEEDBACK})
+                continue
             try:
                 rows.append(normalise_record(record, self.redact))
             except Exception:  # e.g. a redaction hook raising: drop that record only
                 log.exception("request log: bad record dropped")
-        written = self._insert(rows)
+        written = self._insert(rows) + self._insert_feedback(feedback)
         with self._done:
             self.stats.written += written
             self.stats.failed += len(batch) - written
@@ -351,6 +405,17 @@ class RequestLogger:
                 log.exception("request log: writing a record failed")
                 return 0
         return sum(self._insert([row]) for row in rows)
+
+    def _insert_feedback(self, rows: list[dict[str, Any]]) -> int:
+        if not rows:
+            return 0
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(FeedbackRow), rows)
+        except Exception:  # implicit signals are best effort: log, never stop the writer
+            log.exception("request log: writing %d implicit feedback rows failed", len(rows))
+            return 0
+        return len(rows)
 
 
 class RequestStore:

@@ -72,7 +72,10 @@ class ServeSettings(BaseSettings):
     )
     device: str = Field("auto", description="'auto' (cuda when present), 'cpu' or 'cuda[:N]'.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Weights dtype; 'auto' = bfloat16 on GPU, float32 on CPU."
+        "auto",
+        description="Weights dtype of generators and classifiers; 'auto' = bfloat16 on GPU, "
+        "float32 on CPU (exactly the evaluated numbers). bfloat16 on a CPU with native bf16 "
+        "(AVX512-BF16/AMX) about doubles batched classification throughput.",
     )
     torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads at start.")
     # -- operate (monitor stage) ------------------------------------------------------------
@@ -84,6 +87,14 @@ class ServeSettings(BaseSettings):
     )
     redact_pii: bool = Field(
         True, description="Mask e-mails, phone and card numbers etc. in logged texts."
+    )
+    regenerate_window_s: float = Field(
+        600.0,
+        ge=0,
+        description="The same caller (API key name; client address without keys) sending the "
+        "same prompt/messages to the same model again within this many seconds of an answer "
+        "records an implicit 'regenerate' feedback on the earlier request. 0 turns it off. "
+        "Behind a proxy without forwarded-address handling all callers share one address.",
     )
     # -- network ----------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Bind address (0.0.0.0 inside a container).")
@@ -114,6 +125,19 @@ class ServeSettings(BaseSettings):
         1, ge=1, le=64, description="Classifier batches run in parallel on this many threads."
     )
     classify_max_length: int = Field(512, ge=1, description="Truncate classified texts (tokens).")
+    classify_quantization: Literal["none", "int8"] = Field(
+        "none",
+        description="'int8': dynamic int8 quantization of classifier encoders (CPU, float32 "
+        "weights): ~1.5x bf16 and ~2.7x float32 throughput per core with VNNI; labels agree "
+        "with float32 on ~99.5% of PhraseBank sentences. 'none' serves the evaluated weights.",
+    )
+    classify_token_budget: int = Field(
+        1024,
+        ge=1,
+        description="Padded tokens (rows x longest row) per classifier forward pass: a "
+        "micro-batch is sorted by length and cut into passes under this budget, so short texts "
+        "do not pay for a long one's padding. One text longer than the budget runs alone.",
+    )
     # -- access -----------------------------------------------------------------------------
     api_keys: list[ApiKeyEntry] = Field(
         default_factory=list, description="Hashed API keys (see `honed apikey create`)."

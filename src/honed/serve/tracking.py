@@ -2,7 +2,8 @@
 
 The logger is any object with `.submit(record: dict)`; records carry id, model, adapter, route,
 latency_ms, prompt_tokens, completion_tokens, input, output, label, score, status. A failing
-logger never fails a request.
+logger never fails a request. A logger that also has `.submit_feedback(...)` receives the
+implicit feedback signals (`regenerate`, `abandoned`; see honed.serve.implicit).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from fastapi import Request
 
+from honed.serve import implicit
 from honed.serve.engine import Engine
 
 log = logging.getLogger("honed.serve")
@@ -35,6 +37,7 @@ class Tracker:
     def __init__(self, request: Request, route: str, model_id: str, prefix: str) -> None:
         self.state = request.app.state
         self.route = route
+        self.model_id = model_id
         self.id = f"{prefix}-{uuid.uuid4().hex[:24]}"
         self.model, self.adapter = labels_for(self.state.engine, model_id)
         self.started = time.perf_counter()
@@ -42,6 +45,32 @@ class Tracker:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.records: list[dict[str, Any]] = []  # request-logger payloads (input/output/...)
+        self.tokens_sent: int | None = None  # streamed content chunks delivered; None: no stream
+        self._prompt_key: bytes | None = None
+        self._memory: implicit.PromptMemory | None = None
+
+    def watch_regenerate(self, caller: str, payload: Any) -> None:
+        """Record a ``regenerate`` on the earlier request when ``caller`` sent the same
+        ``payload`` (messages or prompt) to this model within the window; this request is
+        remembered in turn once it answers (see ``finish``)."""
+        self._memory = implicit.memory_for(self.state)
+        if self._memory is None:
+            return
+        self._prompt_key = implicit.prompt_key(caller, self.route, self.model_id, payload)
+        earlier = self._memory.previous(self._prompt_key)
+        if earlier is not None:
+            implicit.emit_signal(self.state, earlier, "regenerate", {"by_request_id": self.id})
+
+    def abandon(self, usage: dict[str, int]) -> None:
+        """The client left a stream before its final chunk: record the request (499, with the
+        tokens generated so far) and an ``abandoned`` signal on it."""
+        if self.done:
+            return
+        self.prompt_tokens = usage["prompt_tokens"]
+        self.completion_tokens = usage["completion_tokens"]
+        self.finish(499, "client_disconnected")
+        detail = {"tokens_sent": self.tokens_sent or 0, "tokens_generated": self.completion_tokens}
+        implicit.emit_signal(self.state, self.id, "abandoned", detail)
 
     def finish(self, status: int, error_type: str | None = None) -> None:
         if self.done:
@@ -57,6 +86,11 @@ class Tracker:
         m.tokens_in.labels(self.model, self.adapter).inc(self.prompt_tokens)
         m.tokens_out.labels(self.model, self.adapter).inc(self.completion_tokens)
         self._log(status, elapsed)
+        # Only an answer the caller saw (complete, or partly streamed) can be regenerated; a
+        # retry after an error or a timeout is not a judgement of an answer.
+        answered = status == 200 or bool(self.tokens_sent)
+        if self._memory is not None and self._prompt_key is not None and answered:
+            self._memory.remember(self._prompt_key, self.id)
 
     def _log(self, status: int, elapsed: float) -> None:
         logger = getattr(self.state, "request_logger", None)

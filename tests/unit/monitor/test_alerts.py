@@ -1,9 +1,6 @@
 from __future__ import annotations
 
-import json
 import logging
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 from prometheus_client import generate_latest
@@ -28,30 +25,6 @@ def _report():
         "text_length": ComponentResult("text_length", "psi", 0.01, "ok", 0.1, 0.2),
     }
     return DriftReport("alert", 300, comps)
-
-
-class _Receiver(BaseHTTPRequestHandler):
-    received: list = []  # noqa: RUF012
-
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).received.append((self.headers["Content-Type"], json.loads(body)))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def receiver():
-    _Receiver.received = []
-    server = HTTPServer(("127.0.0.1", 0), _Receiver)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/hook", _Receiver.received
-    server.shutdown()
-    server.server_close()
 
 
 def test_alerts_from_drift():
@@ -106,3 +79,40 @@ def test_objective_alerts_and_bad_url():
     assert names == [("slo.latency_p95", 1500.0), ("slo.error_rate", 0.05)]
     with pytest.raises(ValueError, match="http"):
         WebhookSink("ftp://x")
+
+
+def _service(breaches):
+    from honed.monitor.quality import ObjectivesConfig, service_objectives
+
+    lat = [2000.0 if "latency_p95" in breaches else 10.0] * 10 + [10.0] * 90
+    codes = [500 if "error_rate" in breaches else 200] * 10 + [200] * 90
+    return service_objectives(lat, codes, cfg=ObjectivesConfig(latency_p99_ms=5000))
+
+
+def test_objective_alerts_carry_threshold_and_window():
+    alerts = alerts_from_objectives(_service(["latency_p95", "error_rate"]), "m")
+    assert [(a.name, a.threshold) for a in alerts] == [
+        ("slo.latency_p95", 1000.0),
+        ("slo.error_rate", 0.01),
+    ]
+    assert "> objective 1000.0 ms" in alerts[0].message and "100 requests" in alerts[0].message
+    assert alerts_from_objectives(_service([])) == []
+
+
+def test_webhook_status_is_alert_for_objectives_without_drift(receiver):
+    url, received = receiver
+    quiet = DriftReport("ok", 300, {})
+    dispatch(alerts_from_objectives(_service(["error_rate"])), [WebhookSink(url)], quiet)
+    assert received[0][1]["status"] == "alert"
+    assert [a["name"] for a in received[0][1]["alerts"]] == ["slo.error_rate"]
+
+
+def test_prometheus_objective_gauges():
+    sink = PrometheusSink(model="m")
+    report = DriftReport("ok", 100, {}, objectives=_service(["latency_p95"]))
+    dispatch(alerts_from_objectives(report.objectives, "m"), [sink], report)
+    text = generate_latest(sink.registry).decode()
+    assert 'honed_slo_breached{model="m",objective="latency_p95"} 1.0' in text
+    assert 'honed_slo_breached{model="m",objective="error_rate"} 0.0' in text
+    assert 'honed_slo_value{model="m",objective="latency_p95_ms"} 2000.0' in text
+    assert 'honed_alerts_total{model="m",name="slo.latency_p95",severity="alert"} 1.0' in text

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import shutil
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 
 from honed.errors import HonedError
 from honed.monitor.commands import register
-from honed.monitor.profile import ProfileConfig, build_reference_profile
+from honed.monitor.profile import PROFILE_DIRNAME, ProfileConfig, build_reference_profile
 from honed.monitor.requestlog import RequestLogger, make_engine
 from honed.monitor.window import parse_duration
 
@@ -146,3 +148,87 @@ def test_feedback_export_command(setup, capsys):
 def test_parse_duration():
     assert parse_duration("24h") == timedelta(hours=24)
     assert parse_duration("1.5d") == timedelta(hours=36)
+
+
+def _log_requests(url, n, latency_ms, status_code, error=None):
+    """Requests without an input text: they count for the objectives, not for drift."""
+    logger = RequestLogger(url)
+    for i in range(n):
+        logger.submit(
+            {
+                "id": f"slow{i}",
+                "latency_ms": latency_ms,
+                "status_code": status_code,
+                "error": error,
+            }
+        )
+    logger.close()
+    logger.engine.dispose()
+
+
+def _drift_args(tmp, url):
+    return ["monitor", "drift", "--since", "2h", "--profile", str(tmp / "profile"), "--db", url]
+
+
+def _slo_messages(caplog):
+    return [r.getMessage() for r in caplog.records if "slo." in r.getMessage()]
+
+
+def test_drift_raises_objective_alerts_through_sinks(setup, receiver, caplog, capsys):
+    tmp, url = setup
+    _log_requests(url, 30, 5000.0, 500, "generation_failed")
+    hook, received = receiver
+    with caplog.at_level(logging.WARNING, logger="honed.monitor.alerts"):
+        code = _run([*_drift_args(tmp, url), "--webhook", hook])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "drift: ok (200 requests)" in out and "objectives: alert (230 requests)" in out
+    assert "latency_p95" in out and "error_rate" in out
+    logged = _slo_messages(caplog)
+    assert any("slo.latency_p95" in m for m in logged)
+    assert any("slo.error_rate" in m for m in logged)
+    body = received[0][1]
+    assert body["status"] == "alert"
+    names = {a["name"] for a in body["alerts"]}
+    assert {"slo.latency_p95", "slo.error_rate"} <= names
+
+    assert _run([*_drift_args(tmp, url), "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["status"] == "ok" and doc["combined_status"] == "alert"
+    assert doc["objectives"]["breaches"] == ["latency_p95", "latency_p99", "error_rate"]
+    assert doc["objectives"]["error_rate"] == pytest.approx(30 / 230)
+
+
+def test_drift_healthy_window_raises_no_objective_alerts(setup, receiver, caplog, capsys):
+    tmp, url = setup
+    hook, received = receiver
+    with caplog.at_level(logging.WARNING, logger="honed.monitor.alerts"):
+        code = _run([*_drift_args(tmp, url), "--webhook", hook])
+    assert code == 0 and "objectives: ok (200 requests)" in capsys.readouterr().out
+    assert _slo_messages(caplog) == [] and received == []
+
+
+def test_objectives_from_spec_with_flag_override(setup, capsys):
+    tmp, url = setup
+    model = tmp / "model"
+    shutil.copytree(tmp / "profile", model / PROFILE_DIRNAME)
+    (model / "spec.yaml").write_text("monitor:\n  objectives:\n    latency_p95_ms: 10\n")
+    base = ["monitor", "drift", "--since", "2h", "--model", str(model), "--db", url]
+    assert _run(base) == 1  # 20 ms requests against a 10 ms objective
+    assert "latency_p95        ms            20.0  objective 10.0  alert" in capsys.readouterr().out
+    assert _run([*base, "--latency-p95-ms", "50", "--latency-p99-ms", "50"]) == 0
+    thresholds = tmp / "slo.yaml"
+    thresholds.write_text("objectives:\n  min_requests: 1000\n")
+    assert _run([*base, "--thresholds", str(thresholds)]) == 0  # too few to judge
+    assert "objectives: insufficient_data (200 requests)" in capsys.readouterr().out
+
+
+def test_objective_flags_are_validated_and_gauges_written(setup, tmp_path):
+    tmp, url = setup
+    with pytest.raises(HonedError, match=r"--max-error-rate: .*less than or equal to 1"):
+        _run([*_drift_args(tmp, url), "--max-error-rate", "2"])
+    prom = tmp_path / "metrics" / "honed.prom"
+    assert _run([*_drift_args(tmp, url), "--prometheus-textfile", str(prom)]) == 0
+    text = prom.read_text()
+    assert 'honed_slo_breached{model="",objective="latency_p95"} 0.0' in text
+    assert 'honed_drift_overall_status{model=""} 0.0' in text

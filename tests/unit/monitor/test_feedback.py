@@ -125,3 +125,74 @@ def test_implicit_signal(sqlite_url):
     assert [r["signal"] for r in store.joined()] == ["regenerate"]
     logger.close()
     engine.dispose()
+
+
+def test_server_signals_are_queued_with_the_requests(db_url):
+    engine = make_engine(db_url)
+    logger = RequestLogger(engine=engine, flush_interval_s=60, batch_size=1000)
+    logger.submit({"id": "s1", "input": "tell me a joke", "output": "no"})
+    assert logger.submit_feedback("s1", "abandoned", detail={"tokens_sent": 3})
+    assert logger.submit_feedback("s1", "regenerate", detail={"by_request_id": "s2"})
+    assert logger.flush(timeout=30) and logger.stats.written == 3
+    rows = FeedbackStore(engine=engine).joined()
+    assert [(r["signal"], r["detail"], r["rating"]) for r in rows] == [
+        ("abandoned", {"tokens_sent": 3}, None),
+        ("regenerate", {"by_request_id": "s2"}, None),
+    ]
+    logger.close()
+    engine.dispose()
+
+
+def test_summary_counts_implicit_signals_apart_and_export_skips_them(logged, tmp_path):
+    from honed.monitor.feedback import feedback_summary
+
+    engine, _ = logged
+    store = FeedbackStore(engine=engine)
+    store.add({"request_id": "g1", "rating": "down", "preferred": "good summary"})
+    store.add({"request_id": "g2", "rating": "up"})
+    store.add_signal("g1", "regenerate", detail={"by_request_id": "g9"})
+    store.add_signal("g2", "abandoned", detail={"tokens_sent": 2})
+    # a client may post an implicit signal itself; a correction on it is still not exported
+    store.add({"request_id": "c1", "signal": "regenerate", "correction": "negative"})
+    summary = feedback_summary(store.joined(), n_requests=3)
+    assert summary["explicit"] == {"n": 2, "up": 1, "down": 1, "correction": 1, "comment": 0}
+    assert summary["implicit"] == {"regenerate": 2, "abandoned": 1}
+    assert summary["rates"]["regenerate"] == pytest.approx(2 / 3)
+    written = export_training_data(store, tmp_path / "fb.jsonl")
+    assert {k: n for k, (_, n) in written.items()} == {"sft": 1, "dpo": 1}
+    only_implicit = FeedbackStore(engine=make_engine(f"sqlite:///{tmp_path / 'x.db'}"))
+    other = RequestLogger(engine=only_implicit.engine)
+    other.submit({"id": "q", "input": "x", "output": "y"})
+    other.submit_feedback("q", "abandoned")
+    other.close()
+    with pytest.raises(HonedError, match="no feedback"):
+        export_training_data(only_implicit, tmp_path / "none.jsonl")
+    only_implicit.engine.dispose()
+
+
+def test_existing_database_gains_the_detail_column(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # the feedback table as created before `detail`
+        conn.execute(
+            "CREATE TABLE honed_feedback (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "request_id VARCHAR(64), item INTEGER, created_at DATETIME, rating INTEGER, "
+            "signal VARCHAR(32), correction TEXT, preferred TEXT, comment TEXT)"
+        )
+        conn.execute(
+            "INSERT INTO honed_feedback (request_id, item, created_at, signal, rating) "
+            "VALUES ('old', 0, '2024-01-01 00:00:00', 'explicit', 1)"
+        )
+    engine = make_engine(f"sqlite:///{path}")
+    logger = RequestLogger(engine=engine)
+    logger.submit({"id": "old", "input": "x", "output": "y"})
+    logger.submit_feedback("old", "abandoned", detail={"tokens_sent": 1})
+    logger.close()
+    rows = FeedbackStore(engine=engine).joined()
+    assert [(r["signal"], r["detail"]) for r in rows] == [
+        ("explicit", None),
+        ("abandoned", {"tokens_sent": 1}),
+    ]
+    make_engine(f"sqlite:///{path}").dispose()  # a second start finds the column there
+    engine.dispose()

@@ -72,6 +72,19 @@ def test_service_objectives():
     assert res["latency_ms"]["p50"] == pytest.approx(50.5)
     assert res["error_rate"] == pytest.approx(0.03)
     assert res["breaches"] == ["latency_p95", "error_rate"]
+    assert res["status"] == "alert" and res["objectives"]["latency_p95_ms"] == 50
+
+
+def test_service_objectives_need_enough_requests():
+    from honed.monitor.quality import ObjectivesConfig
+
+    few = service_objectives([5000.0] * 5, [500] * 5, cfg=ObjectivesConfig(min_requests=10))
+    assert few["status"] == "insufficient_data" and few["breaches"] == []
+    assert few["error_rate"] == 1.0  # still measured, only not judged
+    ok = service_objectives([5.0] * 10, [200] * 10, cfg=ObjectivesConfig(min_requests=10))
+    assert ok["status"] == "ok"
+    with pytest.raises(ValueError, match="max_error_rate"):
+        ObjectivesConfig(max_error_rate=1.5)
 
 
 def test_redact_pii_hook():

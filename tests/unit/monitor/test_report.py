@@ -84,6 +84,23 @@ def test_report_is_self_contained_with_decodable_plots(report_data, tmp_path):
     assert "requests</th><td>300" in text and "alert" in text
 
 
+def test_report_shows_implicit_feedback_apart(sqlite_url, tmp_path):
+    engine = make_engine(sqlite_url)
+    logger = RequestLogger(engine=engine)
+    for i in range(4):
+        logger.submit({"id": f"q{i}", "input_text": "hi", "output_text": "hello", "latency_ms": 5})
+    logger.submit_feedback("q0", "regenerate", detail={"by_request_id": "q1"})
+    logger.submit_feedback("q2", "abandoned", detail={"tokens_sent": 3})
+    logger.close()
+    fb = FeedbackStore(engine=engine)
+    fb.add({"request_id": "q1", "rating": "up"})
+    text = write_report(collect(RequestStore(engine=engine), fb), tmp_path / "r.html").read_text()
+    assert "<th>feedback (explicit)</th><td>1 (up 1, down 0, corrections 0)</td>" in text
+    assert "<th>regenerate (implicit)</th><td>1 (25.00% of requests)</td>" in text
+    assert "<th>abandoned (implicit)</th><td>1 (25.00% of requests)</td>" in text
+    engine.dispose()
+
+
 def test_report_with_no_data_still_renders(tmp_path):
     text = write_report(ReportData(), tmp_path / "empty.html").read_text()
     assert len(_images(text)) == 5 and "No drift check stored yet" in text

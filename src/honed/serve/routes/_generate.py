@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.types import Send
 
 from honed.serve.batching import QueueFull
 from honed.serve.engine import GenerativeModel
@@ -185,6 +186,21 @@ async def stream_events(
             yield kind, index, rest[1]
 
 
+class _ClosingStream(StreamingResponse):
+    """Closes the body generator as soon as sending stops. Starlette leaves it suspended at
+    a `yield` when the client leaves mid-send (the task is cancelled, or `send` raises), and
+    it would then only be closed by the garbage collector: its jobs would keep generating and
+    the request would be recorded late, as a success."""
+
+    async def stream_response(self, send: Send) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
 def streaming_response(
     tracker: Tracker,
     jobs: list[GenJob],
@@ -194,20 +210,27 @@ def streaming_response(
     include_usage: bool,
     first: Callable[[], list[dict]],
 ) -> StreamingResponse:
-    """SSE: `data: {chunk}` per token, then `data: [DONE]`; a client leaving cancels the jobs."""
+    """SSE: `data: {chunk}` per token, then `data: [DONE]`; a client leaving cancels the jobs
+    and records an implicit `abandoned` feedback on the request."""
     deadline = time.monotonic() + timeout
 
     async def body() -> AsyncIterator[str]:
-        status, err_code = 200, None
+        # Until the last finish chunk is out, leaving early means the client abandoned the
+        # stream: CancelledError when the disconnect is noticed while waiting for tokens,
+        # GeneratorExit when the response is closed while a chunk was being sent.
+        status, err_code = 499, "client_disconnected"
+        tracker.tokens_sent = 0
         try:
             for chunk in first():
                 yield sse(chunk)
             async for kind, index, value in stream_events(jobs, deadline, guard):
                 if kind == "delta" and value:
                     yield sse(make_chunk(index, value, None))
+                    tracker.tokens_sent += 1  # counted once the send returned
                 elif kind == "finish":
                     reason = "length" if value == "cancelled" else value
                     yield sse(make_chunk(index, None, reason))
+            status, err_code = 200, None
             u = usage(jobs)
             tracker.prompt_tokens, tracker.completion_tokens = (
                 u["prompt_tokens"],
@@ -223,13 +246,20 @@ def streaming_response(
             yield sse(
                 {"error": {"message": msg, "type": "server_error", "param": None, "code": err_code}}
             )
-        except asyncio.CancelledError:
-            status, err_code = 499, "client_disconnected"
+        except Exception:
+            status, err_code = 500, "server_error"
             raise
         finally:
             for j in jobs:
                 j.cancel()
-            tracker.finish(status, err_code)
+            _record_stream_end(tracker, jobs, status, err_code)
 
     headers = {"Cache-Control": "no-cache", "X-Request-Id": tracker.id}
-    return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
+    return _ClosingStream(body(), media_type="text/event-stream", headers=headers)
+
+
+def _record_stream_end(tracker: Tracker, jobs: list[GenJob], status: int, code: str | None):
+    if status == 499:
+        tracker.abandon(usage(jobs))
+    else:
+        tracker.finish(status, code)

@@ -11,6 +11,7 @@ from honed.serve.deps import InferKey, ReadyEngine, SettingsDep
 from honed.serve.errors import ERROR_RESPONSES, APIError
 from honed.serve.generation import GenJob
 from honed.serve.guards import GuardContext, run_input_guards
+from honed.serve.implicit import caller_of
 from honed.serve.routes import _generate as g
 from honed.serve.schemas import ChatCompletion, ChatCompletionRequest
 from honed.serve.tracking import Tracker
@@ -55,6 +56,7 @@ async def chat_completions(
         tracker.finish(err.status, err.code)
         raise
     tracker.records = [{"input": ctx.texts[-1]}]
+    tracker.watch_regenerate(caller_of(request, key.name if key else None), messages)
     created = int(time.time())
     guard = g.output_guard(request, ctx)
     if body.stream:

@@ -11,6 +11,7 @@ from honed.serve.deps import InferKey, ReadyEngine, SettingsDep
 from honed.serve.errors import ERROR_RESPONSES, APIError
 from honed.serve.generation import GenJob
 from honed.serve.guards import GuardContext, run_input_guards
+from honed.serve.implicit import caller_of
 from honed.serve.routes import _generate as g
 from honed.serve.routes.chat import _STREAM_DOC
 from honed.serve.schemas import Completion, CompletionRequest
@@ -49,6 +50,7 @@ async def completions(
         tracker.finish(err.status, err.code)
         raise
     tracker.records = [{"input": p} for p in prompts]
+    tracker.watch_regenerate(caller_of(request, key.name if key else None), prompts)
     created = int(time.time())
     guard = g.output_guard(request, ctx)
     if body.stream:
