@@ -12,9 +12,11 @@ Modules (import what you need; nothing heavy is imported here):
 - ``window``: reads a window of logged traffic (embeddings cached in the log) and checks it.
 - ``quality``: confidence/feedback agreement, generator output checks (empty, refusal,
   length, format, PII), latency and error-rate objectives.
-- ``feedback``: ``POST /v1/feedback`` router, feedback store, export to classification /
-  SFT / DPO jsonl.
+- ``feedback``: ``POST /v1/feedback`` router, feedback store (explicit thumbs/corrections and
+  the server's implicit ``regenerate`` / ``abandoned`` signals), export of explicit feedback to
+  classification / SFT / DPO jsonl.
 - ``alerts``: log line, webhook, Prometheus gauges.
 - ``report``: one self-contained HTML report.
-- ``commands``: ``honed monitor drift|report``, ``honed feedback export``.
+- ``commands``: ``honed monitor drift|report`` (drift alerts and latency / error-rate
+  objective alerts), ``honed feedback export``.
 """
