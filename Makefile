@@ -3,10 +3,12 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BENCH_VENV  := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo demo-drift test test-slow lint format bench clean
+.PHONY: install demo demo-drift test test-slow lint format bench bench-venv clean
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +49,18 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_classification.py
+
+# Evidently (the `bench` extra, pinned in pyproject.toml) in its own venv so it never touches
+# .venv; bench/drift_cost.py runs it in a subprocess on saved embeddings, so honed itself is not
+# installed there. constraints/bench.txt locks its dependencies; cpu.txt keeps torch CPU-only.
+$(BENCH_STAMP): pyproject.toml constraints/cpu.txt constraints/bench.txt
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/pip install -q -c constraints/cpu.txt -c constraints/bench.txt \
+	  $$($(PYTHON) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["bench"])')
+	touch $(BENCH_STAMP)
+
+bench-venv: $(BENCH_STAMP)
 
 clean:
 	rm -rf runs .honed .pytest_cache
