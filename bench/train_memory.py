@@ -2,13 +2,16 @@
 
 Each configuration runs in its own process (peak RSS is per process): load the base the way
 the method does (fp32; fp32 + LoRA; 4-bit NF4 + LoRA), then train a few AdamW steps on one
-fixed batch of random tokens whose second half is supervised (like a completion). Two loss
+fixed batch of random tokens whose second half is supervised (like a completion). Three loss
 paths per method:
 
 - ``full_logits``: ``model(input_ids, labels=...)``, which materialises fp32 logits for every
   position: (batch, seq, 49152 vocab) and their gradient;
 - ``chunked``: the LM head and cross-entropy only on supervised positions, in chunks of 512
-  tokens under activation checkpointing, so at most one chunk's logits live at a time.
+  tokens under activation checkpointing, so at most one chunk's logits live at a time;
+- ``fused``: TRL's fused LM head (``trl.trainer.utils.add_fused_lm_head``), which honed's SFT
+  path uses through SFTTrainer: the head and the log-softmax run in tiles over the supervised
+  positions only, so the (batch, seq, vocab) logits never exist.
 
 The peak is the training-time high-water mark (VmHWM reset after loading), next to the RSS
 after loading. QLoRA also reports its base linear weights' bytes (4-bit values + quantization
@@ -17,6 +20,7 @@ constants) against the same layers in bf16 (target <= 0.3x).
     .venv/bin/python bench/train_memory.py       # 6 runs of 1 step, batch 2 x 256: ~20 min on
                                                  # 2 heavily shared cores, a few when idle
     .venv/bin/python bench/train_memory.py --methods lora qlora --batch 4 --steps 2
+    .venv/bin/python bench/train_memory.py --gradient-checkpointing --batch 4 --seq 512
 """
 
 from __future__ import annotations
@@ -30,10 +34,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+CHUNK = 512
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-CHUNK = 512
 
 
 def rss_mb(field: str) -> float:
@@ -89,6 +93,14 @@ def chunked_supervised_loss(hidden: Any, head: Any, labels: Any) -> Any:
     return total / max(y.numel(), 1)
 
 
+def fused_head(model: Any) -> None:
+    """TRL's fused LM head, patched in exactly as SFTTrainer does (on the peft base model)."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    backbone = model.get_base_model() if hasattr(model, "get_base_model") else model
+    add_fused_lm_head(backbone, outputs=("log_probs", "entropy", "is_top1"))
+
+
 def quantized_linear_bytes(model: Any) -> dict[str, float] | None:
     """Bytes of 4-bit linear weights incl. quantization constants, vs the same layers in bf16."""
     try:
@@ -113,12 +125,21 @@ def quantized_linear_bytes(model: Any) -> dict[str, float] | None:
     return {"stored_mb": stored / 2**20, "bf16_mb": bf16 / 2**20, "ratio": stored / bf16}
 
 
-def one(method: str, loss_path: str, base: str, batch: int, seq: int, steps: int) -> dict:
+def one(
+    method: str, loss_path: str, base: str, batch: int, seq: int, steps: int, ckpt: bool
+) -> dict:
     import torch
 
     torch.manual_seed(0)
     model = load(method, base)
+    if loss_path == "fused":
+        fused_head(model)
     model.train()
+    if ckpt:
+        # Keep only each decoder layer's input; recompute the layer in backward. What is left
+        # at the peak is then mostly the weights, the optimizer state and the logits.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
     backbone = model.get_base_model() if hasattr(model, "get_base_model") else model
     vocab = backbone.config.vocab_size
     ids = torch.randint(10, vocab, (batch, seq))  # (b, seq)
@@ -130,17 +151,20 @@ def one(method: str, loss_path: str, base: str, batch: int, seq: int, steps: int
     reset_peak()
     start = time.perf_counter()
     for _ in range(steps):
-        if loss_path == "full_logits":
-            loss = model(input_ids=ids, labels=labels).loss
-        else:
+        if loss_path == "chunked":
             hidden = backbone.model(input_ids=ids).last_hidden_state  # (b, seq, d)
             loss = chunked_supervised_loss(hidden, backbone.lm_head, labels)
+        else:
+            # full_logits: (b, seq, vocab) fp32 logits + their gradient; fused: TRL's tiles
+            fused = {"fused_lm_head": True} if loss_path == "fused" else {}
+            loss = model(input_ids=ids, labels=labels, **fused).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     return {
         "method": method,
         "loss_path": loss_path,
+        "gradient_checkpointing": ckpt,
         "rss_after_load_mb": round(loaded, 1),
         "peak_train_rss_mb": round(rss_mb("VmHWM"), 1),
         "trainable_params": sum(p.numel() for p in params),
@@ -154,11 +178,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="packaged:smollm2-135m-instruct")
     parser.add_argument("--methods", nargs="+", default=["full", "lora", "qlora"])
-    parser.add_argument("--loss-paths", nargs="+", default=["full_logits", "chunked"])
+    parser.add_argument("--loss-paths", nargs="+", default=["full_logits", "chunked", "fused"])
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute decoder layers in backward (then the logits dominate the peak)",
+    )
     parser.add_argument("--one", nargs=2, metavar=("METHOD", "LOSS_PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -166,7 +195,9 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-        result = one(*args.one, args.base, args.batch, args.seq, args.steps)
+        result = one(
+            *args.one, args.base, args.batch, args.seq, args.steps, args.gradient_checkpointing
+        )
         print("RESULT " + json.dumps(result))
         return
     from honed.models.config import ModelConfig
@@ -179,6 +210,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--one", method, loss_path, "--base", args.base]
             cmd += ["--batch", str(args.batch), "--seq", str(args.seq)]
             cmd += ["--steps", str(args.steps), "--threads", str(args.threads)]
+            cmd += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
             out = subprocess.run(cmd, capture_output=True, text=True, check=False)
             line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
             if not line:
@@ -191,13 +223,21 @@ def main() -> None:
 
 def report(results: list[dict], args: argparse.Namespace) -> None:
     by = {(r["method"], r["loss_path"]): r for r in results}
-    print(f"\npeak training RSS (MiB), batch {args.batch} x {args.seq} tokens, {args.steps} steps")
-    print(f"{'method':8} {'full_logits':>12} {'chunked':>10} {'ratio':>7}")
+    ckpt = ", gradient checkpointing" if args.gradient_checkpointing else ""
+    print(
+        f"\npeak training RSS (MiB), batch {args.batch} x {args.seq} tokens, "
+        f"{args.steps} steps{ckpt}; ratios against full_logits"
+    )
+    print(f"{'method':8} " + " ".join(f"{p:>12}" for p in args.loss_paths))
     for method in args.methods:
-        full, chunk = by.get((method, "full_logits")), by.get((method, "chunked"))
-        f = full["peak_train_rss_mb"] if full else float("nan")
-        c = chunk["peak_train_rss_mb"] if chunk else float("nan")
-        print(f"{method:8} {f:12.0f} {c:10.0f} {c / f:7.2f}")
+        peaks = [
+            by[(method, p)]["peak_train_rss_mb"] if (method, p) in by else float("nan")
+            for p in args.loss_paths
+        ]
+        cells = [
+            f"{v:7.0f}" + (f" {v / peaks[0]:.2f}x" if i else "      ") for i, v in enumerate(peaks)
+        ]
+        print(f"{method:8} " + " ".join(f"{c:>12}" for c in cells))
     for r in results:
         q = r.get("quantized_linear")
         if q and r["loss_path"] == args.loss_paths[0]:

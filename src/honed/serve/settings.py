@@ -132,7 +132,7 @@ class ServeSettings(BaseSettings):
         "with float32 on ~99.5% of PhraseBank sentences. 'none' serves the evaluated weights.",
     )
     classify_token_budget: int = Field(
-        1024,
+        512,
         ge=1,
         description="Padded tokens (rows x longest row) per classifier forward pass: a "
         "micro-batch is sorted by length and cut into passes under this budget, so short texts "

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.unit.serve._serve_support import run_app
 
 from honed.errors import ModelError
 from honed.serve import loading
 from honed.serve.engine import ClassifierModel
 from honed.serve.settings import ServeSettings
-from tests.unit.serve._serve_support import run_app
 
 TEXTS = [
     "up",
@@ -58,7 +58,6 @@ def test_sorted_passes_give_the_same_scores_in_request_order(tiny):
 
 
 def test_api_answers_in_input_order_with_a_small_budget(tiny):
-    from honed.serve.settings import ServeSettings
 
     settings = ServeSettings(models=[f"sent={tiny['clf']}"], classify_token_budget=32)
 

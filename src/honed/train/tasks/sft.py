@@ -13,7 +13,10 @@ loss covers the completion tokens only (TRL's ``completion_only_loss``; the temp
 end-of-turn token is part of the completion, so the model learns to stop). This works with any
 prefix-preserving chat template, whereas TRL's ``assistant_only_loss`` needs
 ``{% generation %}`` markers that e.g. SmolLM2's template lacks. Earlier assistant turns of a
-multi-turn conversation are context, not targets.
+multi-turn conversation are context, not targets. SFTTrainer patches TRL's fused LM head into
+the model: the head and log-softmax run in tiles over the supervised positions only, so the
+(batch, seq, 49k-vocabulary) float32 logits never exist (`bench/train_memory.py` measures the
+saving; a ``label_smoothing`` above 0 needs the full logits and turns it off).
 
 Sequences are packed best-fit-decreasing into rows of ``model.max_length`` tokens without
 padding; each token keeps its own sequence's ``position_ids``, and with the KV cache off
