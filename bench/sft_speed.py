@@ -52,7 +52,9 @@ def gemm_peak(threads: int, size: int = 1024, repeats: int = 10) -> dict[str, fl
     return peaks
 
 
-def make_spec(base: str, rows: int, max_length: int, bf16: bool, threads: int) -> Any:
+def make_spec(
+    base: str, rows: int, max_length: int, bf16: bool, threads: int, chunked: bool = True
+) -> Any:
     from honed.spec import parse_spec
 
     return parse_spec(
@@ -76,6 +78,7 @@ def make_spec(base: str, rows: int, max_length: int, bf16: bool, threads: int) -
                 "bf16": "on" if bf16 else "off",
                 "num_threads": threads,
                 "logging_steps": 1000,
+                "chunked_lm_loss": chunked,
             },
         },
         source="bench",
@@ -161,6 +164,9 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-bf16", action="store_true", help="fp32 for our path")
+    parser.add_argument(
+        "--trl-loss", action="store_true", help="our path with TRL's loss, not the chunked one"
+    )
     args = parser.parse_args()
 
     import torch
@@ -171,7 +177,9 @@ def main() -> None:
     from honed.train.tasks import sft
 
     torch.set_num_threads(args.threads)
-    spec = make_spec(args.base, args.rows, args.max_length, not args.no_bf16, args.threads)
+    spec = make_spec(
+        args.base, args.rows, args.max_length, not args.no_bf16, args.threads, not args.trl_loss
+    )
     base = resolve_model(spec.model)
     data = sft.TASK.prepare_data(spec)
     out = Path(tempfile.mkdtemp(prefix="bench-sft-"))

@@ -7,8 +7,9 @@ paths per method:
 
 - ``full_logits``: ``model(input_ids, labels=...)``, which materialises fp32 logits for every
   position: (batch, seq, 49152 vocab) and their gradient;
-- ``chunked``: the LM head and cross-entropy only on supervised positions, in chunks of 512
-  tokens under activation checkpointing, so at most one chunk's logits live at a time;
+- ``chunked``: honed's SFT loss (``honed.train.losses``): the LM head and cross-entropy only on
+  supervised positions, in chunks of 512 tokens under activation checkpointing, so at most one
+  chunk's logits live at a time;
 - ``fused``: TRL's fused LM head (``trl.trainer.utils.add_fused_lm_head``), which honed's SFT
   path uses through SFTTrainer: the head and the log-softmax run in tiles over the supervised
   positions only, so the (batch, seq, vocab) logits never exist.
@@ -33,8 +34,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-
-CHUNK = 512
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -67,30 +66,6 @@ def load(method_name: str, base: str) -> Any:
     model = AutoModelForCausalLM.from_pretrained(str(path), **method.load_kwargs(cfg))
     model.config.use_cache = False
     return method.prepare(model, cfg, "CAUSAL_LM")
-
-
-def chunked_supervised_loss(hidden: Any, head: Any, labels: Any) -> Any:
-    """Mean CE over supervised positions; logits exist for one chunk at a time.
-
-    hidden: (b, seq, d); labels: (b, seq) with -100 where unsupervised.
-    """
-    import torch
-    from torch.utils.checkpoint import checkpoint
-
-    targets = labels[:, 1:]  # token t is predicted from position t-1
-    keep = targets != -100
-    h, y = hidden[:, :-1][keep], targets[keep]  # (n, d), (n,)
-
-    def chunk_loss(hh: Any, yy: Any) -> Any:
-        logits = head(hh).float()  # (chunk, vocab): freed after the forward, recomputed later
-        return torch.nn.functional.cross_entropy(logits, yy, reduction="sum")
-
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for i in range(0, y.numel(), CHUNK):
-        total = total + checkpoint(
-            chunk_loss, h[i : i + CHUNK], y[i : i + CHUNK], use_reentrant=False
-        )
-    return total / max(y.numel(), 1)
 
 
 def fused_head(model: Any) -> None:
@@ -130,6 +105,8 @@ def one(
 ) -> dict:
     import torch
 
+    from honed.train.losses import supervised_lm_loss
+
     torch.manual_seed(0)
     model = load(method, base)
     if loss_path == "fused":
@@ -151,9 +128,8 @@ def one(
     reset_peak()
     start = time.perf_counter()
     for _ in range(steps):
-        if loss_path == "chunked":
-            hidden = backbone.model(input_ids=ids).last_hidden_state  # (b, seq, d)
-            loss = chunked_supervised_loss(hidden, backbone.lm_head, labels)
+        if loss_path == "chunked":  # honed's SFT training loss (honed.train.losses)
+            loss = supervised_lm_loss(model, {"input_ids": ids, "labels": labels})
         else:
             # full_logits: (b, seq, vocab) fp32 logits + their gradient; fused: TRL's tiles
             fused = {"fused_lm_head": True} if loss_path == "fused" else {}

@@ -88,6 +88,11 @@ class TrainingConfig(StrictModel):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in backward: less memory, ~30% slower."
     )
+    chunked_lm_loss: bool = Field(
+        True,
+        description="SFT: compute the loss on supervised tokens only, 512 at a time, so the "
+        "(batch, seq, vocabulary) logits never exist (honed.train.losses). Off: TRL's own loss.",
+    )
     seed: int = Field(42, description="Seed of weights init, shuffling and dropout.")
     logging_steps: int = Field(20, gt=0, description="Log training loss every N steps.")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk (best is kept).")

@@ -13,10 +13,10 @@ loss covers the completion tokens only (TRL's ``completion_only_loss``; the temp
 end-of-turn token is part of the completion, so the model learns to stop). This works with any
 prefix-preserving chat template, whereas TRL's ``assistant_only_loss`` needs
 ``{% generation %}`` markers that e.g. SmolLM2's template lacks. Earlier assistant turns of a
-multi-turn conversation are context, not targets. SFTTrainer patches TRL's fused LM head into
-the model: the head and log-softmax run in tiles over the supervised positions only, so the
-(batch, seq, 49k-vocabulary) float32 logits never exist (`bench/train_memory.py` measures the
-saving; a ``label_smoothing`` above 0 needs the full logits and turns it off).
+multi-turn conversation are context, not targets. Training steps compute the loss on the
+supervised tokens only, 512 at a time (``honed.train.losses``; ``training.chunked_lm_loss``), so
+the (batch, seq, 49k-vocabulary) float32 logits never exist; `bench/train_memory.py` measures
+it against full logits and TRL's fused head.
 
 Sequences are packed best-fit-decreasing into rows of ``model.max_length`` tokens without
 padding; each token keeps its own sequence's ``position_ids``, and with the KV cache off
@@ -255,6 +255,17 @@ def sft_config_kwargs(spec: RunSpec, paths: RunPaths) -> dict[str, Any]:
     return kwargs
 
 
+def trainer_class(spec: RunSpec) -> type:
+    """SFTTrainer, with the chunked supervised-token loss unless the spec turns it off."""
+    from trl import SFTTrainer
+
+    if not spec.training.chunked_lm_loss or spec.training.label_smoothing:
+        return SFTTrainer  # label smoothing needs the full logits
+    from honed.train.losses import ChunkedLossMixin
+
+    return type("HonedSFTTrainer", (ChunkedLossMixin, SFTTrainer), {})
+
+
 def _dataset(rows: list[dict]) -> Any:
     import datasets
 
@@ -285,10 +296,10 @@ class SftTask:
         self, spec: RunSpec, data: SplitData, base: ResolvedModel, paths: RunPaths
     ) -> tuple[Any, Any]:
         """(SFTTrainer, tokenizer); separate from ``train`` so benchmarks reuse it."""
-        from trl import SFTConfig, SFTTrainer
+        from trl import SFTConfig
 
         tokenizer = load_tokenizer(base.path)
-        trainer = SFTTrainer(
+        trainer = trainer_class(spec)(
             model=self.load_model(spec, base),
             args=SFTConfig(**sft_config_kwargs(spec, paths)),
             train_dataset=_dataset(data.train),
