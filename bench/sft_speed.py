@@ -4,8 +4,9 @@ Both runs train LoRA on the same base and the same rows for one epoch, in this p
 
 - baseline: ``SFTConfig`` defaults (padded batches, no packing, gradient checkpointing on,
   bf16 autocast on), completion-only loss (TRL's default for prompt/completion rows);
-- honed: ``honed.train.tasks.sft`` (best-fit-decreasing packing, padding-free rows with
-  per-sample position_ids, completion-only loss, no gradient checkpointing, bf16 autocast).
+- honed: ``honed.train.tasks.sft`` with its defaults (on CPU: length-grouped padded batches;
+  ``--packing``: best-fit-decreasing packing into padding-free rows), completion-only chunked
+  loss, no gradient checkpointing, bf16 autocast.
 
 Reported: real (non-padding) tokens per second of training, the ratio, the held-out
 completion loss of each tuned model on the same validation rows (equal loss = same learning),
@@ -53,7 +54,13 @@ def gemm_peak(threads: int, size: int = 1024, repeats: int = 10) -> dict[str, fl
 
 
 def make_spec(
-    base: str, rows: int, max_length: int, bf16: bool, threads: int, chunked: bool = True
+    base: str,
+    rows: int,
+    max_length: int,
+    bf16: bool,
+    threads: int,
+    chunked: bool = True,
+    packing: bool | str = "auto",
 ) -> Any:
     from honed.spec import parse_spec
 
@@ -79,6 +86,7 @@ def make_spec(
                 "num_threads": threads,
                 "logging_steps": 1000,
                 "chunked_lm_loss": chunked,
+                "packing": packing,
             },
         },
         source="bench",
@@ -165,6 +173,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-bf16", action="store_true", help="fp32 for our path")
     parser.add_argument(
+        "--packing",
+        action="store_true",
+        help="our path with packed padding-free rows (default: honed's 'auto', off on CPU)",
+    )
+    parser.add_argument(
         "--trl-loss", action="store_true", help="our path with TRL's loss, not the chunked one"
     )
     args = parser.parse_args()
@@ -178,7 +191,13 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     spec = make_spec(
-        args.base, args.rows, args.max_length, not args.no_bf16, args.threads, not args.trl_loss
+        args.base,
+        args.rows,
+        args.max_length,
+        not args.no_bf16,
+        args.threads,
+        not args.trl_loss,
+        True if args.packing else "auto",
     )
     base = resolve_model(spec.model)
     data = sft.TASK.prepare_data(spec)

@@ -142,10 +142,28 @@ def test_sft_config_uses_validation_loss_and_packing(tmp_path: Path) -> None:
     from honed.pipeline.paths import RunPaths
 
     spec = build_spec(tmp_path, "lora")
-    kwargs = sft.sft_config_kwargs(spec, RunPaths(tmp_path / "run"))
+    packed = spec.model_copy(
+        update={"training": spec.training.model_copy(update={"packing": True})}
+    )
+    kwargs = sft.sft_config_kwargs(packed, RunPaths(tmp_path / "run"))
     assert kwargs["metric_for_best_model"] == "loss" and kwargs["greater_is_better"] is False
     assert kwargs["packing"] and kwargs["completion_only_loss"]
+    assert kwargs["train_sampling_strategy"] == "random"  # packed rows have no length to sort
     assert kwargs["max_length"] == spec.model.max_length
+
+
+def test_packing_auto_is_on_with_cuda_only(tmp_path: Path, monkeypatch) -> None:
+    import torch
+
+    from honed.pipeline.paths import RunPaths
+
+    spec = build_spec(tmp_path, "lora")
+    assert spec.training.packing == "auto"
+    for cuda in (False, True):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        kwargs = sft.sft_config_kwargs(spec, RunPaths(tmp_path / "run"))
+        assert kwargs["packing"] is cuda
+    assert sft.use_packing(False) is False and sft.use_packing(True) is True
 
 
 def test_resume_continues_from_checkpoint(tmp_path: Path, monkeypatch) -> None:

@@ -18,8 +18,9 @@ supervised tokens only, 512 at a time (``honed.train.losses``; ``training.chunke
 the (batch, seq, 49k-vocabulary) float32 logits never exist; `bench/train_memory.py` measures
 it against full logits and TRL's fused head.
 
-Sequences are packed best-fit-decreasing into rows of ``model.max_length`` tokens without
-padding; each token keeps its own sequence's ``position_ids``, and with the KV cache off
+With ``training.packing`` on (the default on CUDA; on CPU length-grouped padded batches are
+faster), sequences are packed best-fit-decreasing into rows of ``model.max_length`` tokens
+without padding; each token keeps its own sequence's ``position_ids``, and with the KV cache off
 transformers builds a block-diagonal causal mask from them, so packed samples never attend to
 each other (checked in tests/unit/train/test_sft.py).
 """
@@ -236,7 +237,7 @@ def sft_config_kwargs(spec: RunSpec, paths: RunPaths) -> dict[str, Any]:
     """SFTConfig arguments: the shared training arguments plus SFT's own."""
     method = get_method(spec.method.name)
     kwargs = common.training_arguments_kwargs(spec.training, paths)
-    packing = spec.training.packing
+    packing = use_packing(spec.training.packing)
     kwargs.update(
         # Validation loss picks the best checkpoint and drives early stopping.
         metric_for_best_model="loss",
@@ -253,6 +254,15 @@ def sft_config_kwargs(spec: RunSpec, paths: RunPaths) -> dict[str, Any]:
         optim=method.optim() if hasattr(method, "optim") else "adamw_torch",
     )
     return kwargs
+
+
+def use_packing(setting: bool | str) -> bool:
+    """``training.packing``; 'auto' packs only on CUDA (see TrainingConfig.packing)."""
+    if setting == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return bool(setting)
 
 
 def trainer_class(spec: RunSpec) -> type:
