@@ -91,9 +91,11 @@ def drive_measured(url: str, n: int, concurrency: int, pid: int) -> tuple[float,
 def logger_cpu_ms(db: Path, n: int = 5000) -> float:
     """CPU ms per record of RequestLogger (submit on the caller's thread + batch writes on
     its own), in this process, with 50-record batches as at ~100 req/s."""
+    from honed.monitor.quality import redact_pii
     from honed.monitor.requestlog import RequestLogger
 
-    logger = RequestLogger(f"sqlite:///{db}", queue_size=n + 1, batch_size=50)
+    # With the server's default PII redaction of input and output texts.
+    logger = RequestLogger(f"sqlite:///{db}", queue_size=n + 1, batch_size=50, redact=redact_pii)
     record = {
         "model": "clf",
         "route": "/v1/classify",

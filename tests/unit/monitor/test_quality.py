@@ -93,3 +93,44 @@ def test_redact_pii_hook():
     text = "mail jane@x.org or call +1 415-555-0132, card 4111 1111 1111 1111; profit EUR 5 mn"
     out = redact_pii(text)
     assert out == "mail [EMAIL] or call [PHONE], card [CREDIT_CARD]; profit EUR 5 mn"
+
+
+def test_pii_gates_skip_nothing_the_full_patterns_find():
+    """The cheap pre-checks in find_pii only skip texts the full patterns find nothing in."""
+    import random
+
+    from honed.monitor import quality as q
+
+    def ungated(text: str) -> dict:
+        cards = [m for m in q._CARD.findall(text) if q.luhn_ok(m)]
+        ssns = q._SSN.findall(text)
+        hits = {
+            "email": q._EMAIL.findall(text),
+            "credit_card": cards,
+            "iban": [m for m in q._IBAN.findall(text) if q.iban_ok(m)],
+            "ssn": ssns,
+            "phone": q._phones(text, cards + ssns),
+        }
+        return {k: v for k, v in hits.items() if v}
+
+    pieces = [
+        "call",
+        "+1",
+        "(555)",
+        "123-4567",
+        "555.123.4567",
+        "4111 1111 1111 1111",
+        "x@y.io",
+        "GB82 WEST 1234 5698 7654 32",
+        "123-45-6789",
+        "EUR",
+        "13.1",
+        "mn",
+        "2007",
+        "-",
+        ".",
+    ]
+    rng = random.Random(0)
+    for _ in range(2000):
+        text = " ".join(rng.choice(pieces) for _ in range(rng.randint(1, 8)))
+        assert q.find_pii(text) == ungated(text), text
