@@ -92,8 +92,9 @@ class TrainingConfig(StrictModel):
     )
     chunked_lm_loss: bool = Field(
         True,
-        description="SFT: compute the loss on supervised tokens only, 512 at a time, so the "
-        "(batch, seq, vocabulary) logits never exist (honed.train.losses). Off: TRL's own loss.",
+        description="Causal LMs in sft and decoder-only seq2seq: compute the loss on supervised "
+        "tokens only, 512 at a time, so the (batch, seq, vocabulary) logits never exist "
+        "(honed.train.losses). Off: the trainer's own loss.",
     )
     seed: int = Field(42, description="Seed of weights init, shuffling and dropout.")
     logging_steps: int = Field(20, gt=0, description="Log training loss every N steps.")

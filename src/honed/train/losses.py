@@ -80,6 +80,14 @@ def supervised_lm_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: A
     return total / num_items_in_batch
 
 
+def with_chunked_loss(trainer_cls: type, training: Any) -> type:
+    """``trainer_cls`` training causal LMs with ``supervised_lm_loss``, unless
+    ``training.chunked_lm_loss`` is off or label smoothing needs the full logits."""
+    if not training.chunked_lm_loss or training.label_smoothing:
+        return trainer_cls
+    return type(f"Chunked{trainer_cls.__name__}", (ChunkedLossMixin, trainer_cls), {})
+
+
 def _backbone(model: Any) -> Any:
     """The transformers model under a peft wrapper (LoRA layers are injected in place)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model

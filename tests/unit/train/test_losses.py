@@ -119,3 +119,16 @@ def test_sft_trains_with_the_chunked_loss_unless_turned_off(tmp_path):
     assert trainer_class(off) is SFTTrainer
     smooth = spec.training.model_copy(update={"label_smoothing": 0.1})
     assert trainer_class(spec.model_copy(update={"training": smooth})) is SFTTrainer
+
+
+def test_with_chunked_loss_wraps_any_trainer_class():
+    from transformers import Seq2SeqTrainer
+
+    from honed.train.config import TrainingConfig
+
+    wrapped = losses.with_chunked_loss(Seq2SeqTrainer, TrainingConfig())
+    assert issubclass(wrapped, losses.ChunkedLossMixin) and issubclass(wrapped, Seq2SeqTrainer)
+    # the mixin's compute_loss runs first
+    assert wrapped.compute_loss is losses.ChunkedLossMixin.compute_loss
+    off = TrainingConfig(chunked_lm_loss=False)
+    assert losses.with_chunked_loss(Seq2SeqTrainer, off) is Seq2SeqTrainer

@@ -388,6 +388,8 @@ class Seq2SeqTask:
     ) -> dict[str, Any]:
         from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
+        from honed.train.losses import with_chunked_loss
+
         common.setup_runtime(spec.training)
         opts = task_options(spec, Seq2SeqOptions)
         enc_dec = is_encoder_decoder(base.path)
@@ -409,7 +411,11 @@ class Seq2SeqTask:
             generation_max_length=opts.generation.max_new_tokens if by_rouge else None,
             generation_num_beams=opts.generation.num_beams if by_rouge else None,
         )
-        trainer = Seq2SeqTrainer(
+        # Decoder-only: the loss on the summary tokens only, in chunks (honed.train.losses).
+        trainer_cls = (
+            Seq2SeqTrainer if enc_dec else with_chunked_loss(Seq2SeqTrainer, spec.training)
+        )
+        trainer = trainer_cls(
             model=model,
             args=args,
             train_dataset=_dataset(features(data.train, tokenizer, opts, max_source, enc_dec)),

@@ -269,11 +269,9 @@ def trainer_class(spec: RunSpec) -> type:
     """SFTTrainer, with the chunked supervised-token loss unless the spec turns it off."""
     from trl import SFTTrainer
 
-    if not spec.training.chunked_lm_loss or spec.training.label_smoothing:
-        return SFTTrainer  # label smoothing needs the full logits
-    from honed.train.losses import ChunkedLossMixin
+    from honed.train.losses import with_chunked_loss
 
-    return type("HonedSFTTrainer", (ChunkedLossMixin, SFTTrainer), {})
+    return with_chunked_loss(SFTTrainer, spec.training)
 
 
 def _dataset(rows: list[dict]) -> Any:
