@@ -324,3 +324,40 @@ def test_one_failing_request_does_not_fail_its_batch(tiny):
         assert "bad input" not in rs[0].text and "Traceback" not in rs[0].text
 
     run_app(settings_for(tiny), go)
+
+
+def test_no_route_dependency_runs_in_the_thread_pool():
+    """FastAPI runs a plain `def` dependency on its thread pool: three such hops per request
+    cost ~25% of /v1/classify throughput (GIL hand-offs with the batch threads). Every
+    dependency of every route must be a coroutine (or an object with an async __call__)."""
+    import inspect
+
+    from fastapi.routing import APIRoute
+
+    from honed.serve.app import create_app
+    from honed.serve.settings import ServeSettings
+
+    app = create_app(ServeSettings(models=[], enable_admin=True))
+
+    def calls(dependant):
+        for dep in dependant.dependencies:
+            yield dep.call
+            yield from calls(dep)
+
+    def api_routes(routes):
+        for route in routes:
+            if isinstance(route, APIRoute):
+                yield route
+            elif hasattr(route, "original_router"):  # FastAPI >= 0.16x keeps included routers
+                yield from api_routes(route.original_router.routes)
+
+    sync = set()
+    seen = 0
+    for route in api_routes(app.routes):
+        seen += 1  # (a sync endpoint is fine where it does blocking I/O: /v1/feedback)
+        for call in calls(route.dependant):
+            target = call if inspect.isfunction(call) else type(call).__call__
+            if not inspect.iscoroutinefunction(target):
+                sync.add(f"{route.path}: {getattr(call, '__name__', call)}")
+    assert seen >= 8, "routes not found: FastAPI's router layout changed"
+    assert not sync, sorted(sync)
