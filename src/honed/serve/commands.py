@@ -20,6 +20,12 @@ _SERVE_FLAGS = (  # (flag, settings field, type, help)
     ("--dtype", "dtype", str, "auto, float32, bfloat16 or float16"),
     ("--rate-limit-rps", "rate_limit_rps", float, "per-key requests per second"),
     ("--classify-workers", "classify_workers", int, "parallel classifier batch threads"),
+    (
+        "--classify-processes",
+        "classify_processes",
+        int,
+        "run classifiers in N worker processes (CPU; 0: in-process threads)",
+    ),
     ("--classify-quantization", "classify_quantization", str, "none or int8 (CPU)"),
     ("--classify-token-budget", "classify_token_budget", int, "padded tokens per classifier pass"),
 )

@@ -17,7 +17,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from honed.errors import HonedError
 from honed.serve import loading
@@ -25,6 +25,9 @@ from honed.serve.batching import MicroBatcher
 from honed.serve.errors import APIError, not_found
 from honed.serve.generation import GenJob, Row, SamplingParams, run_batch
 from honed.serve.settings import ServeSettings
+
+if TYPE_CHECKING:
+    from honed.serve.classify_procs import ClassifierProcesses
 
 log = logging.getLogger("honed.serve")
 
@@ -309,6 +312,16 @@ class ClassifierModel:
         self.device = device
         self.on_batch: Callable[[int], None] | None = None
         self.batcher: MicroBatcher[ClassifyJob] | None = None
+        # Worker processes running the forward passes instead of this process (then model
+        # and tokenizer are None here); see honed.serve.classify_procs.
+        self.processes: ClassifierProcesses | None = None
+
+    @classmethod
+    def in_processes(cls, name: str, processes: ClassifierProcesses, settings: ServeSettings):
+        """A classifier whose batches run in ``processes`` (which hold the model)."""
+        clf = cls(name, None, None, list(processes.labels), settings)
+        clf.processes = processes
+        return clf
 
     def start(self) -> None:
         s = self.settings
@@ -320,13 +333,17 @@ class ClassifierModel:
             s.max_queue,
             size=lambda job: len(job.texts),
             on_batch=self.on_batch,
-            workers=s.classify_workers,
+            # One batch thread per worker process: each waits on its own process.
+            workers=self.processes.size if self.processes else s.classify_workers,
         )
         self.batcher.start()
 
     async def stop(self) -> None:
         if self.batcher is not None:
             await self.batcher.stop()
+        if self.processes is not None:
+            await asyncio.to_thread(self.processes.close)
+            self.processes = None
 
     def ids(self) -> list[tuple[str, str, str | None]]:
         return [(self.name, "classify", None)]
@@ -335,7 +352,7 @@ class ClassifierModel:
         return model_id == self.name
 
     def warmup(self) -> None:
-        self._forward(["warm up"])
+        self.classify(["warm up"])
 
     def submit(self, texts: list[str]) -> ClassifyJob:
         assert self.batcher is not None, "engine not started"
@@ -360,18 +377,25 @@ class ClassifierModel:
 
     def _classify(self, live: list[ClassifyJob]) -> None:
         texts = [t for j in live for t in j.texts]
-        results: list[dict] = [{}] * len(texts)
-        counts = [0] * len(texts)
-        for rows in self._passes(texts):
-            r, c = self._forward([texts[i] for i in rows])
-            for i, ri, ci in zip(rows, r, c, strict=True):
-                results[i], counts[i] = ri, ci
+        results, counts = self.classify(texts)
         start = 0
         for j in live:
             end = start + len(j.texts)
             j.prompt_tokens = sum(counts[start:end])
             j.loop.call_soon_threadsafe(_resolve, j.future, results[start:end])
             start = end
+
+    def classify(self, texts: list[str]) -> tuple[list[dict], list[int]]:
+        """(label/score dicts, token counts) of ``texts``, in order, on this process's model."""
+        if self.processes is not None:
+            return self.processes.classify(texts)
+        results: list[dict] = [{}] * len(texts)
+        counts = [0] * len(texts)
+        for rows in self._passes(texts):
+            r, c = self._forward([texts[i] for i in rows])
+            for i, ri, ci in zip(rows, r, c, strict=True):
+                results[i], counts[i] = ri, ci
+        return results, counts
 
     def _passes(self, texts: list[str]) -> list[list[int]]:
         """Cut a micro-batch into forward passes of similar-length texts (indices into texts).

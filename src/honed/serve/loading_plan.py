@@ -25,17 +25,24 @@ def build_engine(settings: ServeSettings) -> Engine:
     device = loading.pick_device(settings.device)
     dtype = loading.pick_dtype(settings.dtype, device)
     classifiers = [
-        ClassifierModel(
-            e.name,
-            *loading.load_classifier(e, device, dtype, settings.classify_quantization),
-            settings=settings,
-            device=device,
-        )
+        _build_classifier(settings, e, device, dtype)
         for e in entries
         if e.kind in {"classify", "classify-adapter"}
     ]
     generator = _build_generator(settings, entries, device, dtype)
     return Engine(generator, classifiers)
+
+
+def _build_classifier(settings: ServeSettings, entry: ModelRef, device: str, dtype):
+    """In this process, or (``classify_processes`` > 0) in that many worker processes."""
+    if settings.classify_processes:
+        from honed.serve.classify_procs import ClassifierProcesses, WorkerSpec
+
+        spec = WorkerSpec(entry, settings, device, str(dtype).removeprefix("torch."))
+        procs = ClassifierProcesses(spec, settings.classify_processes)
+        return ClassifierModel.in_processes(entry.name, procs, settings)
+    model = loading.load_classifier(entry, device, dtype, settings.classify_quantization)
+    return ClassifierModel(entry.name, *model, settings=settings, device=device)
 
 
 def _check_unique(names: list[str]) -> None:
