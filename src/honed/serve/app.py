@@ -141,3 +141,6 @@ def _wire_metrics(metrics: Metrics, engine: Engine) -> None:
     for m in engine.models:
         m.on_batch = metrics.batch_size.labels(m.name).observe
         metrics.queue_depth.labels(m.name).set_function(lambda m=m: m.queue_depth)
+        if getattr(m, "processes", None) is not None:
+            restarts = metrics.worker_restarts.labels(m.name)
+            restarts.set_function(lambda m=m: m.processes.restarts if m.processes else 0)

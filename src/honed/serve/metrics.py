@@ -48,6 +48,12 @@ class Metrics:
             "honed_errors", "Error answers.", ["route", "model", "adapter", "type"], registry=r
         )
         self.queue_depth = Gauge("honed_queue_depth", "Queued requests.", ["model"], registry=r)
+        self.worker_restarts = Gauge(
+            "honed_classifier_worker_restarts",
+            "Classifier worker processes replaced after dying (classify_processes > 0).",
+            ["model"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "honed_batch_size",
             "Rows per forward pass.",
