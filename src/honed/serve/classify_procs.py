@@ -22,6 +22,8 @@ import contextlib
 import logging
 import multiprocessing as mp
 import queue
+import signal
+import time
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -51,6 +53,8 @@ def _worker_main(conn: Connection, spec: WorkerSpec) -> None:
     """Child process: load the classifier, report its labels, then answer batches of texts
     with ``("ok", (results, token_counts))`` or ``("error", message)`` until the pipe closes
     or ``None`` arrives."""
+    # Ctrl-C reaches the whole process group: the server decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         model = _load(spec)
         conn.send(("ready", model.labels))
@@ -150,11 +154,15 @@ class ClassifierProcesses:
                 w.stop()
             raise
         self.labels = workers[0].labels
-        self.pids = [w.proc.pid for w in workers]
+        self._workers = workers  # every live worker, idle or busy
         for w in workers:
             self._idle.put(w)
         self.size = size
         self.restarts = 0
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.proc.pid for w in self._workers]
 
     def classify(self, texts: list[str]) -> tuple[list[dict], list[int]]:
         worker = self._idle.get()
@@ -182,14 +190,24 @@ class ClassifierProcesses:
         )
         dead.stop(timeout=1.0)
         fresh = _Worker(self.spec)
-        self.pids = [fresh.proc.pid if p == dead.proc.pid else p for p in self.pids]
+        self._workers = [fresh if w is dead else w for w in self._workers]
         self.restarts += 1
         return fresh
 
-    def close(self) -> None:
-        """Stop every worker (waits for the batches they are running)."""
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop every worker: idle ones at once, busy ones when their batch ends; after
+        ``timeout`` seconds the rest are killed (a hung worker must not hang shutdown)."""
+        deadline = time.monotonic() + timeout
         for _ in range(self.size):
-            self._idle.get().stop()
+            try:
+                worker = self._idle.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            worker.stop()
+        for worker in self._workers:
+            if worker.proc.is_alive():
+                worker.proc.kill()
+                worker.proc.join(5.0)
 
     def __getstate__(self) -> Any:  # pipes and processes belong to this process only
         raise TypeError("ClassifierProcesses cannot be pickled")

@@ -96,3 +96,13 @@ def test_a_worker_that_cannot_load_is_a_clear_error(tmp_path):
 def test_gpu_devices_are_refused_before_starting_anything(tiny):
     with pytest.raises(ModelError, match="classify_processes"):
         ClassifierProcesses(_spec(tiny, device="cuda"), 1)
+
+
+def test_close_does_not_wait_forever_for_a_hung_worker(tiny):
+    procs = ClassifierProcesses(_spec(tiny), 1)
+    busy = procs._idle.get()  # as if a batch thread were stuck in a call
+    os.kill(busy.proc.pid, signal.SIGSTOP)
+    started = time.monotonic()
+    procs.close(timeout=0.5)
+    assert time.monotonic() - started < 10
+    assert not busy.proc.is_alive()
