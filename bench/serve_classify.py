@@ -126,7 +126,7 @@ def start(
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     if kind.startswith("honed"):
         honed = str(Path(sys.executable).parent / "honed")
-        entry = f"clf={model}"
+        entry = f"base={model}" if kind == "honed-gen" else f"clf={model}"  # serve_generate
         dtype = "bfloat16" if kind == "honed-bf16" else "float32"
         quantization = "int8" if kind.startswith("honed-int8") else "none"
         # -procs: batches in `workers` processes instead of threads

@@ -38,6 +38,8 @@ async def one(client: httpx.AsyncClient, max_tokens: int) -> tuple[float, int]:
     t0 = time.perf_counter()
     ttft, chunks = None, 0
     async with client.stream("POST", "/v1/completions", json=body) as r:
+        if r.status_code != 200:  # a wrong model id once made this bench report 0 tokens/s
+            raise SystemExit(f"/v1/completions answered {r.status_code}: {await r.aread()!r}")
         async for line in r.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
