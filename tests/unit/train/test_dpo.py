@@ -140,7 +140,8 @@ def test_dpo_example_smoke_on_smollm2(tmp_path: Path) -> None:
     raw = spec.model_dump()
     raw["data"].update(source=spec.data_source(), max_rows=40)
     raw["model"]["max_length"] = 64
-    raw["training"].update(max_steps=1, num_threads=2)
+    # No warm-up: with one step, warm-up would keep the learning rate at 0 (nothing moves).
+    raw["training"].update(max_steps=1, warmup_fraction=0.0, num_threads=2)
     raw["output_dir"] = str(tmp_path / "run")
     spec = parse_spec(raw)
     task = get_task("dpo")
