@@ -30,10 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_classify import _free_port, drive
+from serve_classify import _free_port, drive, launch
 
 TEXTS = [
     "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn in the corresponding period.",
@@ -61,20 +59,7 @@ def start(model: Path, db: str) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-c", LAUNCH, str(model), str(port), db]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    end = time.monotonic() + 180
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise SystemExit(f"server died: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            if httpx.get(url + "/readyz").status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise SystemExit("server did not start")
+    return launch(cmd, env, port, "/readyz", "logging " + ("off" if db == "-" else "on"))
 
 
 def cpu_seconds(pid: int) -> float:

@@ -167,6 +167,13 @@ def start(
             f"uvicorn.run(diy_app.app, host='127.0.0.1', port={port}, log_level='warning')",
         ]
         ready = "/healthz"
+    return launch(cmd, env, port, ready, kind)
+
+
+def launch(
+    cmd: list[str], env: dict[str, str], port: int, ready: str, kind: str
+) -> tuple[subprocess.Popen, str]:
+    """Start a server subprocess and wait until GET `ready` answers 200 (3 minutes at most)."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     end = time.monotonic() + 180

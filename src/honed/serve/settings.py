@@ -131,8 +131,8 @@ class ServeSettings(BaseSettings):
         description="Run classifier forward passes in this many worker processes (CPU), each "
         "with its own copy of the model and torch_threads threads (default 1), instead of "
         "classify_workers threads in the server process; 0: in-process. Frees the batches "
-        "from the server's GIL: int8 MiniLM on 2 cores served 1.13x the requests/s of two "
-        "batch threads with half the p99 latency (one process per core is right).",
+        "from the server's GIL: int8 MiniLM on 2 cores served 1.06-1.15x the requests/s of "
+        "two batch threads with about half the p99 latency (one process per core is right).",
     )
     classify_max_length: int = Field(512, ge=1, description="Truncate classified texts (tokens).")
     classify_quantization: Literal["none", "int8"] = Field(
