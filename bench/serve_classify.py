@@ -9,13 +9,16 @@ Financial PhraseBank sentences (real length spread, so padding costs what it cos
 All servers run as subprocesses, one at a time. Two DIY servers: `diy-serial` answers one
 request at a time (the issue's wording; torch on every core), `diy-pool` runs requests on
 FastAPI's thread pool (the strongest DIY set-up; one torch thread each). honed runs
-four ways: float32 weights (exactly the evaluated model), `--dtype bfloat16`,
-`--classify-quantization int8` with batch threads, and int8 with `--classify-processes`
-(worker processes); bf16 and int8 come with their label agreement with float32 over every
-PhraseBank sentence. Every server runs once per round; ratios are taken within a round and the
-median over rounds is reported (the VM's speed drifts between rounds). The load generator is
-aiohttp (0.2 ms CPU per request, against 1.6 ms for httpx): it shares the two cores with the
-server under test, so a heavy client would cap the faster server more than the slower one.
+five ways, all with packed (padding-free) passes unless named `-padded`: float32 weights
+(exactly the evaluated model), `--dtype bfloat16`, `--classify-quantization int8` with batch
+threads, int8 with `--classify-processes` (worker processes), and the same with
+`--no-classify-packing`, which shows what packing adds in the same round. After the rounds,
+each way's label agreement with float32 padded passes over every PhraseBank sentence
+(through the server's loader and engine). Every server runs once per round; ratios are taken
+within a round and the median over rounds is reported (the VM's speed drifts between rounds).
+The load generator is aiohttp (0.2 ms CPU per request, against 1.6 ms for httpx): it shares
+the two cores with the server under test, so a heavy client would cap the faster server more
+than the slower one.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ def sentences() -> list[str]:
 
 TEXTS = sentences()
 DIY = ("diy-serial", "diy-pool")
-KINDS = (*DIY, "honed", "honed-bf16", "honed-int8", "honed-int8-procs")
+KINDS = (*DIY, "honed", "honed-bf16", "honed-int8", "honed-int8-procs", "honed-int8-procs-padded")
 
 
 def _free_port() -> int:
@@ -130,7 +133,7 @@ def start(
         dtype = "bfloat16" if kind == "honed-bf16" else "float32"
         quantization = "int8" if kind.startswith("honed-int8") else "none"
         # -procs: batches in `workers` processes instead of threads
-        processes = workers if kind.endswith("-procs") else 0
+        processes = workers if "-procs" in kind else 0
         cmd = [
             honed,
             "serve",
@@ -152,6 +155,8 @@ def start(
             "--classify-processes",
             str(processes),
         ]
+        if kind.endswith("-padded"):  # every other honed kind packs (the default on CPU)
+            cmd.append("--no-classify-packing")
         env["HONED_SERVE_TORCH_THREADS"] = str(threads)
         ready = "/readyz"
     else:
@@ -231,26 +236,30 @@ async def drive(
 
 
 def label_agreement(model: Path) -> dict[str, float]:
-    """Share of PhraseBank sentences whose label equals the float32 label (in-process)."""
+    """Share of PhraseBank sentences whose label equals the float32 padded label, through the
+    server's own loader and engine (micro-batches of 32 in corpus order)."""
     import torch
 
-    from honed.serve.loading import quantize_int8
-    from honed.serve.predict import Predictor
+    from honed.serve.engine import ClassifierModel
+    from honed.serve.loading import load_classifier, parse_entry
+    from honed.serve.settings import ServeSettings
 
-    labels = {}
-    for kind in ("float32", "bf16", "int8"):
-        pred = Predictor.from_folder(model, merge=True)
-        if kind == "bf16":
-            pred.model.to(dtype=torch.bfloat16)
-        if kind == "int8":
-            quantize_int8(pred.model, "cpu")
-        labels[kind] = [r["label"] for r in pred.predict(TEXTS)]
-    ref = labels["float32"]
-    return {
-        k: sum(a == b for a, b in zip(ref, v, strict=True)) / len(ref)
-        for k, v in labels.items()
-        if k != "float32"
+    ref = parse_entry(f"clf={model}")
+    ways = {  # name: (dtype, quantization, packing)
+        "float32": (torch.float32, "none", False),
+        "float32 packed": (torch.float32, "none", True),
+        "bf16 packed": (torch.bfloat16, "none", True),
+        "int8 padded": (torch.float32, "int8", False),
+        "int8 packed": (torch.float32, "int8", True),
     }
+    labels = {}
+    for name, (dtype, quantization, packing) in ways.items():
+        parts = load_classifier(ref, "cpu", dtype, quantization, packing)
+        clf = ClassifierModel("clf", *parts, settings=ServeSettings(max_batch_size=32))
+        batches = [TEXTS[i : i + 32] for i in range(0, len(TEXTS), 32)]
+        labels[name] = [r["label"] for b in batches for r in clf.classify(b)[0]]
+    want = labels.pop("float32")
+    return {k: sum(map(str.__eq__, want, v)) / len(want) for k, v in labels.items()}
 
 
 def run_round(model: Path, work: Path, kinds: list[str], args: argparse.Namespace) -> dict:

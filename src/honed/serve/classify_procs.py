@@ -82,8 +82,9 @@ def _load(spec: WorkerSpec):
 
     torch.set_num_threads(spec.settings.torch_threads or 1)
     dtype = getattr(torch, spec.dtype)
+    s = spec.settings
     parts = loading.load_classifier(
-        spec.ref, spec.device, dtype, spec.settings.classify_quantization
+        spec.ref, spec.device, dtype, s.classify_quantization, s.classify_packing
     )
     return ClassifierModel(spec.ref.name, *parts, settings=spec.settings, device=spec.device)
 

@@ -27,7 +27,12 @@ _SERVE_FLAGS = (  # (flag, settings field, type, help)
         "run classifiers in N worker processes (CPU; 0: in-process threads)",
     ),
     ("--classify-quantization", "classify_quantization", str, "none or int8 (CPU)"),
-    ("--classify-token-budget", "classify_token_budget", int, "padded tokens per classifier pass"),
+    (
+        "--classify-token-budget",
+        "classify_token_budget",
+        int,
+        "tokens per classifier pass, padding included (default 512 padded, 2048 packed)",
+    ),
 )
 
 
@@ -58,6 +63,13 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         default=None,
         help="merge the single adapter into the base at load",
+    )
+    p.add_argument(
+        "--no-classify-packing",
+        dest="classify_packing",
+        action="store_false",
+        default=None,
+        help="padded classifier passes only (packing is on by default on CPU)",
     )
     for flag, _, typ, text in _SERVE_FLAGS:
         p.add_argument(flag, type=typ, help=text)
@@ -113,6 +125,7 @@ def _serve(args: argparse.Namespace) -> int:
     if models:
         flags["models"] = models
     flags["merge_adapter"] = args.merge_adapter
+    flags["classify_packing"] = args.classify_packing
     settings = ServeSettings.load(args.config, **flags)
     _check_models(settings)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from honed.errors import HonedError
-from honed.serve import loading
+from honed.serve import loading, packing
 from honed.serve.batching import MicroBatcher
 from honed.serve.errors import APIError, not_found
 from honed.serve.generation import GenJob, Row, SamplingParams, run_batch
@@ -315,6 +315,8 @@ class ClassifierModel:
         # Worker processes running the forward passes instead of this process (then model
         # and tokenizer are None here); see honed.serve.classify_procs.
         self.processes: ClassifierProcesses | None = None
+        # Padding-free passes (the loader switched the model over; honed.serve.packing).
+        self.packed = model is not None and packing.is_packed(model)
 
     @classmethod
     def in_processes(cls, name: str, processes: ClassifierProcesses, settings: ServeSettings):
@@ -389,81 +391,64 @@ class ClassifierModel:
         """(label/score dicts, token counts) of ``texts``, in order, on this process's model."""
         if self.processes is not None:
             return self.processes.classify(texts)
+        ids = self._token_ids(texts)
         results: list[dict] = [{}] * len(texts)
-        counts = [0] * len(texts)
-        for rows in self._passes(texts):
-            r, c = self._forward([texts[i] for i in rows])
-            for i, ri, ci in zip(rows, r, c, strict=True):
-                results[i], counts[i] = ri, ci
-        return results, counts
+        for rows in self._passes([len(x) for x in ids]):
+            for i, r in zip(rows, self._forward([ids[i] for i in rows]), strict=True):
+                results[i] = r
+        return results, [len(x) for x in ids]
 
-    def _passes(self, texts: list[str]) -> list[list[int]]:
-        """Cut a micro-batch into forward passes of similar-length texts (indices into texts).
+    def _token_ids(self, texts: list[str]) -> list[list[int]]:
+        """Token ids per text, truncated; a text that tokenizes to nothing ("" without [CLS])
+        becomes one unknown token, so every row has something to pool."""
+        tok = self.tokenizer
+        ids = tok(texts, truncation=True, max_length=self.settings.classify_max_length)
+        filler = next(t for t in (tok.unk_token_id, tok.pad_token_id, 0) if t is not None)
+        return [row or [filler] for row in ids["input_ids"]]
+
+    def _passes(self, lengths: list[int]) -> list[list[int]]:
+        """Cut a micro-batch into forward passes of similar-length texts (indices).
 
         A padded pass costs rows x longest row; PhraseBank-like traffic (mean 30 tokens, tail to
         150) pays ~2.5x padding in arrival order. Sorted by length, each pass takes texts while
-        rows x longest stays under `classify_token_budget` and rows under `max_batch_size`.
+        its cost stays under the token budget and rows under `max_batch_size`. A packed pass
+        (honed.serve.packing) has no padding: its cost is its real token count.
         """
         s = self.settings
-        lengths = [
-            len(ids)
-            for ids in self.tokenizer(texts, truncation=True, max_length=s.classify_max_length)[
-                "input_ids"
-            ]
-        ]
-        order = sorted(range(len(texts)), key=lengths.__getitem__)
+        budget = s.classify_token_budget or (2048 if self.packed else 512)
+        order = sorted(range(len(lengths)), key=lengths.__getitem__)
         passes: list[list[int]] = []
+        tokens = 0  # real tokens in the current pass
         for i in order:
             cur = passes[-1] if passes else None
             # Sorted ascending, so text i is the longest of the pass it joins.
-            fits = (
-                cur is not None and (len(cur) + 1) * max(lengths[i], 1) <= s.classify_token_budget
-            )
-            if fits and len(cur) < s.max_batch_size:
+            cost = tokens + lengths[i] if self.packed else (len(cur or ()) + 1) * lengths[i]
+            if cur is not None and cost <= budget and len(cur) < s.max_batch_size:
                 cur.append(i)
+                tokens += lengths[i]
             else:
                 passes.append([i])
+                tokens = lengths[i]
         return passes
 
-    def _forward(self, texts: list[str]) -> tuple[list[dict], list[int]]:
+    def _forward(self, ids: list[list[int]]) -> list[dict]:
+        """Label/score dicts of one pass over non-empty token id lists."""
         import torch
 
-        enc = self.tokenizer(
-            texts,
-            padding=True,
-            truncation=True,
-            return_tensors="pt",
-            max_length=self.settings.classify_max_length,
-        )
-        enc = self._no_empty_rows(dict(enc))
-        counts = enc["attention_mask"].sum(dim=1).tolist()
-        enc = {k: v.to(self.device) for k, v in enc.items()}
         with torch.inference_mode():
-            logits = self.model(**enc).logits  # (B, num_labels)
+            if self.packed:
+                logits = packing.logits(self.model, ids)  # (B, num_labels)
+            else:
+                enc = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
+                enc = {k: v.to(self.device) for k, v in enc.items()}
+                logits = self.model(**enc).logits  # (B, num_labels)
         probs = torch.softmax(logits.float(), dim=-1).cpu().tolist()
         out = []
         for row in probs:
             best = max(range(len(row)), key=row.__getitem__)
             scores = {lab: float(p) for lab, p in zip(self.labels, row, strict=True)}
             out.append({"label": self.labels[best], "score": float(row[best]), "scores": scores})
-        return out, [int(c) for c in counts]
-
-    def _no_empty_rows(self, enc: dict) -> dict:
-        """A text that tokenizes to nothing ("" without [CLS]) becomes one unknown token."""
-        import torch
-
-        ids, mask = enc["input_ids"], enc["attention_mask"]  # (B, T), T may be 0
-        empty = mask.sum(dim=1) == 0 if ids.shape[1] else torch.ones(len(ids), dtype=torch.bool)
-        if not bool(empty.any()):
-            return enc
-        tok = self.tokenizer
-        filler = next(t for t in (tok.unk_token_id, tok.pad_token_id, 0) if t is not None)
-        if ids.shape[1] == 0:
-            enc = {k: torch.zeros((len(ids), 1), dtype=v.dtype) for k, v in enc.items()}
-            ids, mask = enc["input_ids"], enc["attention_mask"]
-        ids[empty, 0] = filler
-        mask[empty, 0] = 1
-        return enc
+        return out
 
     @property
     def queue_depth(self) -> int:

@@ -179,8 +179,14 @@ def load_causal_lm(path: Path, device: str, dtype):
     return model.to(device).eval()
 
 
-def load_classifier(ref: ModelRef, device: str, dtype=None, quantization: str = "none"):
+def load_classifier(
+    ref: ModelRef, device: str, dtype=None, quantization: str = "none", packing: bool = False
+):
     """A sequence classifier (full model, or a SEQ_CLS adapter merged into its base) + labels.
+
+    `packing` (CPU only) switches the model to padding-free passes when a probe shows it gives
+    the padded pass's logits (`honed.serve.packing`; the probe runs before any dtype change or
+    quantization, so it compares like with like).
 
     `dtype` bfloat16 halves the weight bytes and, on CPUs with native bf16 (AVX512-BF16, AMX),
     roughly doubles batched throughput; `quantization="int8"` (CPU, float32 only) is faster
@@ -193,10 +199,15 @@ def load_classifier(ref: ModelRef, device: str, dtype=None, quantization: str = 
     from honed.serve.predict import Predictor
 
     predictor = Predictor.from_folder(ref.path, merge=True)
-    model = predictor.model.to(device=device, dtype=dtype).eval()
+    predictor.tokenizer.padding_side = "right"
+    model = predictor.model.eval()
+    if packing and device.startswith("cpu"):
+        from honed.serve import packing as packed
+
+        packed.enable(model.cpu(), predictor.tokenizer)
+    model = model.to(device=device, dtype=dtype)
     if quantization == "int8":
         model = quantize_int8(model, device, dtype)
-    predictor.tokenizer.padding_side = "right"
     return model, predictor.tokenizer, list(predictor.labels)
 
 

@@ -41,7 +41,9 @@ def _build_classifier(settings: ServeSettings, entry: ModelRef, device: str, dty
         spec = WorkerSpec(entry, settings, device, str(dtype).removeprefix("torch."))
         procs = ClassifierProcesses(spec, settings.classify_processes)
         return ClassifierModel.in_processes(entry.name, procs, settings)
-    model = loading.load_classifier(entry, device, dtype, settings.classify_quantization)
+    model = loading.load_classifier(
+        entry, device, dtype, settings.classify_quantization, settings.classify_packing
+    )
     return ClassifierModel(entry.name, *model, settings=settings, device=device)
 
 

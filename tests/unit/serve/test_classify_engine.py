@@ -1,4 +1,4 @@
-"""Classifier engine: length-sorted forward passes, bf16 weights and int8 quantization."""
+"""Classifier engine: length-sorted padded or packed passes, bf16 weights, int8 quantization."""
 
 from __future__ import annotations
 
@@ -22,39 +22,45 @@ TEXTS = [
 ]
 
 
-def _classifier(tiny, **over) -> ClassifierModel:
-    ref = loading.parse_entry(f"sent={tiny['clf']}")
+def _classifier(tiny, packing=False, folder="clf", **over) -> ClassifierModel:
+    ref = loading.parse_entry(f"sent={tiny[folder]}")
     settings = ServeSettings(models=[], **over)
-    return ClassifierModel("sent", *loading.load_classifier(ref, "cpu"), settings=settings)
+    parts = loading.load_classifier(ref, "cpu", packing=packing)
+    return ClassifierModel("sent", *parts, settings=settings)
 
 
-def test_passes_cover_every_text_once_under_the_budget(tiny):
-    clf = _classifier(tiny, classify_token_budget=64, max_batch_size=3)
-    lengths = [len(ids) for ids in clf.tokenizer(TEXTS)["input_ids"]]
-    passes = clf._passes(TEXTS)
+def _scores(results: list[dict]) -> list[float]:
+    return [r["score"] for r in results]
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_passes_cover_every_text_once_under_the_budget(tiny, packing):
+    clf = _classifier(tiny, packing, classify_token_budget=64, max_batch_size=3)
+    assert clf.packed is packing
+    lengths = [len(ids) for ids in clf._token_ids(TEXTS)]
+    passes = clf._passes(lengths)
     assert sorted(i for p in passes for i in p) == list(range(len(TEXTS)))
     for p in passes:
         assert len(p) <= 3
-        longest = max(lengths[i] for i in p)
-        # A text longer than the budget runs alone; every other pass fits the budget.
-        assert len(p) * longest <= 64 or len(p) == 1
+        # Padded passes pay rows x longest; packed ones their real tokens. A text longer
+        # than the budget runs alone; every other pass fits the budget.
+        cost = sum(lengths[i] for i in p) if packing else len(p) * max(lengths[i] for i in p)
+        assert cost <= 64 or len(p) == 1
     order = [i for p in passes for i in p]
     assert [lengths[i] for i in order] == sorted(lengths)
 
 
-def test_sorted_passes_give_the_same_scores_in_request_order(tiny):
+@pytest.mark.parametrize("packing", [False, True])
+def test_sorted_passes_give_the_same_scores_in_request_order(tiny, packing):
     one_pass = _classifier(tiny, classify_token_budget=10**6, max_batch_size=64)
-    many = _classifier(tiny, classify_token_budget=40, max_batch_size=2)
-    want, _ = one_pass._forward(TEXTS)
-    assert len(many._passes(TEXTS)) > 2
-    got = [None] * len(TEXTS)
-    for rows in many._passes(TEXTS):
-        out, _ = many._forward([TEXTS[i] for i in rows])
-        for i, r in zip(rows, out, strict=True):
-            got[i] = r
-    for w, g in zip(want, got, strict=True):
-        assert g["label"] == w["label"]
-        assert g["score"] == pytest.approx(w["score"], abs=1e-5)
+    many = _classifier(tiny, packing, classify_token_budget=40, max_batch_size=2)
+    want, want_counts = one_pass.classify(TEXTS)
+    assert len(many._passes([len(x) for x in many._token_ids(TEXTS)])) > 2
+    got, counts = many.classify(TEXTS)
+    assert [g["label"] for g in got] == [w["label"] for w in want]
+    assert _scores(got) == pytest.approx(_scores(want), abs=1e-5)
+    assert counts == want_counts
+    assert counts[TEXTS.index("")] == 1  # the empty text ran as one unknown token
 
 
 def test_api_answers_in_input_order_with_a_small_budget(tiny):
@@ -75,29 +81,33 @@ def test_api_answers_in_input_order_with_a_small_budget(tiny):
     run_app(settings, go)
 
 
-def test_bfloat16_weights_keep_labels_and_float32_scores(tiny):
+@pytest.mark.parametrize("packing", [False, True])
+def test_bfloat16_weights_keep_labels_and_float32_scores(tiny, packing):
     ref = loading.parse_entry(f"sent={tiny['clf']}")
-    model, tok, labels = loading.load_classifier(ref, "cpu", torch.bfloat16)
+    model, tok, labels = loading.load_classifier(ref, "cpu", torch.bfloat16, packing=packing)
     assert next(model.parameters()).dtype == torch.bfloat16
     clf = ClassifierModel("sent", model, tok, labels, ServeSettings(models=[]))
-    want, _ = _classifier(tiny)._forward(TEXTS)
-    got, _ = clf._forward(TEXTS)
+    assert clf.packed is packing
+    want, _ = _classifier(tiny).classify(TEXTS)
+    got, _ = clf.classify(TEXTS)
     for w, g in zip(want, got, strict=True):
         assert isinstance(g["score"], float)
         assert g["score"] == pytest.approx(w["score"], abs=0.02)
 
 
-def test_int8_quantizes_the_encoder_and_keeps_the_head(tiny):
+@pytest.mark.parametrize("packing", [False, True])
+def test_int8_quantizes_the_encoder_and_keeps_the_head(tiny, packing):
     ref = loading.parse_entry(f"sent={tiny['clf']}")
-    model, tok, labels = loading.load_classifier(ref, "cpu", torch.float32, "int8")
+    model, tok, labels = loading.load_classifier(ref, "cpu", torch.float32, "int8", packing)
     encoder = getattr(model, model.base_model_prefix)
     quantized = [m for m in encoder.modules() if "quantized" in type(m).__module__]
     assert quantized, "no quantized Linear in the encoder"
     assert not any(isinstance(m, torch.nn.Linear) for m in encoder.modules())
     assert isinstance(model.classifier, torch.nn.Linear)  # the head stays float32
     clf = ClassifierModel("sent", model, tok, labels, ServeSettings(models=[]))
-    want, _ = _classifier(tiny)._forward(TEXTS)
-    got, _ = clf._forward(TEXTS)
+    assert clf.packed is packing
+    want, _ = _classifier(tiny).classify(TEXTS)
+    got, _ = clf.classify(TEXTS)
     for w, g in zip(want, got, strict=True):
         assert g["score"] == pytest.approx(w["score"], abs=0.05)
 
@@ -123,5 +133,7 @@ def test_serve_flags_reach_the_settings():
     )
     assert args.classify_quantization == "int8"
     assert args.classify_token_budget == 512
+    assert args.classify_packing is None  # unset: the settings' default (on) stands
+    assert parser.parse_args(["serve", "--no-classify-packing"]).classify_packing is False
     with pytest.raises(ValueError, match="classify_quantization"):
         ServeSettings(models=[], classify_quantization="int4")
