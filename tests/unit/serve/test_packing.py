@@ -60,19 +60,12 @@ def test_packed_logits_equal_the_padded_pass(tiny, mean_pooled, which):
     assert torch.allclose(alone, want, atol=1e-5)
 
 
-def test_a_head_that_does_not_fit_keeps_padded_passes(tmp_path):
-    from transformers import RobertaConfig, RobertaForSequenceClassification
+def test_a_head_that_does_not_fit_keeps_padded_passes(tiny):
+    from transformers import AutoConfig, RobertaConfig, RobertaForSequenceClassification
 
     tok = build_tokenizer()
-    cfg = RobertaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_labels=2,
-        pad_token_id=tok.pad_token_id,
-    )
+    # The tiny BERT's sizes in a RoBERTa, whose head is dense + tanh + out_proj.
+    cfg = RobertaConfig.from_dict(AutoConfig.from_pretrained(tiny["clf"]).to_dict())
     model = RobertaForSequenceClassification(cfg).eval()
     assert not packing.enable(model, tok)  # its head is a two-layer block, not one Linear
     assert model.config._attn_implementation != packing.ATTENTION
