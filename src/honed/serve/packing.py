@@ -155,6 +155,7 @@ def enable(model: Any, tokenizer: Any) -> bool:
         model.config._attn_implementation = before
         log.info("packed classifier passes disabled (%s): padded passes", reason)
         return False
+    log.info("packed classifier passes (probe: %s)", reason)
     return True
 
 
