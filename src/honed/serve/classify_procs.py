@@ -3,11 +3,12 @@
 Why processes: a classifier batch is mostly torch kernels, but between them each layer's
 Python (module calls, tokenization, building the response) holds the GIL, and so do the event
 loop and the request logger. With batch *threads*, everything shares one interpreter: int8
-MiniLM on 2 cores served 280 req/s with two batch threads and 318 with two worker processes,
-p99 latency 360 vs 195 ms (``bench/serve_classify.py``, median of rounds). Here each worker
-process holds its own copy of the classifier (the same loader as in-process serving, one torch
-thread by default) and the server process keeps HTTP, batching, metrics and logging; a batch
-thread per worker sends texts over a pipe and waits (the wait releases the GIL).
+MiniLM on 2 cores (packed passes) served 332 req/s with two batch threads and 385 with two
+worker processes, p99 latency 329 vs 188 ms (``bench/serve_classify.py``, median of 5 rounds).
+Here each worker process holds its own copy of the classifier (the same loader as in-process
+serving, one torch thread by default) and the server process keeps HTTP, batching, metrics and
+logging; a batch thread per worker sends texts over a pipe and waits (the wait releases the
+GIL).
 
 Failures: a worker that raises answers with the error (the batch is then retried request by
 request, as in-process); a worker that dies (killed, out of memory) is replaced by a fresh one

@@ -14,7 +14,7 @@ float32 1.41x with logits equal to the padded pass within 2e-6.
 
 Why by hand: transformers' padding-free path (``position_ids`` / ``cu_seq_lens_*``) feeds the
 flash-attention varlen kernels, which are CUDA-only; its SDPA path builds a dense T x T
-block mask instead (4x the attention work of the padded pass at T ~ 500). What is written
+block mask instead (T^2 scores: ~4x a length-sorted padded pass's at T ~ 500). What is written
 here is the small per-text attention loop and the pooling; the model's own modules do the
 rest. GPU servers keep padded passes: there a padded pass is one kernel launch per op.
 
