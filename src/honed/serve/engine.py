@@ -24,6 +24,7 @@ from honed.serve import loading, packing
 from honed.serve.batching import MicroBatcher
 from honed.serve.errors import APIError, not_found
 from honed.serve.generation import GenJob, Row, SamplingParams, run_batch
+from honed.serve.predict import label_rows
 from honed.serve.settings import ServeSettings
 
 if TYPE_CHECKING:
@@ -442,13 +443,8 @@ class ClassifierModel:
                 enc = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
                 enc = {k: v.to(self.device) for k, v in enc.items()}
                 logits = self.model(**enc).logits  # (B, num_labels)
-        probs = torch.softmax(logits.float(), dim=-1).cpu().tolist()
-        out = []
-        for row in probs:
-            best = max(range(len(row)), key=row.__getitem__)
-            scores = {lab: float(p) for lab, p in zip(self.labels, row, strict=True)}
-            out.append({"label": self.labels[best], "score": float(row[best]), "scores": scores})
-        return out
+        probs = torch.softmax(logits.float(), dim=-1).cpu().tolist()  # floats
+        return label_rows(probs, self.labels)
 
     @property
     def queue_depth(self) -> int:

@@ -70,14 +70,15 @@ class Predictor:
         return results
 
     def _rows(self, probs: Any) -> list[dict[str, Any]]:
-        rows = []
-        for p in probs.tolist():
-            best = max(range(len(p)), key=p.__getitem__)
-            rows.append(
-                {
-                    "label": self.labels[best],
-                    "score": p[best],
-                    "scores": dict(zip(self.labels, p, strict=True)),
-                }
-            )
-        return rows
+        return label_rows(probs.tolist(), self.labels)
+
+
+def label_rows(probs: list[list[float]], labels: list[str]) -> list[dict[str, Any]]:
+    """``{label, score, scores}`` per row of class probabilities (the /v1/classify shape)."""
+    rows = []
+    for p in probs:
+        best = max(range(len(p)), key=p.__getitem__)
+        rows.append(
+            {"label": labels[best], "score": p[best], "scores": dict(zip(labels, p, strict=True))}
+        )
+    return rows
