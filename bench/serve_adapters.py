@@ -10,6 +10,8 @@ Figures, each with its baseline from the same run:
   * mixed-adapter throughput (requests for N adapters share forward passes) vs
     single-adapter throughput (same batching, all requests on one adapter);
   * mixed vs switching with `set_adapter` per request (one request at a time).
+The throughput figures come twice: with continuous batching (the default: rows join and leave
+the running batch between decode steps), and with one `generate` per micro-batch.
 """
 
 from __future__ import annotations
@@ -121,14 +123,21 @@ def switching_throughput(gen, names: list[str], n: int, max_tokens: int) -> floa
     return tokens / (time.perf_counter() - start)
 
 
-async def throughput(base: Path, adapters: list[Path], n: int, max_tokens: int) -> dict:
+async def throughput(
+    base: Path, adapters: list[Path], n: int, max_tokens: int, continuous: bool
+) -> dict:
     from honed.serve.loading_plan import build_engine
     from honed.serve.settings import ServeSettings
 
     names = [f"a{i}" for i in range(len(adapters))]
     models = [str(base)] + [f"{nm}={p}" for nm, p in zip(names, adapters, strict=True)]
     settings = ServeSettings(
-        models=models, max_batch_size=32, max_wait_ms=5, max_tokens_cap=max_tokens, max_queue=4 * n
+        models=models,
+        max_batch_size=32,
+        max_wait_ms=5,
+        max_tokens_cap=max_tokens,
+        max_queue=4 * n,
+        continuous_batching=continuous,
     )
     engine = build_engine(settings)
     await engine.start(warmup=True)
@@ -170,7 +179,12 @@ def main() -> None:
         else:
             merged = one["after"] + (args.adapters - 1) * weights
             merged_note = "estimated: base process + 7 x weight bytes"
-        tp = asyncio.run(throughput(base, adapters, args.requests, args.max_tokens))
+        tps = {
+            mode: asyncio.run(
+                throughput(base, adapters, args.requests, args.max_tokens, mode == "continuous")
+            )
+            for mode in ("static", "continuous")
+        }
     k = args.adapters
     print(f"base: {base.name if args.base else 'random Llama h512 x8'} ({weights:.0f} MiB weights)")
     print(f"RSS base alone          {one['after']:8.0f} MiB")
@@ -187,15 +201,16 @@ def main() -> None:
         f"RSS {k} merged copies     {merged:8.0f} MiB  ratio {merged / one['after']:.2f}x "
         f"({merged_note})"
     )
-    print(f"tokens/s single adapter {tp['single']:8.1f}")
-    print(
-        f"tokens/s mixed {k} adapters {tp['mixed']:8.1f}  ratio mixed/single "
-        f"{tp['mixed'] / tp['single']:.2f}x (target >= 0.7x)"
-    )
-    print(
-        f"tokens/s set_adapter per request {tp['switching']:8.1f}  ratio mixed/switching "
-        f"{tp['mixed'] / tp['switching']:.2f}x (target >= 3x)"
-    )
+    for mode, tp in tps.items():
+        print(f"[{mode}] tokens/s single adapter {tp['single']:8.1f}")
+        print(
+            f"[{mode}] tokens/s mixed {k} adapters {tp['mixed']:8.1f}  ratio mixed/single "
+            f"{tp['mixed'] / tp['single']:.2f}x (target >= 0.7x)"
+        )
+        print(
+            f"[{mode}] tokens/s set_adapter per request {tp['switching']:8.1f}  ratio "
+            f"mixed/switching {tp['mixed'] / tp['switching']:.2f}x (target >= 3x)"
+        )
 
 
 if __name__ == "__main__":

@@ -129,7 +129,7 @@ def start(
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     if kind.startswith("honed"):
         honed = str(Path(sys.executable).parent / "honed")
-        entry = f"base={model}" if kind == "honed-gen" else f"clf={model}"  # serve_generate
+        entry = f"base={model}" if kind.startswith("honed-gen") else f"clf={model}"
         dtype = "bfloat16" if kind == "honed-bf16" else "float32"
         quantization = "int8" if kind.startswith("honed-int8") else "none"
         # -procs: batches in `workers` processes instead of threads
@@ -157,6 +157,8 @@ def start(
         ]
         if kind.endswith("-padded"):  # every other honed kind packs (the default on CPU)
             cmd.append("--no-classify-packing")
+        if kind.endswith("-static"):  # serve_generate: no continuous batching
+            cmd.append("--no-continuous-batching")
         env["HONED_SERVE_TORCH_THREADS"] = str(threads)
         ready = "/readyz"
     else:

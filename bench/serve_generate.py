@@ -1,5 +1,8 @@
 """Generation over HTTP (SSE streaming): tokens/s at batch 1 and at concurrency 8, and
 time-to-first-token p50/p99; baseline: plain `model.generate` at batch 1 in this process.
+The server runs twice, one after the other: with continuous batching (the default: requests
+join the running batch between decode steps), and `--no-continuous-batching` (one `generate`
+per micro-batch, which later requests wait for).
 
     .venv/bin/python bench/serve_generate.py [--base packaged:smollm2-135m-instruct]
                                              [--requests 24] [--max-tokens 32]
@@ -109,22 +112,23 @@ def main() -> None:
             else build_tiny_llm(Path(tmp) / "base", hidden=512, layers=8)
         )
         plain = plain_generate(base, max(4, args.requests // 4), args.max_tokens, args.threads)
-        proc, url = start("honed-gen", base, args.threads, Path(tmp))
-        try:
-            b1 = asyncio.run(drive(url, max(4, args.requests // 4), 1, args.max_tokens))
-            c8 = asyncio.run(drive(url, args.requests, 8, args.max_tokens))
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-    print(f"plain generate, batch 1      {plain:8.1f} tokens/s (baseline)")
-    print(
-        f"server, concurrency 1        {b1['tps']:8.1f} tokens/s  ratio {b1['tps'] / plain:.2f}x  "
-        f"TTFT p50 {b1['ttft_p50']:.0f} ms p99 {b1['ttft_p99']:.0f} ms"
-    )
-    print(
-        f"server, concurrency 8        {c8['tps']:8.1f} tokens/s  ratio {c8['tps'] / plain:.2f}x  "
-        f"TTFT p50 {c8['ttft_p50']:.0f} ms p99 {c8['ttft_p99']:.0f} ms"
-    )
+        results = {}
+        for kind in ("honed-gen", "honed-gen-static"):
+            proc, url = start(kind, base, args.threads, Path(tmp))
+            try:
+                b1 = asyncio.run(drive(url, max(4, args.requests // 4), 1, args.max_tokens))
+                c8 = asyncio.run(drive(url, args.requests, 8, args.max_tokens))
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+            results[kind] = (b1, c8)
+    print(f"plain generate, batch 1             {plain:8.1f} tokens/s (baseline)")
+    for kind, runs in results.items():
+        for label, r in zip(("concurrency 1", "concurrency 8"), runs, strict=True):
+            print(
+                f"{kind:20s} {label}  {r['tps']:8.1f} tokens/s  ratio {r['tps'] / plain:.2f}x  "
+                f"TTFT p50 {r['ttft_p50']:.0f} ms p99 {r['ttft_p99']:.0f} ms"
+            )
 
 
 if __name__ == "__main__":

@@ -65,6 +65,13 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
         help="merge the single adapter into the base at load",
     )
     p.add_argument(
+        "--no-continuous-batching",
+        dest="continuous_batching",
+        action="store_false",
+        default=None,
+        help="generation: one `generate` per micro-batch (later requests wait for it)",
+    )
+    p.add_argument(
         "--no-classify-packing",
         dest="classify_packing",
         action="store_false",
@@ -126,6 +133,7 @@ def _serve(args: argparse.Namespace) -> int:
         flags["models"] = models
     flags["merge_adapter"] = args.merge_adapter
     flags["classify_packing"] = args.classify_packing
+    flags["continuous_batching"] = args.continuous_batching
     settings = ServeSettings.load(args.config, **flags)
     _check_models(settings)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from honed.errors import HonedError
 from honed.serve import loading, packing
 from honed.serve.batching import MicroBatcher
+from honed.serve.continuous import RunningBatch, check_supported
 from honed.serve.errors import APIError, not_found
 from honed.serve.generation import GenJob, Row, SamplingParams, run_batch
 from honed.serve.predict import label_rows
@@ -74,6 +75,8 @@ class GenerativeModel:
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         s = self.settings
+        if s.continuous_batching:
+            check_supported(self.model)
         self.batcher = MicroBatcher(
             self.name,
             self._run,
@@ -151,7 +154,11 @@ class GenerativeModel:
         return slot.internal
 
     def _run(self, jobs: list[GenJob]) -> None:
-        """Worker thread: group jobs by decoding settings, one `generate` per group."""
+        """Worker thread: group jobs by decoding settings, one `generate` per group (or, with
+        `continuous_batching`, one running batch that later jobs join)."""
+        if self.settings.continuous_batching:
+            self._run_continuous(jobs)
+            return
         groups: dict[tuple, list[Row]] = defaultdict(list)
         for job in jobs:
             groups[job.params.batch_key()].extend(job.rows)
@@ -166,6 +173,40 @@ class GenerativeModel:
             for job in jobs:
                 job.emit("done")
                 job.loop.call_soon_threadsafe(self._release, job)
+
+    def _run_continuous(self, jobs: list[GenJob]) -> None:
+        """Worker thread: decode step by step while any row is live; between steps, adapter
+        loads run, finished jobs complete, and queued jobs join (honed.serve.continuous)."""
+        assert self.batcher is not None
+        batch = RunningBatch(self.model, self.tokenizer, self.device, self.peft)
+        live: list[GenJob] = []
+        try:
+            while jobs or batch.rows:
+                self.batcher.run_between()
+                batch.model, batch.mixed = self.model, self.peft  # the first adapter wraps it
+                live += jobs
+                batch.admit([r for j in jobs for r in j.rows])
+                batch.evict()  # rows done at their first token
+                if batch.rows:
+                    if self.on_batch is not None:
+                        self.on_batch(len(batch.rows))
+                    batch.step()
+                    batch.evict()
+                self._finish_jobs(live, lambda job: all(r.finished for r in job.rows))
+                jobs = self.batcher.take(self.settings.max_batch_size - len(batch.rows))
+        except Exception as err:  # report to every waiting request, keep the worker alive
+            log.exception("generation failed")
+            live += [j for j in jobs if j not in live]
+            for job in live:
+                job.emit("error", f"generation failed: {type(err).__name__}")
+            self._finish_jobs(live, lambda job: True)
+
+    def _finish_jobs(self, live: list[GenJob], done: Callable[[GenJob], bool]) -> None:
+        """Complete the jobs of ``live`` that are ``done``: tell them, release their adapter."""
+        for job in [j for j in live if done(j)]:
+            live.remove(job)
+            job.emit("done")
+            job.loop.call_soon_threadsafe(self._release, job)
 
     def _generate(self, rows: list[Row]) -> None:
         adapters = {r.job.adapter for r in rows}
@@ -204,7 +245,7 @@ class GenerativeModel:
             path, digest = await self._check_adapter(source, sha256)
             internal = f"honed_{next(self._ids)}"
             assert self.batcher is not None
-            await self.batcher.call(self._attach, path, internal)
+            await self.batcher.between(self._attach, path, internal)
             old = self.adapters.get(name)
             slot = AdapterSlot(internal, source, digest)
             self.adapters[name] = slot  # new requests go to the new weights from here on
@@ -224,7 +265,7 @@ class GenerativeModel:
         while self._refs.get(internal, 0) > 0:  # queued or running requests still use it
             self._released.clear()
             await self._released.wait()
-        await self.batcher.call(self._detach, internal)
+        await self.batcher.between(self._detach, internal)
 
     async def _check_adapter(self, source: str, sha256: str | None) -> tuple[Path, str]:
         try:
@@ -328,6 +369,8 @@ class ClassifierModel:
 
     def start(self) -> None:
         s = self.settings
+        if s.continuous_batching:
+            check_supported(self.model)
         self.batcher = MicroBatcher(
             self.name,
             self._run,

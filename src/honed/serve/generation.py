@@ -202,7 +202,7 @@ def run_batch(model, tokenizer, rows: list[Row], device: str, mixed: bool) -> No
     if not live:
         return
     eos = tokenizer.eos_token_id
-    decoder = RowDecoder(tokenizer, _eos_ids(model, eos))
+    decoder = RowDecoder(tokenizer, eos_ids(model, eos))
     ids, mask = left_pad([r.job.prompt_ids for r in live], tokenizer.pad_token_id, device)
     params = live[0].job.params  # one batch_key per batch: sampling settings are shared
     kwargs: dict[str, Any] = {
@@ -225,7 +225,7 @@ def run_batch(model, tokenizer, rows: list[Row], device: str, mixed: bool) -> No
         decoder.finish(r, "length")  # rows that ran out of max_new_tokens without a stop
 
 
-def _eos_ids(model, eos: int | None) -> set[int]:
+def eos_ids(model, eos: int | None) -> set[int]:
     found = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids = set(found) if isinstance(found, list) else ({found} if found is not None else set())
     if eos is not None:

@@ -107,6 +107,14 @@ class ServeSettings(BaseSettings):
     max_wait_ms: float = Field(
         5.0, ge=0, le=10_000, description="How long the first request waits for others to batch."
     )
+    continuous_batching: bool = Field(
+        True,
+        description="Generation: queued requests join the running batch between decode steps "
+        "and finished rows leave at once (honed.serve.continuous). SmolLM2 on CPU at "
+        "concurrency 8: TTFT p50 338 vs 2,016 ms and 1.49x the tokens/s of false, which runs "
+        "one `generate` per micro-batch (later requests wait for it; ~5% more tokens/s when a "
+        "whole workload arrives at once). Full-attention decoders only.",
+    )
     max_queue: int = Field(
         256, ge=1, description="Queued requests per model; beyond it requests get 503."
     )

@@ -1,10 +1,17 @@
-"""Batching, mixed-adapter equivalence, hot load/unload under load, backpressure, cancel."""
+"""Batching, mixed-adapter equivalence, hot load/unload under load, backpressure, cancel; each
+with one `generate` per micro-batch and with continuous batching."""
 
 from __future__ import annotations
 
 import asyncio
 
+import pytest
 from tests.unit.serve._serve_support import chat_body, run_app, settings_for
+
+from honed.serve.continuous import RunningBatch
+
+# The generation engine two ways: one `generate` per micro-batch, and continuous batching.
+MODES = pytest.mark.parametrize("continuous", [False, True], ids=["static", "continuous"])
 
 
 def _text(r) -> str:
@@ -12,26 +19,33 @@ def _text(r) -> str:
     return r.json()["choices"][0]["message"]["content"]
 
 
-def _record_batches(app) -> list[set]:
-    """Wrap the generator's per-group call to record which adapters shared a forward pass."""
+def _record_batches(app, monkeypatch) -> list[set]:
+    """Record which adapters shared a forward pass: the static engine's per-group call, or
+    each decode step of a continuous batch."""
     gen = app.state.engine.generator
     seen: list[set] = []
-    original = gen._generate
+    original, step = gen._generate, RunningBatch.step
 
     def spy(rows):
         seen.append({r.job.adapter for r in rows})
         return original(rows)
 
+    def step_spy(batch):
+        seen.append({r.job.adapter for r in batch.rows})
+        return step(batch)
+
     gen._generate = spy
+    monkeypatch.setattr(RunningBatch, "step", step_spy)
     return seen
 
 
-def test_mixed_adapter_batch_equals_single_adapter_outputs(tiny):
+@MODES
+def test_mixed_adapter_batch_equals_single_adapter_outputs(tiny, continuous, monkeypatch):
     models = ["base", "a0", "a1", "base", "a0", "a1"]
     prompts = ["hello", "the quick brown fox", "profits rose", "what is", "lazy dog", "x"]
 
     async def go(c, app):
-        seen = _record_batches(app)
+        seen = _record_batches(app, monkeypatch)
         single = [
             _text(await c.post("/v1/chat/completions", json=chat_body(m, p, max_tokens=8)))
             for m, p in zip(models, prompts, strict=True)
@@ -49,10 +63,11 @@ def test_mixed_adapter_batch_equals_single_adapter_outputs(tiny):
         assert mixed == single
         assert len(set(single)) > 1  # the adapters really change the output
 
-    run_app(settings_for(tiny, max_batch_size=8, max_wait_ms=0), go)
+    run_app(settings_for(tiny, max_batch_size=8, max_wait_ms=0, continuous_batching=continuous), go)
 
 
-def test_hot_load_swap_unload_under_load_fails_nothing(tiny):
+@MODES
+def test_hot_load_swap_unload_under_load_fails_nothing(tiny, continuous):
     a = tiny["adapters"]
 
     async def go(c, app):
@@ -104,7 +119,7 @@ def test_hot_load_swap_unload_under_load_fails_nothing(tiny):
         ids = {m["id"] for m in (await c.get("/v1/models")).json()["data"]}
         assert ids == {"base", "a0", "a2", "sent"}
 
-    run_app(settings_for(tiny, max_batch_size=4), go)
+    run_app(settings_for(tiny, max_batch_size=4, continuous_batching=continuous), go)
 
 
 def test_adapter_load_checks(tiny, tmp_path):
@@ -125,7 +140,8 @@ def test_adapter_load_checks(tiny, tmp_path):
     run_app(settings_for(tiny), go)
 
 
-def test_full_queue_answers_503_with_retry_after(tiny):
+@MODES
+def test_full_queue_answers_503_with_retry_after(tiny, continuous):
     async def go(c, app):
         rs = await asyncio.gather(
             *(
@@ -140,18 +156,22 @@ def test_full_queue_answers_503_with_retry_after(tiny):
         assert refused.headers["retry-after"] == "1"
         assert refused.json()["error"]["code"] == "overloaded"
 
-    run_app(settings_for(tiny, max_queue=1, max_batch_size=1, max_wait_ms=0), go)
+    over = {"max_queue": 1, "max_batch_size": 1, "max_wait_ms": 0}
+    run_app(settings_for(tiny, continuous_batching=continuous, **over), go)
 
 
-def test_deadline_gives_504(tiny):
+@MODES
+def test_deadline_gives_504(tiny, continuous):
     async def go(c, app):
         r = await c.post("/v1/chat/completions", json=chat_body("a0", max_tokens=200))
         assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
 
-    run_app(settings_for(tiny, request_timeout_s=0.01, max_tokens_cap=512), go)
+    over = {"request_timeout_s": 0.01, "max_tokens_cap": 512}
+    run_app(settings_for(tiny, continuous_batching=continuous, **over), go)
 
 
-def test_cancel_stops_generation_early(tiny):
+@MODES
+def test_cancel_stops_generation_early(tiny, continuous):
     from honed.serve.generation import SamplingParams
 
     async def go(c, app):
@@ -166,7 +186,7 @@ def test_cancel_stops_generation_early(tiny):
         assert job.rows[0].finish_reason == "cancelled"
         assert job.completion_tokens < 400
 
-    run_app(settings_for(tiny, max_tokens_cap=512), go)
+    run_app(settings_for(tiny, max_tokens_cap=512, continuous_batching=continuous), go)
 
 
 def test_merged_single_adapter_matches_unmerged(tiny):
