@@ -165,3 +165,28 @@ def test_continuous_batching_is_the_default_and_the_flag_turns_it_off():
     assert parser.parse_args(["serve", "x"]).continuous_batching is None  # settings decide
     args = parser.parse_args(["serve", "x", "--no-continuous-batching"])
     assert args.continuous_batching is False
+
+
+def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(tiny, monkeypatch):
+    step = RunningBatch.step
+    calls = {"n": 0}
+
+    def flaky(batch):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("boom")
+        return step(batch)
+
+    monkeypatch.setattr(RunningBatch, "step", flaky)
+
+    async def go(c, app):
+        r = await c.post("/v1/chat/completions", json=chat_body("a0", max_tokens=8))
+        assert r.status_code == 500 and r.json()["error"]["code"] == "generation_failed"
+        assert "boom" not in r.text and "Traceback" not in r.text
+        r = await c.post("/v1/chat/completions", json=chat_body("a0", max_tokens=8))
+        assert r.status_code == 200  # the worker thread survived
+        # The failed request released its adapter: unloading it does not wait forever.
+        r = await asyncio.wait_for(c.delete("/v1/adapters/a0"), timeout=10)
+        assert r.status_code == 200
+
+    run_app(settings_for(tiny, max_wait_ms=0), go)
