@@ -166,13 +166,9 @@ class GenerativeModel:
             for rows in groups.values():
                 self._generate(rows)
         except Exception as err:  # report to every waiting request, keep the worker alive
-            log.exception("generation failed")
-            for job in jobs:
-                job.emit("error", f"generation failed: {type(err).__name__}")
+            self._fail(jobs, err)
         finally:
-            for job in jobs:
-                job.emit("done")
-                job.loop.call_soon_threadsafe(self._release, job)
+            self._finish_jobs(list(jobs), lambda job: True)
 
     def _run_continuous(self, jobs: list[GenJob]) -> None:
         """Worker thread: decode step by step while any row is live; between steps, adapter
@@ -195,11 +191,15 @@ class GenerativeModel:
                 self._finish_jobs(live, lambda job: all(r.finished for r in job.rows))
                 jobs = self.batcher.take(self.settings.max_batch_size - len(batch.rows))
         except Exception as err:  # report to every waiting request, keep the worker alive
-            log.exception("generation failed")
             live += [j for j in jobs if j not in live]
-            for job in live:
-                job.emit("error", f"generation failed: {type(err).__name__}")
+            self._fail(live, err)
             self._finish_jobs(live, lambda job: True)
+
+    @staticmethod
+    def _fail(jobs: list[GenJob], err: Exception) -> None:
+        log.exception("generation failed")
+        for job in jobs:
+            job.emit("error", f"generation failed: {type(err).__name__}")
 
     def _finish_jobs(self, live: list[GenJob], done: Callable[[GenJob], bool]) -> None:
         """Complete the jobs of ``live`` that are ``done``: tell them, release their adapter."""
