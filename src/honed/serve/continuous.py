@@ -31,15 +31,16 @@ from honed.serve.generation import BASE_ADAPTER, Row, RowDecoder, eos_ids, left_
 
 
 def check_supported(model: Any) -> None:
-    """Continuous batching pads and cuts full-attention KV caches; refuse other layouts."""
-    config = getattr(model, "config", None)
-    layer_types = set(getattr(config, "layer_types", None) or ["full_attention"])
-    if getattr(config, "sliding_window", None) or layer_types != {"full_attention"}:
+    """Continuous batching pads and cuts full-attention KV caches: refuse any model whose
+    cache transformers builds otherwise (sliding-window or hybrid layers)."""
+    from transformers.cache_utils import DynamicLayer
+
+    kinds = {type(layer).__name__ for layer in DynamicCache(config=model.config).layers}
+    if kinds - {DynamicLayer.__name__}:
         raise ModelError(
             f"continuous batching supports full-attention decoders only; "
-            f"{getattr(config, 'model_type', 'this model')!r} has {sorted(layer_types)} layers "
-            f"(sliding window {getattr(config, 'sliding_window', None)}): "
-            "set continuous_batching to false"
+            f"{getattr(model.config, 'model_type', 'this model')!r} has {sorted(kinds)} cache "
+            "layers: set continuous_batching to false (--no-continuous-batching)"
         )
 
 

@@ -141,7 +141,7 @@ def test_an_adapter_loads_while_a_batch_runs(tiny):
 
 
 def test_sliding_window_models_are_refused_with_a_clear_error():
-    from transformers import MistralConfig
+    from transformers import MistralConfig, Qwen2Config
 
     from honed.errors import ModelError
     from honed.serve.continuous import check_supported
@@ -151,6 +151,11 @@ def test_sliding_window_models_are_refused_with_a_clear_error():
 
     with pytest.raises(ModelError, match="full-attention decoders only"):
         check_supported(Fake())
+
+    class FullAttention:  # Qwen2 ships a sliding_window size but does not use it by default
+        config = Qwen2Config()
+
+    check_supported(FullAttention())
 
 
 def test_continuous_batching_is_the_default_and_the_flag_turns_it_off():
