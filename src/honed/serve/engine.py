@@ -369,8 +369,6 @@ class ClassifierModel:
 
     def start(self) -> None:
         s = self.settings
-        if s.continuous_batching:
-            check_supported(self.model)
         self.batcher = MicroBatcher(
             self.name,
             self._run,
