@@ -24,6 +24,7 @@ from honed.errors import HonedError
 from honed.serve.auth import AccessMiddleware, KeyStore
 from honed.serve.engine import Engine
 from honed.serve.errors import ERROR_RESPONSES, install_error_handlers
+from honed.serve.json_body import JsonBodyMiddleware
 from honed.serve.metrics import Metrics
 from honed.serve.routes import (
     adapters,
@@ -63,6 +64,7 @@ def create_app(settings: ServeSettings | None = None, engine: Engine | None = No
         version=__version__,
         description="OpenAI-compatible serving of honed specialists (adapters over one base).",
         lifespan=lifespan,
+        strict_content_type=False,  # a body without a content type is read as JSON
     )
     _init_state(app, settings, keys, engine)
     install_error_handlers(app)
@@ -73,6 +75,7 @@ def create_app(settings: ServeSettings | None = None, engine: Engine | None = No
     if settings.sagemaker:
         app.include_router(sagemaker.router)
     _include_feedback(app)
+    app.add_middleware(JsonBodyMiddleware)
     app.add_middleware(
         AccessMiddleware,
         keys=keys,

@@ -28,6 +28,7 @@ from transformers import DynamicCache
 
 from honed.errors import ModelError
 from honed.serve.generation import BASE_ADAPTER, Row, RowDecoder, eos_ids, left_pad
+from honed.serve.logprobs import adjust_logits, token_logprobs
 
 
 def check_supported(model: Any) -> None:
@@ -76,9 +77,9 @@ class RunningBatch:
         logits = self._forward(ids, mask, positions, cache, live)
         for r in live:
             self._generators[id(r)] = _generator(r, self.device)
-        tokens = self._sample(logits, live)  # (b,)
+        tokens, lps = self._sample(logits, live)  # (b,)
         self._join(cache, mask, tokens, mask.sum(-1), live)
-        self._feed(tokens, live)
+        self._feed(tokens, live, lps)
 
     def step(self) -> None:
         """One decode step for every row: feed ``last`` at ``pos``, sample the next token."""
@@ -86,8 +87,8 @@ class RunningBatch:
         self.mask = torch.cat([self.mask, ones], 1)
         logits = self._forward(self.last[:, None], self.mask, self.pos[:, None], self.cache)
         self.pos = self.pos + 1
-        self.last = self._sample(logits, self.rows)
-        self._feed(self.last, self.rows)
+        self.last, lps = self._sample(logits, self.rows)
+        self._feed(self.last, self.rows, lps)
 
     def evict(self) -> list[Row]:
         """Drop finished rows (and the padding columns no live row needs); returns them."""
@@ -144,8 +145,10 @@ class RunningBatch:
         self.pos = torch.cat([self.pos, positions])
         self.rows += rows
 
-    def _sample(self, logits: torch.Tensor, rows: list[Row]) -> torch.Tensor:
-        """(B,) next tokens: argmax for greedy rows, temperature + top-p for the others."""
+    def _sample(self, logits: torch.Tensor, rows: list[Row]) -> tuple[torch.Tensor, list]:
+        """(B,) next tokens: argmax for greedy rows, temperature + top-p for the others, after
+        each row's penalties and logit_bias; with the logprobs of the rows that asked."""
+        logits = adjust_logits(logits, rows)
         tokens = logits.argmax(-1)
         for i, r in enumerate(rows):
             p = r.job.params
@@ -154,11 +157,11 @@ class RunningBatch:
             probs = _top_p(torch.softmax(logits[i] / p.temperature, -1), p.top_p)
             gen = self._generators.get(id(r))
             tokens[i] = torch.multinomial(probs, 1, generator=gen).squeeze(0)
-        return tokens
+        return tokens, token_logprobs(logits, tokens, rows)
 
-    def _feed(self, tokens: torch.Tensor, rows: list[Row]) -> None:
-        for r, t in zip(rows, tokens.tolist(), strict=True):
-            self.decoder.add(r, int(t))
+    def _feed(self, tokens: torch.Tensor, rows: list[Row], lps: list) -> None:
+        for r, t, lp in zip(rows, tokens.tolist(), lps, strict=True):
+            self.decoder.add(r, int(t), lp)
 
 
 def _left(x: torch.Tensor, width: int, dim: int) -> torch.Tensor:

@@ -14,8 +14,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 from transformers.generation.streamers import BaseStreamer
+
+from honed.serve.logprobs import Entry, adjust_logits, token_logprobs, wants_processing
 
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" inside a mixed batch
 
@@ -28,6 +35,10 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     n: int = 1
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias), ids checked in vocab
+    logprobs: int | None = None  # None: not asked; k: the chosen token and the k most likely
 
     @property
     def greedy(self) -> bool:
@@ -50,6 +61,8 @@ class Row:
     text: str = ""
     emitted: int = 0
     finish_reason: str | None = None
+    logprobs: list = field(default_factory=list)  # one logprobs.Entry per token, when asked
+    logprobs_sent: int = 0  # entries already sent with a delta
 
     @property
     def finished(self) -> bool:
@@ -97,7 +110,7 @@ class RowDecoder:
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
 
-    def add(self, row: Row, token: int) -> None:
+    def add(self, row: Row, token: int, logprob: Entry | None = None) -> None:
         if row.finished:
             return  # finished rows keep receiving pad tokens until the whole batch ends
         job = row.job
@@ -110,6 +123,8 @@ class RowDecoder:
         if job.first_token_at is None:
             job.first_token_at = time.monotonic()
         row.tokens.append(token)
+        if logprob is not None:
+            row.logprobs.append(logprob)
         row.text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
         if self._cut_at_stop(row):
             self.finish(row, "stop")
@@ -137,15 +152,23 @@ class RowDecoder:
         while end > row.emitted and row.text[end - 1] == "\ufffd":
             end -= 1
         if end > row.emitted:
-            row.job.emit("delta", row.index, row.text[row.emitted : end])
-            row.emitted = end
+            self._send(row, end)
+
+    @staticmethod
+    def _send(row: Row, end: int) -> None:
+        """Emit the text up to ``end`` with the logprobs of the tokens added since the last
+        delta (tokens held back at a possible stop string travel with the text that follows;
+        at a stop string, the last delta also carries the tokens that formed it)."""
+        entries = row.logprobs[row.logprobs_sent :]
+        row.logprobs_sent = len(row.logprobs)
+        row.job.emit("delta", row.index, row.text[row.emitted : end], entries)
+        row.emitted = end
 
     def finish(self, row: Row, reason: str) -> None:
         if row.finished:
             return
         if reason != "cancelled" and len(row.text) > row.emitted:
-            row.job.emit("delta", row.index, row.text[row.emitted :])
-            row.emitted = len(row.text)
+            self._send(row, len(row.text))
         row.finish_reason = reason
         row.job.emit("finish", row.index, reason)
 
@@ -153,20 +176,43 @@ class RowDecoder:
 class RowStreamer(BaseStreamer):
     """Receives the prompt (B, T) once, then each step's new tokens (B,)."""
 
-    def __init__(self, rows: list[Row], decoder: RowDecoder) -> None:
+    def __init__(
+        self, rows: list[Row], decoder: RowDecoder, logits: RowLogits | None = None
+    ) -> None:
         self.rows = rows
         self.decoder = decoder
+        self.logits = logits  # the step's adjusted logits, when a row asked for logprobs
         self.seen_prompt = False
 
     def put(self, value: torch.Tensor) -> None:
         if not self.seen_prompt:
             self.seen_prompt = True
             return
-        for row, token in zip(self.rows, value.view(-1).tolist(), strict=True):
-            self.decoder.add(row, int(token))
+        value = value.view(-1)
+        lps = [None] * len(self.rows)
+        if self.logits is not None and self.logits.scores is not None:
+            lps = token_logprobs(self.logits.scores, value, self.rows)
+        for row, token, lp in zip(self.rows, value.tolist(), lps, strict=True):
+            self.decoder.add(row, int(token), lp)
 
     def end(self) -> None:
         return None
+
+
+class RowLogits(LogitsProcessor):
+    """Per-row penalties and logit_bias for ``generate`` (it runs before temperature and
+    top-p); keeps the step's adjusted logits for ``RowStreamer`` to read logprobs from."""
+
+    def __init__(self, rows: list[Row]) -> None:
+        self.rows = rows
+        self.keep = any(r.job.params.logprobs is not None for r in rows)
+        self.scores: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = adjust_logits(scores, self.rows)
+        if self.keep:
+            self.scores = scores
+        return scores
 
 
 class RowsDone(StoppingCriteria):
@@ -205,10 +251,11 @@ def run_batch(model, tokenizer, rows: list[Row], device: str, mixed: bool) -> No
     decoder = RowDecoder(tokenizer, eos_ids(model, eos))
     ids, mask = left_pad([r.job.prompt_ids for r in live], tokenizer.pad_token_id, device)
     params = live[0].job.params  # one batch_key per batch: sampling settings are shared
+    logits = RowLogits(live) if wants_processing(live) else None
     kwargs: dict[str, Any] = {
         "max_new_tokens": max(r.job.params.max_tokens for r in live),
         "do_sample": not params.greedy,
-        "streamer": RowStreamer(live, decoder),
+        "streamer": RowStreamer(live, decoder, logits),
         "stopping_criteria": StoppingCriteriaList([RowsDone(live)]),
         "pad_token_id": tokenizer.pad_token_id,
         "use_cache": True,
@@ -217,6 +264,8 @@ def run_batch(model, tokenizer, rows: list[Row], device: str, mixed: bool) -> No
         kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
         if params.seed is not None:
             torch.manual_seed(params.seed)
+    if logits is not None:
+        kwargs["logits_processor"] = LogitsProcessorList([logits])
     if mixed:
         kwargs["adapter_names"] = [r.job.adapter or BASE_ADAPTER for r in live]
     with torch.inference_mode():

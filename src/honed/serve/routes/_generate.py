@@ -12,6 +12,7 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.types import Send
 
+from honed.serve import openai_fields as fields
 from honed.serve.batching import QueueFull
 from honed.serve.engine import GenerativeModel
 from honed.serve.errors import APIError, overloaded
@@ -26,8 +27,11 @@ class ClientGone(Exception):
     """The client disconnected; its work was cancelled."""
 
 
-def sampling_params(body: _Sampling, settings: ServeSettings) -> SamplingParams:
-    max_tokens = body.max_tokens or settings.default_max_tokens
+def sampling_params(body: _Sampling, settings: ServeSettings, vocab: int) -> SamplingParams:
+    """The request's decoding settings; refuses (400, naming the field) what is not served.
+    ``vocab``: the model's vocabulary size, for logit_bias ids."""
+    fields.check_fields(body)
+    max_tokens = fields.max_tokens(body) or settings.default_max_tokens
     if max_tokens > settings.max_tokens_cap:
         raise APIError(
             400,
@@ -38,8 +42,23 @@ def sampling_params(body: _Sampling, settings: ServeSettings) -> SamplingParams:
     if body.n > settings.max_n:
         raise APIError(400, f"n {body.n} exceeds this server's cap of {settings.max_n}", param="n")
     return SamplingParams(
-        max_tokens, body.temperature, body.top_p, body.seed, tuple(body.stop or ()), body.n
+        max_tokens,
+        body.temperature,
+        body.top_p,
+        body.seed,
+        tuple(body.stop or ()),
+        body.n,
+        frequency_penalty=body.frequency_penalty,
+        presence_penalty=body.presence_penalty,
+        logit_bias=fields.logit_bias(body, vocab),
+        logprobs=fields.logprobs_k(body),
     )
+
+
+def vocab_size(gen: GenerativeModel) -> int:
+    """Token ids a request may name: in the tokenizer and in the model's output layer."""
+    size = len(gen.tokenizer)
+    return min(size, getattr(getattr(gen.model, "config", None), "vocab_size", None) or size)
 
 
 def check_prompt(ids: list[int], settings: ServeSettings) -> None:
@@ -107,14 +126,17 @@ async def wait_for_jobs(request: Request, jobs: list[GenJob], timeout: float) ->
     raise APIError(504, "request deadline passed", "server_error", "timeout")
 
 
-def choices(jobs: list[GenJob], guard: Callable[[str], str]) -> list[tuple[int, str, str]]:
-    """(index, text, finish_reason) per choice; prompt p's choice i has index p*n + i."""
+def choices(
+    jobs: list[GenJob], guard: Callable[[str], str]
+) -> list[tuple[int, str, str, list | None]]:
+    """(index, text, finish_reason, logprob entries or None) per choice; prompt p's choice i
+    has index p*n + i. The entries are those of the tokens whose text was sent."""
     out = []
     for p, job in enumerate(jobs):
         for row in job.rows:
-            out.append(
-                (p * job.params.n + row.index, guard(row.text), row.finish_reason or "length")
-            )
+            lps = row.logprobs[: row.logprobs_sent] if job.params.logprobs is not None else None
+            reason = row.finish_reason or "length"
+            out.append((p * job.params.n + row.index, guard(row.text), reason, lps))
     return out
 
 
@@ -164,9 +186,11 @@ def sse(data: dict[str, Any] | str) -> str:
 
 async def stream_events(
     jobs: list[GenJob], deadline: float, guard: Callable[[str], str] | None
-) -> AsyncIterator[tuple[str, int, str]]:
-    """("delta"|"finish", choice index, text|reason) in order; buffered per choice when guarded."""
+) -> AsyncIterator[tuple[str, int, str, list]]:
+    """("delta"|"finish", choice index, text|reason, logprob entries) in order; buffered per
+    choice when guarded."""
     buffered: dict[int, list[str]] = {}
+    held: dict[int, list] = {}
     for p, job in enumerate(jobs):
         while True:
             left = deadline - time.monotonic()
@@ -178,12 +202,15 @@ async def stream_events(
             if kind == "error":
                 raise APIError(500, "generation failed", "server_error", "generation_failed")
             index = p * job.params.n + rest[0]
+            entries = rest[2] if len(rest) > 2 else []
             if kind == "delta" and guard is not None:
                 buffered.setdefault(index, []).append(rest[1])
+                held.setdefault(index, []).extend(entries)
                 continue
             if kind == "finish" and guard is not None:
-                yield "delta", index, guard("".join(buffered.pop(index, [])))
-            yield kind, index, rest[1]
+                text = guard("".join(buffered.pop(index, [])))
+                yield "delta", index, text, held.pop(index, [])
+            yield kind, index, rest[1], entries
 
 
 class _ClosingStream(StreamingResponse):
@@ -223,9 +250,9 @@ def streaming_response(
         try:
             for chunk in first():
                 yield sse(chunk)
-            async for kind, index, value in stream_events(jobs, deadline, guard):
+            async for kind, index, value, entries in stream_events(jobs, deadline, guard):
                 if kind == "delta" and value:
-                    yield sse(make_chunk(index, value, None))
+                    yield sse(make_chunk(index, value, None, entries))
                     tracker.tokens_sent += 1  # counted once the send returned
                 elif kind == "finish":
                     reason = "length" if value == "cancelled" else value

@@ -12,6 +12,8 @@ from honed.serve.errors import ERROR_RESPONSES, APIError
 from honed.serve.generation import GenJob
 from honed.serve.guards import GuardContext, run_input_guards
 from honed.serve.implicit import caller_of
+from honed.serve.logprobs import chat_logprobs
+from honed.serve.openai_fields import template_messages
 from honed.serve.routes import _generate as g
 from honed.serve.schemas import ChatCompletion, ChatCompletionRequest
 from honed.serve.tracking import Tracker
@@ -43,12 +45,12 @@ async def chat_completions(
     tracker = Tracker(request, "chat", body.model, "chatcmpl")
     try:
         gen = engine.generator_for(body.model)
-        messages = [m.model_dump(exclude_none=True) for m in body.messages]
+        messages = template_messages(body.messages, gen.tokenizer)
         ctx = GuardContext(
             "chat", body.model, [m["content"] for m in messages], key.name if key else None
         )
         run_input_guards(request.app.state.input_guards, ctx)
-        params = g.sampling_params(body, settings)
+        params = g.sampling_params(body, settings, g.vocab_size(gen))
         ids = gen.encode_chat(messages)
         g.check_prompt(ids, settings)
         jobs = g.submit_all(gen, [ids], body.model, params, settings.retry_after_s)
@@ -60,7 +62,7 @@ async def chat_completions(
     created = int(time.time())
     guard = g.output_guard(request, ctx)
     if body.stream:
-        return _stream(tracker, jobs, settings.request_timeout_s, guard, body, created)
+        return _stream(tracker, jobs, settings.request_timeout_s, guard, body, created, gen)
 
     def build(done: list[GenJob]) -> dict[str, Any]:
         choices = [
@@ -68,9 +70,9 @@ async def chat_completions(
                 "index": i,
                 "message": {"role": "assistant", "content": text},
                 "finish_reason": reason,
-                "logprobs": None,
+                "logprobs": None if lps is None else chat_logprobs(gen.tokenizer, lps),
             }
-            for i, text, reason in g.choices(done, guard or (lambda t: t))
+            for i, text, reason, lps in g.choices(done, guard or (lambda t: t))
         ]
         tracker.records[0]["output"] = choices[0]["message"]["content"]
         return {
@@ -85,17 +87,20 @@ async def chat_completions(
     return await g.respond(request, tracker, jobs, settings.request_timeout_s, build)
 
 
-def _stream(tracker: Tracker, jobs: list[GenJob], timeout: float, guard, body, created: int):
-    def chunk(index: int | None, text: str | None, reason: str | None) -> dict[str, Any]:
+def _stream(tracker: Tracker, jobs: list[GenJob], timeout: float, guard, body, created: int, gen):
+    want_logprobs = bool(body.logprobs)
+
+    def chunk(
+        index: int | None, text: str | None, reason: str | None, entries: list | None = None
+    ) -> dict[str, Any]:
         delta = {"content": text} if text is not None else {}
+        lps = chat_logprobs(gen.tokenizer, entries or []) if want_logprobs and text else None
         return {
             "id": tracker.id,
             "object": "chat.completion.chunk",
             "created": created,
             "model": body.model,
-            "choices": [
-                {"index": index, "delta": delta, "finish_reason": reason, "logprobs": None}
-            ],
+            "choices": [{"index": index, "delta": delta, "finish_reason": reason, "logprobs": lps}],
         }
 
     def first() -> list[dict[str, Any]]:
