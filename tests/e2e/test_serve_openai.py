@@ -117,6 +117,36 @@ def test_openai_client_chat_stream_models(server):
     assert comp.object == "text_completion"
 
 
+def test_openai_client_newer_fields(server):
+    """What current clients send by default or commonly: max_completion_tokens, zero
+    penalties, developer role, content parts, logprobs; a refused field is named."""
+    client = openai.OpenAI(base_url=server["url"] + "/v1", api_key=server["key"], max_retries=0)
+    out = client.chat.completions.create(
+        model="fin",
+        messages=[
+            {"role": "developer", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "hello"}]},
+        ],
+        max_completion_tokens=4,
+        frequency_penalty=0,
+        presence_penalty=0,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+        store=False,
+        metadata={"team": "e2e"},
+    )
+    assert out.usage.completion_tokens == len(out.choices[0].logprobs.content) <= 4
+    comp = client.completions.create(model="base", prompt=[5, 6, 7], max_tokens=2, logprobs=1)
+    assert len(comp.choices[0].logprobs.tokens) <= 2
+    with pytest.raises(openai.BadRequestError, match="tools"):
+        client.chat.completions.create(
+            model="fin",
+            messages=[{"role": "user", "content": "x"}],
+            tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        )
+
+
 def test_openai_client_errors(server):
     bad = openai.OpenAI(base_url=server["url"] + "/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
@@ -128,10 +158,11 @@ def test_openai_client_errors(server):
 
 def test_curl_style_classify_and_admin(server):
     h = {"Authorization": f"Bearer {server['key']}"}
+    # as the README's `curl -d` sends it: form-urlencoded content type, a JSON body
     r = httpx.post(
         f"{server['url']}/v1/classify",
-        headers=h,
-        json={"model": "sent", "input": ["good news", "bad news"]},
+        headers={**h, "Content-Type": "application/x-www-form-urlencoded"},
+        content=b'{"model": "sent", "input": ["good news", "bad news"]}',
     )
     assert r.status_code == 200 and len(r.json()["data"]) == 2
     r = httpx.post(
