@@ -50,7 +50,7 @@ class _Sampling(_Request):
         None, max_length=_MAX_STOPS, description="Up to 4 stop strings."
     )
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Sampling seed.")
-    user: str | None = Field(None, max_length=256, description="End-user id (accepted and ignored).")
+    user: str | None = Field(None, max_length=256, description="End-user id (ignored).")
     frequency_penalty: float | None = Field(
         0.0, ge=-2.0, le=2.0, description="Subtract penalty x count of each token generated so far."
     )
