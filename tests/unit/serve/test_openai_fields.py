@@ -276,3 +276,32 @@ def test_tool_messages_go_through_a_template_that_has_them():
     assert [m["role"] for m in out] == ["system", "assistant", "tool"]
     assert out[1]["content"] == "" and out[1]["tool_calls"][0]["id"] == "c1"
     assert out[2] == {"role": "tool", "content": "42", "tool_call_id": "c1"}
+
+
+def test_penalties_follow_openai_formula():
+    from types import SimpleNamespace
+
+    import torch
+
+    from honed.serve.generation import SamplingParams
+    from honed.serve.logprobs import adjust_logits, token_logprobs
+
+    def row(tokens, **params):
+        job = SimpleNamespace(params=SamplingParams(max_tokens=8, **params))
+        return SimpleNamespace(job=job, tokens=tokens)
+
+    rows = [
+        row([1, 1, 2], frequency_penalty=0.5, presence_penalty=1.0, logit_bias=((3, 2.0),)),
+        row([1, 1, 2], logprobs=2),
+    ]
+    logits = torch.zeros(2, 5)
+    out = adjust_logits(logits, rows)
+    # token 1: seen twice -> 0.5*2 + 1.0; token 2: once -> 0.5 + 1.0; token 3: +2 bias
+    assert out[0].tolist() == [0.0, -2.0, -1.5, 2.0, 0.0]
+    assert out[1].tolist() == [0.0] * 5 and logits.abs().sum() == 0  # untouched, no copy change
+    assert adjust_logits(logits, [rows[1]]) is logits  # nothing to do: the same tensor
+    lps = token_logprobs(out, torch.tensor([3, 4]), rows)
+    assert lps[0] is None
+    token, lp, top = lps[1]
+    assert token == 4 and lp == pytest.approx(-torch.log(torch.tensor(5.0)).item())
+    assert len(top) == 2
