@@ -157,8 +157,9 @@ class RowDecoder:
     @staticmethod
     def _send(row: Row, end: int) -> None:
         """Emit the text up to ``end`` with the logprobs of the tokens added since the last
-        delta (tokens held back at a possible stop string travel with the text that follows;
-        at a stop string, the last delta also carries the tokens that formed it)."""
+        delta: a token whose text is held back (a possible stop string, half a character, a
+        special token) travels with the text that follows, or with the row's last delta, so
+        every generated token's logprob is sent once (a stop string's tokens included)."""
         entries = row.logprobs[row.logprobs_sent :]
         row.logprobs_sent = len(row.logprobs)
         row.job.emit("delta", row.index, row.text[row.emitted : end], entries)
@@ -167,7 +168,8 @@ class RowDecoder:
     def finish(self, row: Row, reason: str) -> None:
         if row.finished:
             return
-        if reason != "cancelled" and len(row.text) > row.emitted:
+        pending = len(row.text) > row.emitted or len(row.logprobs) > row.logprobs_sent
+        if reason != "cancelled" and pending:
             self._send(row, len(row.text))
         row.finish_reason = reason
         row.job.emit("finish", row.index, reason)

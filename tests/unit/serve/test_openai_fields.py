@@ -111,6 +111,12 @@ def test_chat_logprobs_shape_stream_and_not(settings):
             for e in c.choices[0].logprobs.content
         ]
         assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in content]
+        # cut at a stop string: every generated token still has its entry
+        text = (await _chat(client, max_tokens=12)).choices[0].message.content
+        stop = next(c for c in text[3:] if c.strip() and c != "\ufffd")
+        cut = await _chat(client, max_tokens=12, logprobs=True, stop=[stop])
+        assert cut.choices[0].finish_reason == "stop"
+        assert len(cut.choices[0].logprobs.content) == cut.usage.completion_tokens
         await _refused(_chat(client, top_logprobs=2), "top_logprobs")
         await _refused(_chat(client, logprobs=True, top_logprobs=21), "top_logprobs")
 

@@ -130,11 +130,11 @@ def choices(
     jobs: list[GenJob], guard: Callable[[str], str]
 ) -> list[tuple[int, str, str, list | None]]:
     """(index, text, finish_reason, logprob entries or None) per choice; prompt p's choice i
-    has index p*n + i. The entries are those of the tokens whose text was sent."""
+    has index p*n + i."""
     out = []
     for p, job in enumerate(jobs):
         for row in job.rows:
-            lps = row.logprobs[: row.logprobs_sent] if job.params.logprobs is not None else None
+            lps = list(row.logprobs) if job.params.logprobs is not None else None
             reason = row.finish_reason or "length"
             out.append((p * job.params.n + row.index, guard(row.text), reason, lps))
     return out
@@ -251,7 +251,7 @@ def streaming_response(
             for chunk in first():
                 yield sse(chunk)
             async for kind, index, value, entries in stream_events(jobs, deadline, guard):
-                if kind == "delta" and value:
+                if kind == "delta" and (value or entries):
                     yield sse(make_chunk(index, value, None, entries))
                     tracker.tokens_sent += 1  # counted once the send returned
                 elif kind == "finish":

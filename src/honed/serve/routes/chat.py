@@ -94,7 +94,7 @@ def _stream(tracker: Tracker, jobs: list[GenJob], timeout: float, guard, body, c
         index: int | None, text: str | None, reason: str | None, entries: list | None = None
     ) -> dict[str, Any]:
         delta = {"content": text} if text is not None else {}
-        lps = chat_logprobs(gen.tokenizer, entries or []) if want_logprobs and text else None
+        lps = chat_logprobs(gen.tokenizer, entries) if want_logprobs and entries else None
         return {
             "id": tracker.id,
             "object": "chat.completion.chunk",

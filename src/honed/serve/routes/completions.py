@@ -101,10 +101,8 @@ def _stream(tracker: Tracker, jobs: list[GenJob], timeout: float, guard, body, c
         index: int | None, text: str | None, reason: str | None, entries: list | None = None
     ) -> dict[str, Any]:
         lps = None
-        if body.logprobs is not None and text:
-            lps, offsets[index] = completion_logprobs(
-                gen.tokenizer, entries or [], offsets.get(index, 0)
-            )
+        if body.logprobs is not None and entries:
+            lps, offsets[index] = completion_logprobs(gen.tokenizer, entries, offsets.get(index, 0))
         return {
             "id": tracker.id,
             "object": "text_completion",
