@@ -5,7 +5,7 @@ background task after start-up (so /healthz answers at once and /readyz turns 20
 the weights loaded and a real forward pass ran). Tests pass a ready-made Engine.
 
 Extension points on `app.state` (see docs/serving.md):
-  input_guards / output_guards   lists of callables (honed.serve.guards)
+  input_guards / output_guards   lists of callables (honed.serve.http.guards)
   request_logger                 an object with .submit(record: dict), or None
 """
 
@@ -21,11 +21,11 @@ from fastapi import FastAPI
 
 from honed import __version__
 from honed.errors import HonedError
-from honed.serve.auth import AccessMiddleware, KeyStore
-from honed.serve.engine import Engine
-from honed.serve.errors import ERROR_RESPONSES, install_error_handlers
-from honed.serve.metrics import Metrics
-from honed.serve.routes import (
+from honed.serve.engine.generative import Engine
+from honed.serve.http.auth import AccessMiddleware, KeyStore
+from honed.serve.http.errors import ERROR_RESPONSES, install_error_handlers
+from honed.serve.http.metrics import Metrics
+from honed.serve.http.routes import (
     adapters,
     chat,
     classify,

@@ -20,16 +20,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from honed.errors import HonedError
-from honed.serve import loading, packing
-from honed.serve.batching import MicroBatcher
-from honed.serve.continuous import RunningBatch, check_supported
-from honed.serve.errors import APIError, not_found
-from honed.serve.generation import GenJob, Row, SamplingParams, run_batch
+from honed.serve.engine import loading, packing
+from honed.serve.engine.batching import MicroBatcher
+from honed.serve.engine.continuous import RunningBatch, check_supported
+from honed.serve.engine.generation import GenJob, Row, SamplingParams, run_batch
+from honed.serve.http.errors import APIError, not_found
 from honed.serve.predict import label_rows
 from honed.serve.settings import ServeSettings
 
 if TYPE_CHECKING:
-    from honed.serve.classify_procs import ClassifierProcesses
+    from honed.serve.engine.classify_procs import ClassifierProcesses
 
 log = logging.getLogger("honed.serve")
 
@@ -172,7 +172,7 @@ class GenerativeModel:
 
     def _run_continuous(self, jobs: list[GenJob]) -> None:
         """Worker thread: decode step by step while any row is live; between steps, adapter
-        loads run, finished jobs complete, and queued jobs join (honed.serve.continuous)."""
+        loads run, finished jobs complete, and queued jobs join (honed.serve.engine.continuous)."""
         assert self.batcher is not None
         batch = RunningBatch(self.model, self.tokenizer, self.device, self.peft)
         live: list[GenJob] = []
@@ -355,9 +355,9 @@ class ClassifierModel:
         self.on_batch: Callable[[int], None] | None = None
         self.batcher: MicroBatcher[ClassifyJob] | None = None
         # Worker processes running the forward passes instead of this process (then model
-        # and tokenizer are None here); see honed.serve.classify_procs.
+        # and tokenizer are None here); see honed.serve.engine.classify_procs.
         self.processes: ClassifierProcesses | None = None
-        # Padding-free passes (the loader switched the model over; honed.serve.packing).
+        # Padding-free passes (the loader switched the model over; honed.serve.engine.packing).
         self.packed = model is not None and packing.is_packed(model)
 
     @classmethod
@@ -454,7 +454,7 @@ class ClassifierModel:
         A padded pass costs rows x longest row; PhraseBank-like traffic (mean 30 tokens, tail to
         150) pays ~2.5x padding in arrival order. Sorted by length, each pass takes texts while
         its cost stays under the token budget and rows under `max_batch_size`. A packed pass
-        (honed.serve.packing) has no padding: its cost is its real token count.
+        (honed.serve.engine.packing) has no padding: its cost is its real token count.
         """
         s = self.settings
         budget = s.classify_token_budget or (2048 if self.packed else 512)
@@ -554,6 +554,6 @@ class Engine:
     @classmethod
     def from_settings(cls, settings: ServeSettings) -> Engine:
         """Load every model named in the settings (blocking; call in a thread)."""
-        from honed.serve.loading_plan import build_engine
+        from honed.serve.engine.loading_plan import build_engine
 
         return build_engine(settings)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 from honed.errors import ModelError
-from honed.serve import loading
-from honed.serve.engine import ClassifierModel, Engine, GenerativeModel
-from honed.serve.loading import ModelRef
+from honed.serve.engine import loading
+from honed.serve.engine.generative import ClassifierModel, Engine, GenerativeModel
+from honed.serve.engine.loading import ModelRef
 from honed.serve.settings import ServeSettings
 
 log = logging.getLogger("honed.serve")
@@ -36,7 +36,7 @@ def build_engine(settings: ServeSettings) -> Engine:
 def _build_classifier(settings: ServeSettings, entry: ModelRef, device: str, dtype):
     """In this process, or (``classify_processes`` > 0) in that many worker processes."""
     if settings.classify_processes:
-        from honed.serve.classify_procs import ClassifierProcesses, WorkerSpec
+        from honed.serve.engine.classify_procs import ClassifierProcesses, WorkerSpec
 
         spec = WorkerSpec(entry, settings, device, str(dtype).removeprefix("torch."))
         procs = ClassifierProcesses(spec, settings.classify_processes)
@@ -100,7 +100,7 @@ def _build_generator(
     gen = GenerativeModel(name, model, tokenizer, settings, device, base_digest=base_digest)
     for i, a in enumerate(adapters):
         gen._attach(a.path, f"honed_init_{i}")
-        from honed.serve.engine import AdapterSlot
+        from honed.serve.engine.generative import AdapterSlot
 
         gen.adapters[a.name] = AdapterSlot(f"honed_init_{i}", a.ref, loading.adapter_digest(a.path))
     return gen

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from honed.serve.errors import APIError
+from honed.serve.http.errors import APIError
 
 
 class GuardRejection(Exception):

@@ -7,14 +7,14 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from honed.serve.deps import InferKey, ReadyEngine, SettingsDep
-from honed.serve.errors import ERROR_RESPONSES, APIError
-from honed.serve.generation import GenJob
-from honed.serve.guards import GuardContext, run_input_guards
-from honed.serve.implicit import caller_of
-from honed.serve.routes import _generate as g
-from honed.serve.schemas import ChatCompletion, ChatCompletionRequest
-from honed.serve.tracking import Tracker
+from honed.serve.engine.generation import GenJob
+from honed.serve.http import pipeline as g
+from honed.serve.http.deps import InferKey, ReadyEngine, SettingsDep
+from honed.serve.http.errors import ERROR_RESPONSES, APIError
+from honed.serve.http.guards import GuardContext, run_input_guards
+from honed.serve.http.implicit import caller_of
+from honed.serve.http.schemas import ChatCompletion, ChatCompletionRequest
+from honed.serve.http.tracking import Tracker
 
 router = APIRouter(tags=["generation"])
 

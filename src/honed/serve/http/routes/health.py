@@ -7,9 +7,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from honed.serve.deps import InferKey
-from honed.serve.errors import ERROR_RESPONSES
-from honed.serve.schemas import Health
+from honed.serve.http.deps import InferKey
+from honed.serve.http.errors import ERROR_RESPONSES
+from honed.serve.http.schemas import Health
 
 router = APIRouter(tags=["health"])
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from honed.serve.deps import EngineDep, InferKey
-from honed.serve.errors import ERROR_RESPONSES
-from honed.serve.schemas import ModelCard, ModelList
+from honed.serve.http.deps import EngineDep, InferKey
+from honed.serve.http.errors import ERROR_RESPONSES
+from honed.serve.http.schemas import ModelCard, ModelList
 
 router = APIRouter(tags=["models"])
 

@@ -31,7 +31,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from honed.errors import ModelError
-from honed.serve.loading import ModelRef
+from honed.serve.engine.loading import ModelRef
 from honed.serve.settings import ServeSettings
 
 log = logging.getLogger("honed.serve")
@@ -78,8 +78,8 @@ def _worker_main(conn: Connection, spec: WorkerSpec) -> None:
 def _load(spec: WorkerSpec):
     import torch
 
-    from honed.serve import loading
-    from honed.serve.engine import ClassifierModel
+    from honed.serve.engine import loading
+    from honed.serve.engine.generative import ClassifierModel
 
     torch.set_num_threads(spec.settings.torch_threads or 1)
     dtype = getattr(torch, spec.dtype)

@@ -8,13 +8,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from honed.serve.batching import QueueFull
-from honed.serve.deps import InferKey, ReadyEngine, SettingsDep
-from honed.serve.errors import ERROR_RESPONSES, APIError, overloaded
-from honed.serve.guards import GuardContext, run_input_guards, run_output_guards
-from honed.serve.routes._generate import _disconnected
-from honed.serve.schemas import ClassifyRequest, ClassifyResponse
-from honed.serve.tracking import Tracker
+from honed.serve.engine.batching import QueueFull
+from honed.serve.http.deps import InferKey, ReadyEngine, SettingsDep
+from honed.serve.http.errors import ERROR_RESPONSES, APIError, overloaded
+from honed.serve.http.guards import GuardContext, run_input_guards, run_output_guards
+from honed.serve.http.pipeline import _disconnected
+from honed.serve.http.schemas import ClassifyRequest, ClassifyResponse
+from honed.serve.http.tracking import Tracker
 
 router = APIRouter(tags=["classification"])
 

@@ -185,8 +185,8 @@ def load_classifier(
     """A sequence classifier (full model, or a SEQ_CLS adapter merged into its base) + labels.
 
     `packing` (CPU only) switches the model to padding-free passes when a probe shows it gives
-    the padded pass's logits (`honed.serve.packing`; the probe runs before any dtype change or
-    quantization, so it compares like with like).
+    the padded pass's logits (`honed.serve.engine.packing`; the probe runs before any dtype
+    change or quantization, so it compares like with like).
 
     `dtype` bfloat16 halves the weight bytes and, on CPUs with native bf16 (AVX512-BF16, AMX),
     roughly doubles batched throughput; `quantization="int8"` (CPU, float32 only) is faster
@@ -202,7 +202,7 @@ def load_classifier(
     predictor.tokenizer.padding_side = "right"
     model = predictor.model.eval()
     if packing and device.startswith("cpu"):
-        from honed.serve import packing as packed
+        from honed.serve.engine import packing as packed
 
         packed.enable(model.cpu(), predictor.tokenizer)
     model = model.to(device=device, dtype=dtype)

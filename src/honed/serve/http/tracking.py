@@ -3,7 +3,7 @@
 The logger is any object with `.submit(record: dict)`; records carry id, model, adapter, route,
 latency_ms, prompt_tokens, completion_tokens, input, output, label, score, status. A failing
 logger never fails a request. A logger that also has `.submit_feedback(...)` receives the
-implicit feedback signals (`regenerate`, `abandoned`; see honed.serve.implicit).
+implicit feedback signals (`regenerate`, `abandoned`; see honed.serve.http.implicit).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 from fastapi import Request
 
-from honed.serve import implicit
-from honed.serve.engine import Engine
+from honed.serve.engine.generative import Engine
+from honed.serve.http import implicit
 
 log = logging.getLogger("honed.serve")
 

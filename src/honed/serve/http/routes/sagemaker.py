@@ -12,10 +12,10 @@ from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from honed.serve.deps import InferKey, ReadyEngine, SettingsDep
-from honed.serve.errors import ERROR_RESPONSES, APIError
-from honed.serve.routes import chat, classify, completions
-from honed.serve.schemas import ChatCompletionRequest, ClassifyRequest, CompletionRequest
+from honed.serve.http.deps import InferKey, ReadyEngine, SettingsDep
+from honed.serve.http.errors import ERROR_RESPONSES, APIError
+from honed.serve.http.routes import chat, classify, completions
+from honed.serve.http.schemas import ChatCompletionRequest, ClassifyRequest, CompletionRequest
 
 router = APIRouter(tags=["sagemaker"])
 

@@ -12,9 +12,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from honed.serve.auth import ApiKey
-from honed.serve.engine import Engine
-from honed.serve.errors import APIError
+from honed.serve.engine.generative import Engine
+from honed.serve.http.auth import ApiKey
+from honed.serve.http.errors import APIError
 from honed.serve.settings import ServeSettings
 
 # auto_error=False: AccessMiddleware already refused missing/wrong keys; this documents the

@@ -12,14 +12,14 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.types import Send
 
-from honed.serve.batching import QueueFull
-from honed.serve.engine import GenerativeModel
-from honed.serve.errors import APIError, overloaded
-from honed.serve.generation import GenJob, SamplingParams
-from honed.serve.guards import GuardContext, run_output_guards
-from honed.serve.schemas import _Sampling
+from honed.serve.engine.batching import QueueFull
+from honed.serve.engine.generation import GenJob, SamplingParams
+from honed.serve.engine.generative import GenerativeModel
+from honed.serve.http.errors import APIError, overloaded
+from honed.serve.http.guards import GuardContext, run_output_guards
+from honed.serve.http.schemas import _Sampling
+from honed.serve.http.tracking import Tracker
 from honed.serve.settings import ServeSettings
-from honed.serve.tracking import Tracker
 
 
 class ClientGone(Exception):

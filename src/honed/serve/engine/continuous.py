@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from honed.errors import ModelError
-from honed.serve.generation import BASE_ADAPTER, Row, RowDecoder, eos_ids, left_pad
+from honed.serve.engine.generation import BASE_ADAPTER, Row, RowDecoder, eos_ids, left_pad
 
 
 def check_supported(model: Any) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Path
 
-from honed.serve.deps import AdminKey, ReadyEngine
-from honed.serve.errors import ERROR_RESPONSES, APIError
-from honed.serve.schemas import AdapterDeleted, AdapterInfo, AdapterLoadRequest
+from honed.serve.http.deps import AdminKey, ReadyEngine
+from honed.serve.http.errors import ERROR_RESPONSES, APIError
+from honed.serve.http.schemas import AdapterDeleted, AdapterInfo, AdapterLoadRequest
 
 router = APIRouter(tags=["admin"])
 
