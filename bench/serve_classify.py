@@ -242,7 +242,7 @@ def label_agreement(model: Path) -> dict[str, float]:
     server's own loader and engine (micro-batches of 32 in corpus order)."""
     import torch
 
-    from honed.serve.engine.generative import ClassifierModel
+    from honed.serve.engine.classifier import ClassifierModel
     from honed.serve.engine.loading import load_classifier, parse_entry
     from honed.serve.settings import ServeSettings
 

@@ -8,7 +8,7 @@ from tests.unit.serve._serve_support import run_app
 
 from honed.errors import ModelError
 from honed.serve.engine import loading
-from honed.serve.engine.generative import ClassifierModel
+from honed.serve.engine.classifier import ClassifierModel
 from honed.serve.settings import ServeSettings
 
 TEXTS = [

@@ -10,7 +10,7 @@ import pytest
 from tests.unit.serve._serve_support import chat_body, run_app
 
 from honed.serve.http.auth import hash_key
-from honed.serve.http.implicit import PromptMemory, prompt_key
+from honed.serve.http.tracking import PromptMemory, prompt_key
 from honed.serve.settings import ApiKeyEntry, ServeSettings
 
 

@@ -11,7 +11,7 @@ from tests.fixtures.tiny_models import build_tokenizer
 from tests.unit.serve._serve_support import run_app
 
 from honed.serve.engine import loading, packing
-from honed.serve.engine.generative import ClassifierModel
+from honed.serve.engine.classifier import ClassifierModel
 from honed.serve.settings import ServeSettings
 
 TEXTS = [

@@ -11,13 +11,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
+from honed.serve.engine.errors import QueueFull
+
 log = logging.getLogger("honed.serve")
 
 T = TypeVar("T")
-
-
-class QueueFull(Exception):
-    """The model's queue is at max_queue; the caller answers 503 with Retry-After."""
 
 
 class MicroBatcher(Generic[T]):

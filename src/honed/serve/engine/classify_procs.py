@@ -79,7 +79,7 @@ def _load(spec: WorkerSpec):
     import torch
 
     from honed.serve.engine import loading
-    from honed.serve.engine.generative import ClassifierModel
+    from honed.serve.engine.classifier import ClassifierModel
 
     torch.set_num_threads(spec.settings.torch_threads or 1)
     dtype = getattr(torch, spec.dtype)

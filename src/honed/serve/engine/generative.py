@@ -1,4 +1,4 @@
-"""The inference engine: one generative base (+ LoRA adapters) and any number of classifiers.
+"""The generative model of the engine: one causal LM base (+ hot-swappable LoRA adapters).
 
 Requests are queued per model and micro-batched (`batching.MicroBatcher`). Generation rows of
 different adapters share one forward pass (peft mixed batches, `adapter_names=[...]`). Adapter
@@ -17,19 +17,15 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from honed.errors import HonedError
-from honed.serve.engine import loading, packing
+from honed.serve.engine import loading
 from honed.serve.engine.batching import MicroBatcher
 from honed.serve.engine.continuous import RunningBatch, check_supported
+from honed.serve.engine.errors import Conflict, EngineError, InvalidRequest, NotFound
 from honed.serve.engine.generation import GenJob, Row, SamplingParams, run_batch
-from honed.serve.http.errors import APIError, not_found
-from honed.serve.predict import label_rows
 from honed.serve.settings import ServeSettings
-
-if TYPE_CHECKING:
-    from honed.serve.engine.classify_procs import ClassifierProcesses
 
 log = logging.getLogger("honed.serve")
 
@@ -137,10 +133,25 @@ class GenerativeModel:
             prompt_ids = [self.tokenizer.bos_token_id or self.tokenizer.eos_token_id or 0]
         deadline = time.monotonic() + self.settings.request_timeout_s
         job = GenJob(prompt_ids, params, adapter, deadline, asyncio.get_running_loop())
-        self.batcher.submit(job)  # QueueFull propagates -> 503
+        self.batcher.submit(job)  # QueueFull propagates
         if adapter is not None:
             self._refs[adapter] += 1
         return job
+
+    def submit_all(
+        self, prompts: list[list[int]], model_id: str, params: SamplingParams
+    ) -> list[GenJob]:
+        """One job per prompt, or none: a refusal (a full queue) cancels the jobs queued
+        before it."""
+        jobs: list[GenJob] = []
+        try:
+            for ids in prompts:
+                jobs.append(self.submit(ids, model_id, params))
+        except EngineError:
+            for j in jobs:
+                j.cancel()
+            raise
+        return jobs
 
     def _target(self, model_id: str) -> str | None:
         """The internal peft adapter for an API id (None = the base weights)."""
@@ -150,7 +161,7 @@ class GenerativeModel:
             return None
         slot = self.adapters.get(model_id)
         if slot is None:
-            raise not_found("model", model_id)
+            raise NotFound("model", model_id)
         return slot.internal
 
     def _run(self, jobs: list[GenJob]) -> None:
@@ -233,14 +244,13 @@ class GenerativeModel:
     async def load_adapter(self, name: str, source: str, sha256: str | None) -> AdapterSlot:
         """Load (or replace) adapter `name`; requests keep flowing during the load."""
         if self.merged_adapter is not None:
-            raise APIError(
-                409,
+            raise Conflict(
                 "adapters are merged into the base in this deployment; "
                 "restart without merge_adapter to hot-load",
                 code="merged",
             )
         if name == self.name:
-            raise APIError(409, f"{name!r} is the base model's id", code="name_taken", param="name")
+            raise Conflict(f"{name!r} is the base model's id", code="name_taken", param="name")
         async with self._locks[name]:
             path, digest = await self._check_adapter(source, sha256)
             internal = f"honed_{next(self._ids)}"
@@ -257,7 +267,7 @@ class GenerativeModel:
         async with self._locks[name]:
             slot = self.adapters.pop(name, None)  # new requests for it now get 404
             if slot is None:
-                raise not_found("adapter", name)
+                raise NotFound("adapter", name)
             await self._drain_and_detach(slot.internal)
 
     async def _drain_and_detach(self, internal: str) -> None:
@@ -271,21 +281,19 @@ class GenerativeModel:
         try:
             path = await asyncio.to_thread(loading.resolve_folder, source)
             if loading.detect_kind(path) != "adapter":
-                raise APIError(400, f"{source!r} is not a causal-LM LoRA adapter", param="source")
+                raise InvalidRequest(f"{source!r} is not a causal-LM LoRA adapter", param="source")
             digest = await asyncio.to_thread(loading.adapter_digest, path)
             trained_on = loading.base_digest_of(path)
             if trained_on and trained_on != await self.base_digest():
-                raise APIError(
-                    400,
+                raise InvalidRequest(
                     f"{source!r} was trained on another base model (lineage digest differs)",
                     code="base_mismatch",
                     param="source",
                 )
         except HonedError as err:  # unknown folder/ref, not an adapter, unreadable files
-            raise APIError(400, str(err), param="source", code="bad_adapter") from None
+            raise InvalidRequest(str(err), param="source", code="bad_adapter") from None
         if sha256 is not None and sha256 != digest:
-            raise APIError(
-                400,
+            raise InvalidRequest(
                 "adapter weights do not match the given sha256",
                 code="digest_mismatch",
                 param="sha256",
@@ -321,239 +329,3 @@ class GenerativeModel:
     @property
     def queue_depth(self) -> int:
         return self.batcher.depth if self.batcher else 0
-
-
-@dataclass(eq=False)
-class ClassifyJob:
-    texts: list[str]
-    future: asyncio.Future
-    loop: asyncio.AbstractEventLoop
-    deadline: float
-    prompt_tokens: int = 0
-
-
-class ClassifierModel:
-    """A sequence classifier; texts of many requests go through one padded forward pass."""
-
-    kind = "classify"
-
-    def __init__(
-        self,
-        name: str,
-        model: Any,
-        tokenizer: Any,
-        labels: list[str],
-        settings: ServeSettings,
-        device: str = "cpu",
-    ) -> None:
-        self.name = name
-        self.model = model
-        self.tokenizer = tokenizer
-        self.labels = labels
-        self.settings = settings
-        self.device = device
-        self.on_batch: Callable[[int], None] | None = None
-        self.batcher: MicroBatcher[ClassifyJob] | None = None
-        # Worker processes running the forward passes instead of this process (then model
-        # and tokenizer are None here); see honed.serve.engine.classify_procs.
-        self.processes: ClassifierProcesses | None = None
-        # Padding-free passes (the loader switched the model over; honed.serve.engine.packing).
-        self.packed = model is not None and packing.is_packed(model)
-
-    @classmethod
-    def in_processes(cls, name: str, processes: ClassifierProcesses, settings: ServeSettings):
-        """A classifier whose batches run in ``processes`` (which hold the model)."""
-        clf = cls(name, None, None, list(processes.labels), settings)
-        clf.processes = processes
-        return clf
-
-    def start(self) -> None:
-        s = self.settings
-        self.batcher = MicroBatcher(
-            self.name,
-            self._run,
-            s.max_batch_size,
-            s.max_wait_ms,
-            s.max_queue,
-            size=lambda job: len(job.texts),
-            on_batch=self.on_batch,
-            # One batch thread per worker process: each waits on its own process.
-            workers=self.processes.size if self.processes else s.classify_workers,
-        )
-        self.batcher.start()
-
-    async def stop(self) -> None:
-        if self.batcher is not None:
-            await self.batcher.stop()
-        if self.processes is not None:
-            await asyncio.to_thread(self.processes.close)
-            self.processes = None
-
-    def ids(self) -> list[tuple[str, str, str | None]]:
-        return [(self.name, "classify", None)]
-
-    def serves(self, model_id: str) -> bool:
-        return model_id == self.name
-
-    def warmup(self) -> None:
-        self.classify(["warm up"])
-
-    def submit(self, texts: list[str]) -> ClassifyJob:
-        assert self.batcher is not None, "engine not started"
-        loop = asyncio.get_running_loop()
-        deadline = time.monotonic() + self.settings.request_timeout_s
-        job = ClassifyJob(texts, loop.create_future(), loop, deadline)
-        self.batcher.submit(job)
-        return job
-
-    def _run(self, jobs: list[ClassifyJob]) -> None:
-        live = [j for j in jobs if not j.future.done() and time.monotonic() < j.deadline]
-        try:
-            self._classify(live)
-        except Exception:
-            if len(live) == 1:
-                log.exception("classification failed")
-                live[0].loop.call_soon_threadsafe(_fail, live[0].future, RuntimeError("failed"))
-                return
-            # One bad input must not fail its batch-mates: retry each request on its own.
-            for job in live:
-                self._run([job])
-
-    def _classify(self, live: list[ClassifyJob]) -> None:
-        texts = [t for j in live for t in j.texts]
-        results, counts = self.classify(texts)
-        start = 0
-        for j in live:
-            end = start + len(j.texts)
-            j.prompt_tokens = sum(counts[start:end])
-            j.loop.call_soon_threadsafe(_resolve, j.future, results[start:end])
-            start = end
-
-    def classify(self, texts: list[str]) -> tuple[list[dict], list[int]]:
-        """(label/score dicts, token counts) of ``texts``, in order, on this process's model."""
-        if self.processes is not None:
-            return self.processes.classify(texts)
-        ids = self._token_ids(texts)
-        results: list[dict] = [{}] * len(texts)
-        for rows in self._passes([len(x) for x in ids]):
-            for i, r in zip(rows, self._forward([ids[i] for i in rows]), strict=True):
-                results[i] = r
-        return results, [len(x) for x in ids]
-
-    def _token_ids(self, texts: list[str]) -> list[list[int]]:
-        """Token ids per text, truncated; a text that tokenizes to nothing ("" without [CLS])
-        becomes one unknown token, so every row has something to pool."""
-        tok = self.tokenizer
-        ids = tok(texts, truncation=True, max_length=self.settings.classify_max_length)
-        filler = next(t for t in (tok.unk_token_id, tok.pad_token_id, 0) if t is not None)
-        return [row or [filler] for row in ids["input_ids"]]
-
-    def _passes(self, lengths: list[int]) -> list[list[int]]:
-        """Cut a micro-batch into forward passes of similar-length texts (indices).
-
-        A padded pass costs rows x longest row; PhraseBank-like traffic (mean 30 tokens, tail to
-        150) pays ~2.5x padding in arrival order. Sorted by length, each pass takes texts while
-        its cost stays under the token budget and rows under `max_batch_size`. A packed pass
-        (honed.serve.engine.packing) has no padding: its cost is its real token count.
-        """
-        s = self.settings
-        budget = s.classify_token_budget or (2048 if self.packed else 512)
-        order = sorted(range(len(lengths)), key=lengths.__getitem__)
-        passes: list[list[int]] = []
-        tokens = 0  # real tokens in the current pass
-        for i in order:
-            cur = passes[-1] if passes else None
-            # Sorted ascending, so text i is the longest of the pass it joins.
-            cost = tokens + lengths[i] if self.packed else (len(cur or ()) + 1) * lengths[i]
-            if cur is not None and cost <= budget and len(cur) < s.max_batch_size:
-                cur.append(i)
-                tokens += lengths[i]
-            else:
-                passes.append([i])
-                tokens = lengths[i]
-        return passes
-
-    def _forward(self, ids: list[list[int]]) -> list[dict]:
-        """Label/score dicts of one pass over non-empty token id lists."""
-        import torch
-
-        with torch.inference_mode():
-            if self.packed:
-                logits = packing.logits(self.model, ids)  # (B, num_labels)
-            else:
-                enc = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
-                enc = {k: v.to(self.device) for k, v in enc.items()}
-                logits = self.model(**enc).logits  # (B, num_labels)
-        probs = torch.softmax(logits.float(), dim=-1).cpu().tolist()  # floats
-        return label_rows(probs, self.labels)
-
-    @property
-    def queue_depth(self) -> int:
-        return self.batcher.depth if self.batcher else 0
-
-
-def _resolve(fut: asyncio.Future, value: Any) -> None:
-    if not fut.done():
-        fut.set_result(value)
-
-
-def _fail(fut: asyncio.Future, err: Exception) -> None:
-    if not fut.done():
-        fut.set_exception(err)
-
-
-class Engine:
-    """All models of one server process, by API id."""
-
-    def __init__(
-        self,
-        generator: GenerativeModel | None = None,
-        classifiers: list[ClassifierModel] | None = None,
-    ) -> None:
-        self.generator = generator
-        self.classifiers = {c.name: c for c in classifiers or []}
-        self.ready = False
-        self.failure: str | None = None
-
-    @property
-    def models(self) -> list[GenerativeModel | ClassifierModel]:
-        return ([self.generator] if self.generator else []) + list(self.classifiers.values())
-
-    def ids(self) -> list[tuple[str, str, str | None]]:
-        return [entry for m in self.models for entry in m.ids()]
-
-    def generator_for(self, model_id: str) -> GenerativeModel:
-        if self.generator is not None and self.generator.serves(model_id):
-            return self.generator
-        if model_id in self.classifiers:
-            raise APIError(400, f"{model_id!r} is a classifier; use /v1/classify", param="model")
-        raise not_found("model", model_id)
-
-    def classifier_for(self, model_id: str) -> ClassifierModel:
-        if model_id in self.classifiers:
-            return self.classifiers[model_id]
-        if self.generator is not None and self.generator.serves(model_id):
-            raise APIError(
-                400, f"{model_id!r} generates text; use /v1/chat/completions", param="model"
-            )
-        raise not_found("model", model_id)
-
-    async def start(self, warmup: bool = True) -> None:
-        for m in self.models:
-            m.start()
-        if warmup:
-            for m in self.models:
-                await m.batcher.call(m.warmup)
-        self.ready = True
-
-    async def stop(self) -> None:
-        self.ready = False
-        for m in self.models:
-            await m.stop()
-
-    @classmethod
-    def from_settings(cls, settings: ServeSettings) -> Engine:
-        """Load every model named in the settings (blocking; call in a thread)."""
-        from honed.serve.engine.loading_plan import build_engine
-
-        return build_engine(settings)

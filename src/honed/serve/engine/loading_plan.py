@@ -6,7 +6,9 @@ import logging
 
 from honed.errors import ModelError
 from honed.serve.engine import loading
-from honed.serve.engine.generative import ClassifierModel, Engine, GenerativeModel
+from honed.serve.engine.classifier import ClassifierModel
+from honed.serve.engine.core import Engine
+from honed.serve.engine.generative import AdapterSlot, GenerativeModel
 from honed.serve.engine.loading import ModelRef
 from honed.serve.settings import ServeSettings
 
@@ -100,8 +102,6 @@ def _build_generator(
     gen = GenerativeModel(name, model, tokenizer, settings, device, base_digest=base_digest)
     for i, a in enumerate(adapters):
         gen._attach(a.path, f"honed_init_{i}")
-        from honed.serve.engine.generative import AdapterSlot
-
         gen.adapters[a.name] = AdapterSlot(f"honed_init_{i}", a.ref, loading.adapter_digest(a.path))
     return gen
 

@@ -21,7 +21,8 @@ from fastapi import FastAPI
 
 from honed import __version__
 from honed.errors import HonedError
-from honed.serve.engine.generative import Engine
+from honed.serve.engine.core import Engine
+from honed.serve.engine.loading_plan import build_engine
 from honed.serve.http.auth import AccessMiddleware, KeyStore
 from honed.serve.http.errors import ERROR_RESPONSES, install_error_handlers
 from honed.serve.http.metrics import Metrics
@@ -122,7 +123,7 @@ async def _start(app: FastAPI, engine: Engine | None) -> None:
     settings: ServeSettings = app.state.settings
     try:
         if engine is None:
-            engine = await asyncio.to_thread(Engine.from_settings, settings)
+            engine = await asyncio.to_thread(build_engine, settings)
             app.state.engine = engine
         _wire_metrics(app.state.metrics, engine)
         await engine.start(warmup=settings.warmup)

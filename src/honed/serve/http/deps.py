@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from honed.serve.engine.generative import Engine
+from honed.serve.engine.core import Engine
 from honed.serve.http.auth import ApiKey
 from honed.serve.http.errors import APIError
 from honed.serve.settings import ServeSettings

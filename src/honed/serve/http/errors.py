@@ -1,4 +1,8 @@
-"""Errors in the OpenAI error JSON shape; never a traceback, never a key."""
+"""Errors in the OpenAI error JSON shape; never a traceback, never a key.
+
+The engine raises its own exceptions (honed.serve.engine.errors); `from_engine` gives each
+kind its status here, so the engine knows nothing of HTTP.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from honed.serve.engine.errors import Conflict, EngineError, InvalidRequest, NotFound, QueueFull
 
 log = logging.getLogger("honed.serve")
 
@@ -64,10 +70,6 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def not_found(what: str, name: str) -> APIError:
-    return APIError(404, f"{what} {name!r} does not exist", "invalid_request_error", "not_found")
-
-
 def overloaded(retry_after: int, why: str = "server is at capacity") -> APIError:
     return APIError(
         503,
@@ -77,6 +79,21 @@ def overloaded(retry_after: int, why: str = "server is at capacity") -> APIError
         None,
         {"Retry-After": str(retry_after)},
     )
+
+
+# The status of each kind of engine refusal (QueueFull: `overloaded`, 503 + Retry-After).
+_ENGINE_STATUS: dict[type[EngineError], int] = {InvalidRequest: 400, NotFound: 404, Conflict: 409}
+
+
+def from_engine(err: EngineError, retry_after: int) -> APIError:
+    """The API error that answers an engine refusal."""
+    if isinstance(err, QueueFull):
+        return overloaded(retry_after, "request queue is full")
+    status = next((s for kind, s in _ENGINE_STATUS.items() if isinstance(err, kind)), None)
+    if status is None:  # a kind without a status here: a server bug, not the caller's
+        log.error("engine error without an HTTP status: %r", err)
+        return APIError(500, "internal server error", "server_error", "internal_error")
+    return APIError(status, err.message, code=err.code, param=err.param)
 
 
 # Every error status a route may answer, documented in the OpenAPI schema.
@@ -114,6 +131,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
         return exc.response()
+
+    @app.exception_handler(EngineError)
+    async def _engine_error(request: Request, exc: EngineError) -> JSONResponse:
+        return from_engine(exc, request.app.state.settings.retry_after_s).response()
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

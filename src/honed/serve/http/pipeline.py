@@ -1,4 +1,19 @@
-"""Shared by /v1/chat/completions and /v1/completions: limits, queueing, SSE, collection."""
+"""The one request pipeline: every inference route (/v1/chat/completions, /v1/completions,
+/v1/classify, SageMaker's /invocations) calls `run` once, and a request goes
+route -> pipeline -> engine and back the same way:
+
+  1. admit   the engine picks the model (404 / 400 for a wrong id or kind), input guards run
+             (honed.serve.http.guards), texts become prompts and go to the engine's queue
+             (503 when it is full)
+  2. wait    until the engine answers, the client leaves (499) or the deadline passes (504);
+             a streamed request instead sends server-sent events as tokens arrive
+  3. answer  output guards, the response body, and the request recorded exactly once
+             (metrics, request log, implicit feedback: honed.serve.http.tracking)
+
+What differs between the routes (which texts are guarded and logged, how they become prompts,
+the body's shape) is one small class per request kind (`_Chat`, `_Completion`, `_Classify`);
+the steps and their order are the same for all.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +21,278 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.types import Send
 
-from honed.serve.engine.batching import QueueFull
+from honed.serve.engine.classifier import ClassifierModel, ClassifyJob
+from honed.serve.engine.core import Engine
+from honed.serve.engine.errors import EngineError
 from honed.serve.engine.generation import GenJob, SamplingParams
 from honed.serve.engine.generative import GenerativeModel
-from honed.serve.http.errors import APIError, overloaded
-from honed.serve.http.guards import GuardContext, run_output_guards
-from honed.serve.http.schemas import _Sampling
-from honed.serve.http.tracking import Tracker
+from honed.serve.http.auth import ApiKey
+from honed.serve.http.errors import APIError, from_engine
+from honed.serve.http.guards import GuardContext, run_input_guards, run_output_guards
+from honed.serve.http.schemas import (
+    ChatCompletionRequest,
+    ClassifyRequest,
+    CompletionRequest,
+    _Sampling,
+)
+from honed.serve.http.tracking import Tracker, caller_of
 from honed.serve.settings import ServeSettings
+
+RequestBody = ChatCompletionRequest | CompletionRequest | ClassifyRequest
 
 
 class ClientGone(Exception):
     """The client disconnected; its work was cancelled."""
+
+
+async def run(
+    request: Request,
+    body: RequestBody,
+    engine: Engine,
+    settings: ServeSettings,
+    key: ApiKey | None,
+) -> Any:
+    """Answer one inference request (the steps are in the module docstring)."""
+    call = _CALLS[type(body)](body)
+    tracker = Tracker(request, call.route, body.model, call.prefix)
+    try:
+        ctx, work = _admit(request, call, engine, settings, key)
+    except (APIError, EngineError) as err:
+        raise _refused(tracker, err, settings) from None
+    tracker.records = [{"input": text} for text in call.inputs]
+    if call.regenerate is not None:
+        tracker.watch_regenerate(caller_of(request, ctx.api_key), call.regenerate)
+    guard = output_guard(request, ctx)
+    timeout = settings.request_timeout_s
+    if isinstance(call, _Generate) and call.body.stream:
+        chunk, opening = partial(call.chunk, tracker.id), partial(call.opening, tracker.id)
+        return streaming_response(tracker, work, timeout, guard, chunk, call.include_usage, opening)
+    try:
+        await call.wait(request, work, timeout)
+    except ClientGone:
+        tracker.finish(499, "client_disconnected")
+        return Response(status_code=499)
+    except APIError as err:
+        tracker.finish(err.status, err.code)
+        raise
+    answer = call.answer(work, guard or _unguarded, tracker)
+    tracker.finish(200)
+    return answer
+
+
+def _admit(
+    request: Request, call: _Call, engine: Engine, settings: ServeSettings, key: ApiKey | None
+) -> tuple[GuardContext, Any]:
+    """Pick the model, run the input guards, submit: (guard context, the engine's job(s))."""
+    model = call.model_for(engine, settings)
+    ctx = GuardContext(call.route, call.body.model, call.texts, key.name if key else None)
+    run_input_guards(request.app.state.input_guards, ctx)
+    return ctx, call.submit(model, settings)
+
+
+def _refused(tracker: Tracker, err: APIError | EngineError, settings: ServeSettings) -> APIError:
+    """Record a request refused before the engine took it; the error to answer with."""
+    if isinstance(err, EngineError):
+        err = from_engine(err, settings.retry_after_s)
+    tracker.finish(err.status, err.code)
+    return err
+
+
+def _unguarded(text: str) -> str:
+    return text
+
+
+class _Generate:
+    """Chat and text completions: prompts -> generation jobs -> choices."""
+
+    route: str  # the metrics / request-log route label
+    prefix: str  # of the response id
+    object: str  # the response's `object`
+    chunk_object: str  # a streamed chunk's `object`
+    include_usage = False  # a last streamed chunk with the token usage
+
+    def __init__(self, body: _Sampling, texts: list[str], inputs: list[str], regenerate: Any):
+        self.body = body
+        self.texts = texts  # what the input guards see
+        self.inputs = inputs  # one request-log record each
+        self.regenerate = regenerate  # what a caller repeats when regenerating
+        self.created = int(time.time())
+
+    def model_for(self, engine: Engine, settings: ServeSettings) -> GenerativeModel:
+        return engine.generator_for(self.body.model)
+
+    def prompts(
+        self, gen: GenerativeModel, params: SamplingParams, settings: ServeSettings
+    ) -> list[list[int]]:
+        raise NotImplementedError
+
+    def submit(self, gen: GenerativeModel, settings: ServeSettings) -> list[GenJob]:
+        params = sampling_params(self.body, settings)
+        prompts = self.prompts(gen, params, settings)
+        for ids in prompts:
+            check_prompt(ids, settings)
+        return gen.submit_all(prompts, self.body.model, params)
+
+    async def wait(self, request: Request, jobs: list[GenJob], timeout: float) -> None:
+        await wait_for_jobs(request, jobs, timeout)
+
+    def answer(
+        self, jobs: list[GenJob], guard: Callable[[str], str], tracker: Tracker
+    ) -> dict[str, Any]:
+        done = choices(jobs, guard)
+        n = jobs[0].params.n
+        for p, rec in enumerate(tracker.records):  # each prompt's first choice
+            rec["output"] = done[p * n][1]
+        u = usage(jobs)
+        tracker.prompt_tokens = u["prompt_tokens"]
+        tracker.completion_tokens = u["completion_tokens"]
+        return {
+            "id": tracker.id,
+            "object": self.object,
+            "created": self.created,
+            "model": self.body.model,
+            "choices": [self.choice(i, text, reason) for i, text, reason in done],
+            "usage": u,
+        }
+
+    def choice(self, index: int, text: str, reason: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def delta(self, index: int | None, text: str | None, reason: str | None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def chunk(
+        self, rid: str, index: int | None, text: str | None, reason: str | None
+    ) -> dict[str, Any]:
+        return {
+            "id": rid,
+            "object": self.chunk_object,
+            "created": self.created,
+            "model": self.body.model,
+            "choices": [self.delta(index, text, reason)],
+        }
+
+    def opening(self, rid: str) -> list[dict[str, Any]]:
+        """Chunks sent before the first token."""
+        return []
+
+
+class _Chat(_Generate):
+    route, prefix = "chat", "chatcmpl"
+    object, chunk_object = "chat.completion", "chat.completion.chunk"
+
+    def __init__(self, body: ChatCompletionRequest) -> None:
+        self.messages = [m.model_dump(exclude_none=True) for m in body.messages]
+        texts = [m["content"] for m in self.messages]
+        # The request log keeps the last message: the one this answer answers.
+        super().__init__(body, texts, texts[-1:], self.messages)
+        self.include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    def prompts(
+        self, gen: GenerativeModel, params: SamplingParams, settings: ServeSettings
+    ) -> list[list[int]]:
+        return [gen.encode_chat(self.messages)]
+
+    def choice(self, index: int, text: str, reason: str) -> dict[str, Any]:
+        return {
+            "index": index,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": reason,
+            "logprobs": None,
+        }
+
+    def delta(self, index: int | None, text: str | None, reason: str | None) -> dict[str, Any]:
+        delta = {"content": text} if text is not None else {}
+        return {"index": index, "delta": delta, "finish_reason": reason, "logprobs": None}
+
+    def opening(self, rid: str) -> list[dict[str, Any]]:
+        # OpenAI opens each choice with the assistant role and empty content.
+        out = []
+        for i in range(self.body.n):
+            c = self.chunk(rid, i, "", None)
+            c["choices"][0]["delta"]["role"] = "assistant"
+            out.append(c)
+        return out
+
+
+class _Completion(_Generate):
+    route, prefix = "completions", "cmpl"
+    object = chunk_object = "text_completion"
+
+    def __init__(self, body: CompletionRequest) -> None:
+        prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+        super().__init__(body, prompts, prompts, prompts)
+
+    def prompts(
+        self, gen: GenerativeModel, params: SamplingParams, settings: ServeSettings
+    ) -> list[list[int]]:
+        if len(self.texts) * params.n > settings.max_batch_size * 4:
+            raise APIError(400, "too many prompts x n for one request", param="prompt")
+        return [gen.encode_text(p) for p in self.texts]
+
+    def choice(self, index: int, text: str, reason: str) -> dict[str, Any]:
+        return {"index": index, "text": text, "finish_reason": reason, "logprobs": None}
+
+    def delta(self, index: int | None, text: str | None, reason: str | None) -> dict[str, Any]:
+        return {"index": index, "text": text or "", "finish_reason": reason, "logprobs": None}
+
+
+class _Classify:
+    """A batch of texts -> one classification job -> labels and scores."""
+
+    route, prefix = "classify", "cls"
+    regenerate = None
+    inputs: tuple[str, ...] = ()  # records are written with the answers (`answer`)
+
+    def __init__(self, body: ClassifyRequest) -> None:
+        self.body = body
+        self.texts = [body.input] if isinstance(body.input, str) else list(body.input)
+
+    def model_for(self, engine: Engine, settings: ServeSettings) -> ClassifierModel:
+        if len(self.texts) > settings.max_classify_inputs:
+            raise APIError(
+                400,
+                f"{len(self.texts)} inputs; this server's limit is {settings.max_classify_inputs}",
+                param="input",
+            )
+        return engine.classifier_for(self.body.model)
+
+    def submit(self, clf: ClassifierModel, settings: ServeSettings) -> ClassifyJob:
+        return clf.submit(self.texts)
+
+    async def wait(self, request: Request, job: ClassifyJob, timeout: float) -> None:
+        await _until_done(request, job.future, timeout)
+        if job.future.exception() is not None:
+            raise APIError(500, "classification failed", "server_error", "inference_failed")
+
+    def answer(
+        self, job: ClassifyJob, guard: Callable[[str], str], tracker: Tracker
+    ) -> dict[str, Any]:
+        data = [
+            {"index": i, **r, "label": guard(r["label"])} for i, r in enumerate(job.future.result())
+        ]
+        tracker.prompt_tokens = job.prompt_tokens
+        tracker.records = [
+            {"input": t, "output": d["label"], "label": d["label"], "score": d["score"]}
+            for t, d in zip(self.texts, data, strict=True)
+        ]
+        usage = {"prompt_tokens": job.prompt_tokens, "total_tokens": job.prompt_tokens}
+        return {"object": "list", "model": self.body.model, "data": data, "usage": usage}
+
+
+_Call = _Chat | _Completion | _Classify
+_CALLS: dict[type, Callable[[Any], _Call]] = {
+    ChatCompletionRequest: _Chat,
+    CompletionRequest: _Completion,
+    ClassifyRequest: _Classify,
+}
 
 
 def sampling_params(body: _Sampling, settings: ServeSettings) -> SamplingParams:
@@ -51,24 +320,6 @@ def check_prompt(ids: list[int], settings: ServeSettings) -> None:
         )
 
 
-def submit_all(
-    gen: GenerativeModel,
-    prompts: list[list[int]],
-    model_id: str,
-    params: SamplingParams,
-    retry_after: int,
-) -> list[GenJob]:
-    jobs: list[GenJob] = []
-    try:
-        for ids in prompts:
-            jobs.append(gen.submit(ids, model_id, params))
-    except QueueFull:
-        for j in jobs:
-            j.cancel()
-        raise overloaded(retry_after, "request queue is full") from None
-    return jobs
-
-
 async def _drain(job: GenJob) -> None:
     while True:
         event = await job.events.get()
@@ -84,9 +335,8 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def wait_for_jobs(request: Request, jobs: list[GenJob], timeout: float) -> None:
-    """Until every job is done; cancels them on disconnect (ClientGone) or deadline (504)."""
-    work = asyncio.ensure_future(asyncio.gather(*(_drain(j) for j in jobs)))
+async def _until_done(request: Request, work: asyncio.Future, timeout: float) -> None:
+    """Until ``work`` is done; cancels it on disconnect (ClientGone) or deadline (504)."""
     watcher = asyncio.ensure_future(_disconnected(request))
     try:
         done, _ = await asyncio.wait(
@@ -95,16 +345,25 @@ async def wait_for_jobs(request: Request, jobs: list[GenJob], timeout: float) ->
     finally:
         watcher.cancel()
     if work in done:
-        work.result()
-        if any(r.finish_reason == "cancelled" for j in jobs for r in j.rows):
-            raise APIError(504, "request deadline passed", "server_error", "timeout")
         return
-    for j in jobs:
-        j.cancel()
-    work.cancel()
+    work.cancel()  # a classifier worker skips cancelled jobs that have not started
     if watcher in done:
         raise ClientGone
     raise APIError(504, "request deadline passed", "server_error", "timeout")
+
+
+async def wait_for_jobs(request: Request, jobs: list[GenJob], timeout: float) -> None:
+    """Until every job is done; cancels them on disconnect (ClientGone) or deadline (504)."""
+    work = asyncio.ensure_future(asyncio.gather(*(_drain(j) for j in jobs)))
+    try:
+        await _until_done(request, work, timeout)
+    except (ClientGone, APIError):
+        for j in jobs:
+            j.cancel()
+        raise
+    work.result()
+    if any(r.finish_reason == "cancelled" for j in jobs for r in j.rows):
+        raise APIError(504, "request deadline passed", "server_error", "timeout")
 
 
 def choices(jobs: list[GenJob], guard: Callable[[str], str]) -> list[tuple[int, str, str]]:
@@ -133,29 +392,6 @@ def output_guard(request: Request, ctx: GuardContext) -> Callable[[str], str] | 
     if not guards:
         return None
     return lambda text: run_output_guards(guards, ctx, text)
-
-
-async def respond(
-    request: Request,
-    tracker: Tracker,
-    jobs: list[GenJob],
-    timeout: float,
-    build: Callable[[list[GenJob]], dict[str, Any]],
-) -> Any:
-    """Non-streaming: wait, then build the body; records the outcome either way."""
-    try:
-        await wait_for_jobs(request, jobs, timeout)
-    except ClientGone:
-        tracker.finish(499, "client_disconnected")
-        return Response(status_code=499)
-    except APIError as err:
-        tracker.finish(err.status, err.code)
-        raise
-    body = build(jobs)
-    tracker.prompt_tokens = body["usage"]["prompt_tokens"]
-    tracker.completion_tokens = body["usage"]["completion_tokens"]
-    tracker.finish(200)
-    return body
 
 
 def sse(data: dict[str, Any] | str) -> str:

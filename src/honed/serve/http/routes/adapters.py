@@ -5,23 +5,15 @@ from __future__ import annotations
 from fastapi import APIRouter, Path
 
 from honed.serve.http.deps import AdminKey, ReadyEngine
-from honed.serve.http.errors import ERROR_RESPONSES, APIError
+from honed.serve.http.errors import ERROR_RESPONSES
 from honed.serve.http.schemas import AdapterDeleted, AdapterInfo, AdapterLoadRequest
 
 router = APIRouter(tags=["admin"])
 
 
-def _generator(engine):
-    if engine.generator is None:
-        raise APIError(
-            409, "this server has no generative base model to attach adapters to", code="no_base"
-        )
-    return engine.generator
-
-
 @router.post("/v1/adapters", response_model=AdapterInfo, status_code=201, responses=ERROR_RESPONSES)
 async def load_adapter(body: AdapterLoadRequest, engine: ReadyEngine, key: AdminKey) -> AdapterInfo:
-    gen = _generator(engine)
+    gen = engine.adapter_host()
     slot = await gen.load_adapter(body.name, body.source, body.sha256)
     return AdapterInfo(name=body.name, parent=gen.name, source=slot.source, sha256=slot.sha256)
 
@@ -30,5 +22,5 @@ async def load_adapter(body: AdapterLoadRequest, engine: ReadyEngine, key: Admin
 async def unload_adapter(
     engine: ReadyEngine, key: AdminKey, name: str = Path(..., min_length=1, max_length=100)
 ) -> AdapterDeleted:
-    await _generator(engine).unload_adapter(name)
+    await engine.adapter_host().unload_adapter(name)
     return AdapterDeleted(name=name)

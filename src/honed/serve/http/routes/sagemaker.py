@@ -12,17 +12,17 @@ from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from honed.serve.http import pipeline
 from honed.serve.http.deps import InferKey, ReadyEngine, SettingsDep
 from honed.serve.http.errors import ERROR_RESPONSES, APIError
-from honed.serve.http.routes import chat, classify, completions
 from honed.serve.http.schemas import ChatCompletionRequest, ClassifyRequest, CompletionRequest
 
 router = APIRouter(tags=["sagemaker"])
 
-_ROUTES = (
-    ("messages", ChatCompletionRequest, chat.chat_completions),
-    ("prompt", CompletionRequest, completions.completions),
-    ("input", ClassifyRequest, classify.classify),
+_BODIES = (
+    ("messages", ChatCompletionRequest),
+    ("prompt", CompletionRequest),
+    ("input", ClassifyRequest),
 )
 
 
@@ -39,7 +39,7 @@ async def invocations(
     key: InferKey,
     body: Annotated[dict[str, Any], Body(description="A chat, completion or classify body.")],
 ) -> Any:
-    for field, model, handler in _ROUTES:
+    for field, model in _BODIES:
         if field in body:
             try:
                 parsed = model.model_validate(body)
@@ -47,5 +47,5 @@ async def invocations(
                 first = err.errors()[0]
                 loc = ".".join(str(p) for p in first["loc"]) or None
                 raise APIError(400, f"{loc}: {first['msg']}", param=loc) from None
-            return await handler(parsed, request, engine, settings, key)
+            return await pipeline.run(request, parsed, engine, settings, key)
     raise APIError(400, "body needs 'messages' (chat), 'prompt' (completion) or 'input' (classify)")
