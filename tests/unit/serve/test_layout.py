@@ -95,3 +95,19 @@ def test_find_cycle_sees_a_function_level_loop():
     known = {"honed.serve.a", "honed.serve.b"}
     graph = {"honed.serve.a": _imported(a, known), "honed.serve.b": _imported(b, known)}
     assert find_cycle(graph) == ["honed.serve.a", "honed.serve.b", "honed.serve.a"]
+
+
+def test_inference_routes_only_call_the_pipeline():
+    """A chat, completion or classify request goes route -> pipeline -> engine: the route
+    modules reach neither the engine nor the tracking/guard steps themselves."""
+    graph = import_graph()
+    allowed = {
+        "honed.serve.http.pipeline",
+        "honed.serve.http.deps",
+        "honed.serve.http.errors",
+        "honed.serve.http.schemas",
+        "honed.serve.http.routes",
+    }
+    for route in ("chat", "completions", "classify", "sagemaker"):
+        deps = graph[f"honed.serve.http.routes.{route}"]
+        assert "honed.serve.http.pipeline" in deps and deps <= allowed, (route, deps - allowed)
