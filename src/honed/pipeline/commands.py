@@ -96,8 +96,8 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from honed.errors import HonedError
+    from honed.models.predict import Predictor
     from honed.registry.store import resolve_ref
-    from honed.serve.predict import Predictor
 
     texts = _read_texts(args)
     if not texts:

@@ -14,8 +14,8 @@ from typing import Any
 import yaml
 
 from honed.errors import HonedError
+from honed.paths import RunPaths
 from honed.pipeline.card import render_card
-from honed.pipeline.paths import RunPaths
 from honed.spec import RunSpec
 
 _MARKER = "metrics.json"  # present once a run finished

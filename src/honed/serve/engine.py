@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from honed.errors import HonedError
+from honed.models.predict import label_rows
 from honed.serve import loading, packing
 from honed.serve.batching import MicroBatcher
 from honed.serve.continuous import RunningBatch, check_supported
 from honed.serve.errors import APIError, not_found
 from honed.serve.generation import GenJob, Row, SamplingParams, run_batch
-from honed.serve.predict import label_rows
 from honed.serve.settings import ServeSettings
 
 if TYPE_CHECKING:

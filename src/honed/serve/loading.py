@@ -196,7 +196,7 @@ def load_classifier(
     Loading is the lead's `honed.serve.predict.Predictor.from_folder` (one code path with
     `honed predict` and the run evaluation); batching stays in the engine.
     """
-    from honed.serve.predict import Predictor
+    from honed.models.predict import Predictor
 
     predictor = Predictor.from_folder(ref.path, merge=True)
     predictor.tokenizer.padding_side = "right"

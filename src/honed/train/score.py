@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from honed.errors import DataError, HonedError, ModelError
-from honed.registry.lineage import read_lineage
+from honed.paths import read_lineage
 
 if TYPE_CHECKING:
     from honed.spec import RunSpec
@@ -82,9 +82,9 @@ def load_reward_model(
     """A reward model folder (full weights, or an adapter over ``base_path``) as a scorer."""
     from honed.models.resolve import load_kwargs
     from honed.train.methods import get_method
-    from honed.train.tasks.dpo import PreferenceOptions, prompt_budget
+    from honed.train.tasks._preference import PreferenceOptions, prompt_budget
+    from honed.train.tasks._shared import keep_training_kernels, load_tokenizer, task_options
     from honed.train.tasks.reward import load_reward_base
-    from honed.train.tasks.seq2seq import load_tokenizer, task_options
 
     folder = Path(folder)
     lineage = read_lineage(folder)
@@ -96,9 +96,11 @@ def load_reward_model(
     if (folder / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        if spec:
-            kwargs.update(get_method(spec.method.name).load_kwargs(spec.method))
+        method = get_method(spec.method.name) if spec else None
+        if method:
+            kwargs.update(method.load_kwargs(spec.method))
         base = load_reward_base(base_path or _base_path(folder, lineage), tokenizer, kwargs)
+        keep_training_kernels(base, method)
         model = PeftModel.from_pretrained(base, str(folder))
     else:
         model = load_reward_base(folder, tokenizer, kwargs)

@@ -12,7 +12,7 @@ from tests.tiny_cases import reward as case
 
 from honed.errors import HonedError, ModelError
 from honed.models.resolve import resolve_model
-from honed.pipeline.paths import RunPaths
+from honed.paths import RunPaths
 from honed.registry.lineage import build_lineage
 from honed.train.score import load_reward_model, register_score, score_rows
 from honed.train.tasks import get_task

@@ -15,8 +15,12 @@ runs/NAME/
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from honed.errors import ModelError
 
 
 @dataclass(frozen=True)
@@ -58,3 +62,14 @@ class RunPaths:
     def create(self) -> RunPaths:
         self.root.mkdir(parents=True, exist_ok=True)
         return self
+
+
+def read_lineage(folder: Path) -> dict[str, Any]:
+    """A model folder's lineage.json ({} when absent); a clear error when it is broken."""
+    path = Path(folder) / "lineage.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ModelError(f"{path}: broken JSON ({err.msg})") from None
