@@ -157,6 +157,14 @@ class DpoTask:
     def prepare_data(self, spec: RunSpec) -> SplitData:
         return preference_rows(spec)
 
+    def generation(self, spec: RunSpec) -> generative.GenerationSettings:
+        """Decoding settings of the evaluation samples (eval.generation; see _shared)."""
+        return generation_settings(spec, SAMPLE_MAX_NEW_TOKENS)
+
+    def load_trained(self, spec: RunSpec, base: ResolvedModel, paths: RunPaths) -> Any:
+        """The model saved in the run folder, as the evaluation loads it."""
+        return load_tuned(spec, base, paths.model_dir)
+
     def train(
         self, spec: RunSpec, data: SplitData, base: ResolvedModel, paths: RunPaths, resume: bool
     ) -> dict[str, Any]:
@@ -196,12 +204,12 @@ class DpoTask:
         self, spec: RunSpec, data: SplitData, base: ResolvedModel, paths: RunPaths
     ) -> dict[str, Any]:
         opts = task_options(spec, PreferenceOptions)
-        settings = generation_settings(spec, SAMPLE_MAX_NEW_TOKENS)
+        settings = self.generation(spec)
         tokenizer = load_tokenizer(paths.model_dir)
         rows = fitted_rows(data.test, tokenizer, prompt_budget(opts, spec.model.max_length))
         max_len, batch = spec.model.max_length, opts.eval_batch_size
         shown = [{"prompt": r["prompt"], "completion": r["chosen"]} for r in rows[: opts.samples]]
-        tuned = load_tuned(spec, base, paths.model_dir)
+        tuned = self.load_trained(spec, base, paths)
         policy = pair_logps(tuned, tokenizer, rows, max_len, batch)
         outputs = {"tuned": _generate(tuned, tokenizer, shown, settings)}
         # The reference DPO trained against: adapter disabled, or the base loaded from disk.

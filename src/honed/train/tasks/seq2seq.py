@@ -253,6 +253,14 @@ class Seq2SeqTask:
         fields = {"source": spec.data.text_field, "target": opts.target_field}
         return load_text_rows(spec, fields, key=lambda r: r["source"])
 
+    def generation(self, spec: RunSpec) -> SummarySettings:
+        """Decoding settings of the evaluation (eval.generation under task_options.generation)."""
+        return summary_settings(task_options(spec, Seq2SeqOptions), spec)
+
+    def load_trained(self, spec: RunSpec, base: ResolvedModel, paths: RunPaths) -> Any:
+        """The model saved in the run folder, as the evaluation loads it."""
+        return load_tuned(spec, base, paths.model_dir, auto_class(is_encoder_decoder(base.path)))
+
     def _max_source(self, spec: RunSpec, opts: Seq2SeqOptions) -> int:
         return opts.max_source_tokens or spec.model.max_length
 
@@ -303,8 +311,8 @@ class Seq2SeqTask:
         enc_dec = is_encoder_decoder(base.path)
         tokenizer = load_tokenizer(paths.model_dir)
         rows = eval_rows(data.test, tokenizer, opts, self._max_source(spec, opts), enc_dec)
-        settings = summary_settings(opts, spec)
-        tuned_model = load_tuned(spec, base, paths.model_dir, auto_class(enc_dec))
+        settings = self.generation(spec)
+        tuned_model = self.load_trained(spec, base, paths)
         tuned = _score(tuned_model, tokenizer, rows, settings, spec, opts)
         report: dict[str, Any] = {
             **{f"test_{k}": v for k, v in tuned["scores"].items()},

@@ -261,6 +261,14 @@ class SftTask:
     def prepare_data(self, spec: RunSpec) -> SplitData:
         return load_chat_data(spec)
 
+    def generation(self, spec: RunSpec) -> generative.GenerationSettings:
+        """Decoding settings of the evaluation samples (eval.generation; see _shared)."""
+        return generation_settings(spec)
+
+    def load_trained(self, spec: RunSpec, base: ResolvedModel, paths: RunPaths) -> Any:
+        """The model saved in the run folder, as the evaluation loads it."""
+        return load_tuned(spec, base, paths.model_dir)
+
     def load_model(self, spec: RunSpec, base: ResolvedModel) -> Any:
         """The base, wrapped or frozen by the method, ready to train."""
         model = load_base(spec, base)
@@ -298,9 +306,9 @@ class SftTask:
     ) -> dict[str, Any]:
         common.setup_runtime(spec.training)
         tokenizer = chat_tokenizer(paths.model_dir)
-        tuned = load_tuned(spec, base, paths.model_dir)
+        tuned = self.load_trained(spec, base, paths)
         rows, shown = data.test[:MAX_EVAL_ROWS], data.test[:SAMPLE_ROWS]
-        settings = generation_settings(spec)
+        settings = self.generation(spec)
         score = _scorer(tokenizer, spec, rows)
         after, tuned_texts = score(tuned), _generate(tuned, tokenizer, shown, settings)
         with base_view(spec, base, tuned) as base_model:
