@@ -77,8 +77,8 @@ def corpora(data_dirs):
 
 
 def run(out: Path, window: int, seed: int, data_dirs) -> None:
+    from honed.evals.profile import build_reference_profile
     from honed.monitor.alerts import LogSink, PrometheusSink, alerts_from_drift, dispatch
-    from honed.monitor.profile import build_reference_profile
     from honed.monitor.report import collect, write_report
     from honed.monitor.requestlog import RequestLogger, RequestStore
     from honed.monitor.window import drift_for_window, load_window

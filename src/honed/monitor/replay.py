@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from honed.errors import DataError
+from honed.evals.profile import ProfileConfig, ReferenceProfile, build_reference_profile
 from honed.monitor.drift import ALERT, DriftConfig, DriftReport, check_drift
-from honed.monitor.profile import ProfileConfig, ReferenceProfile, build_reference_profile
 
 PHRASEBANK = Path("financial_phrasebank/Sentences_AllAgree.txt")
 ALPACA = Path("alpaca/alpaca_2000.json")  # the repo copy, data/alpaca/
@@ -62,7 +62,7 @@ def load_alpaca(
 
 def load_german(path: Path | None = None, data_dirs: Sequence[Path] = ()) -> list[str]:
     """German texts of the prompt-injection set (stopword guess): another language."""
-    from honed.monitor.textstats import guess_language
+    from honed.evals.textstats import guess_language
 
     lines = (path or find_data(INJECTIONS, data_dirs)).read_text(encoding="utf-8").splitlines()
     texts = [json.loads(line)["text"] for line in lines if line.strip()]
