@@ -1,4 +1,5 @@
-"""Files of a run's output folder. The folder is itself a loadable model folder.
+"""Files of a run's output folder (the folder is itself a loadable model folder), and reading
+its lineage.json. Core: every stage may import it.
 
 runs/NAME/
   config.json, model.safetensors        full fine-tuning (save_pretrained)
