@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from honed.models.predict import label_rows
 from honed.serve.engine import packing
 from honed.serve.engine.batching import MicroBatcher
-from honed.serve.predict import label_rows
 from honed.serve.settings import ServeSettings
 
 log = logging.getLogger("honed.serve")

@@ -193,10 +193,10 @@ def load_classifier(
     still on CPUs with VNNI. Labels agree with float32 on nearly every input
     (`bench/serve_classify.py` measures the agreement). Softmax runs in float32 either way.
 
-    Loading is the lead's `honed.serve.predict.Predictor.from_folder` (one code path with
+    Loading is the lead's `honed.models.predict.Predictor.from_folder` (one code path with
     `honed predict` and the run evaluation); batching stays in the engine.
     """
-    from honed.serve.predict import Predictor
+    from honed.models.predict import Predictor
 
     predictor = Predictor.from_folder(ref.path, merge=True)
     predictor.tokenizer.padding_side = "right"

@@ -28,7 +28,7 @@ from pydantic import Field
 
 from honed.config_base import StrictModel
 from honed.errors import HonedError
-from honed.monitor import textstats
+from honed.evals import textstats
 
 PROFILE_DIRNAME = "reference_profile"  # inside a model folder: <model>/reference_profile/
 PROFILE_JSON = "profile.json"

@@ -12,7 +12,7 @@ from typing import Any
 
 from honed.errors import ModelError
 from honed.models.heads import load_classifier
-from honed.registry.lineage import read_lineage
+from honed.paths import read_lineage
 
 
 class Predictor:
@@ -45,7 +45,7 @@ class Predictor:
 
     @staticmethod
     def _load_adapter(folder: Path, lineage: dict[str, Any], merge: bool) -> Any:
-        from honed.train.merge import adapter_info, check_base_digest, load_adapter_model
+        from honed.models.adapters import adapter_info, check_base_digest, load_adapter_model
 
         check_base_digest(adapter_info(folder))  # an adapter on a changed base is refused
         model = load_adapter_model(folder)

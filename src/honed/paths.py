@@ -1,4 +1,5 @@
-"""Files of a run's output folder. The folder is itself a loadable model folder.
+"""Files of a run's output folder (the folder is itself a loadable model folder), and reading
+its lineage.json. Core: every stage may import it.
 
 runs/NAME/
   config.json, model.safetensors        full fine-tuning (save_pretrained)
@@ -15,8 +16,12 @@ runs/NAME/
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from honed.errors import ModelError
 
 
 @dataclass(frozen=True)
@@ -58,3 +63,14 @@ class RunPaths:
     def create(self) -> RunPaths:
         self.root.mkdir(parents=True, exist_ok=True)
         return self
+
+
+def read_lineage(folder: Path) -> dict[str, Any]:
+    """A model folder's lineage.json ({} when absent); a clear error when it is broken."""
+    path = Path(folder) / "lineage.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ModelError(f"{path}: broken JSON ({err.msg})") from None
