@@ -156,8 +156,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(2)
+    from honed.evals.profile import build_reference_profile
     from honed.monitor.drift import DriftConfig, check_drift, classifier_drift
-    from honed.monitor.profile import build_reference_profile
     from honed.monitor.requestlog import RequestStore
     from honed.monitor.window import drift_for_window, load_window
 

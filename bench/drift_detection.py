@@ -20,7 +20,11 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
+#: Where the data sets are by default: this repository's data/ and the shared checkout's.
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIRS = (REPO / "data", REPO.parent / "shared" / "data")
 EMBEDDING_COMPONENTS = ("embedding_cells", "embedding_pca", "domain_classifier")
 
 
@@ -30,6 +34,13 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=300)
     parser.add_argument("--mix", type=float, default=0.3)
     parser.add_argument("--shifted", type=int, default=3, help="Shifted windows per seed.")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        action="append",
+        help="Folder holding financial_phrasebank/, alpaca/ and security/ (repeatable); "
+        "default: data/ and ../shared/data next to this repository.",
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -37,7 +48,7 @@ def main() -> None:
     torch.set_num_threads(2)
     from honed.monitor import replay
 
-    corpora = load_corpora(replay)
+    corpora = load_corpora(replay, args.data_dir or DATA_DIRS)
     print(
         f"window {args.window}, mix {args.mix:.0%}, seeds {args.seeds}, "
         f"10 in-domain + {args.shifted} shifted windows per seed"
@@ -46,14 +57,14 @@ def main() -> None:
         run_scenario(replay, corpora["domain"], corpora[name], name, args)
 
 
-def load_corpora(replay) -> dict:
+def load_corpora(replay, data_dirs) -> dict:
     from honed.models.embed import Embedder
 
-    texts, _ = replay.load_phrasebank()
+    texts, _ = replay.load_phrasebank(data_dirs=data_dirs)
     sources = {
         "domain": texts,
-        "alpaca": replay.load_alpaca(limit=1000),
-        "german": replay.load_german(),
+        "alpaca": replay.load_alpaca(limit=1000, data_dirs=data_dirs),
+        "german": replay.load_german(data_dirs=data_dirs),
     }
     embedder = None
 

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests package (tiny models)
 from serve_classify import _free_port, drive, launch
 
 TEXTS = [
@@ -42,7 +43,7 @@ TEXTS = [
 
 LAUNCH = """
 import sys, uvicorn
-from honed.serve.app import create_app
+from honed.serve.http.app import create_app
 from honed.serve.settings import ServeSettings
 model, port, db = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 # The product's own switch: request_log on (the default, with PII redaction) or off.
@@ -196,7 +197,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if args.model is None:
-            from honed.serve.tiny import build_tiny_classifier
+            from tests.fixtures.tiny_models import build_tiny_classifier
 
             args.model = build_tiny_classifier(work / "tiny-clf")
         db = work / "requests.db"

@@ -60,7 +60,7 @@ def _training(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
 def _run(raw: dict[str, Any], out: Path) -> dict[str, Any]:
     """prepare -> train -> evaluate through the task API (no registry)."""
     from honed.models.resolve import resolve_model
-    from honed.pipeline.paths import RunPaths
+    from honed.paths import RunPaths
     from honed.train.tasks import get_task
 
     spec = BenchSpec.model_validate(raw)

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests package (tiny models)
+
 PROMPTS = ["hello world", "the quick brown fox", "profits rose sharply", "what is the weather"]
 
 
@@ -38,8 +40,9 @@ def rss_mib() -> float:
 
 
 def build_models(base_arg: str | None, root: Path, k: int) -> tuple[Path, list[Path]]:
-    from honed.serve.loading import resolve_folder
-    from honed.serve.tiny import build_tiny_adapters, build_tiny_llm
+    from tests.fixtures.tiny_models import build_tiny_adapters, build_tiny_llm
+
+    from honed.serve.engine.loading import resolve_folder
 
     if base_arg:
         base = resolve_folder(base_arg)
@@ -86,7 +89,7 @@ def rss_in_subprocess(mode: str, base: Path, adapters: list[Path]) -> dict[str, 
 
 
 async def engine_throughput(gen, names: list[str], n: int, max_tokens: int) -> float:
-    from honed.serve.generation import SamplingParams
+    from honed.serve.engine.generation import SamplingParams
 
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
     jobs = []
@@ -126,7 +129,7 @@ def switching_throughput(gen, names: list[str], n: int, max_tokens: int) -> floa
 async def throughput(
     base: Path, adapters: list[Path], n: int, max_tokens: int, continuous: bool
 ) -> dict:
-    from honed.serve.loading_plan import build_engine
+    from honed.serve.engine.loading_plan import build_engine
     from honed.serve.settings import ServeSettings
 
     names = [f"a{i}" for i in range(len(adapters))]

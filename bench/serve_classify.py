@@ -242,8 +242,8 @@ def label_agreement(model: Path) -> dict[str, float]:
     server's own loader and engine (micro-batches of 32 in corpus order)."""
     import torch
 
-    from honed.serve.engine import ClassifierModel
-    from honed.serve.loading import load_classifier, parse_entry
+    from honed.serve.engine.classifier import ClassifierModel
+    from honed.serve.engine.loading import load_classifier, parse_entry
     from honed.serve.settings import ServeSettings
 
     ref = parse_entry(f"clf={model}")

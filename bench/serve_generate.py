@@ -25,6 +25,7 @@ import httpx
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests package (tiny models)
 from serve_classify import start
 
 PROMPT = "Write a short note about the quarterly results:"
@@ -102,8 +103,9 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
-    from honed.serve.loading import resolve_folder
-    from honed.serve.tiny import build_tiny_llm
+    from tests.fixtures.tiny_models import build_tiny_llm
+
+    from honed.serve.engine.loading import resolve_folder
 
     with tempfile.TemporaryDirectory() as tmp:
         base = (

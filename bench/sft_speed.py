@@ -127,7 +127,7 @@ def baseline_trainer(spec: Any, data: Any, base: Any, out: Path) -> Any:
 
     from honed.train.tasks import sft
 
-    tokenizer = sft.load_tokenizer(base.path)
+    tokenizer = sft.chat_tokenizer(base.path)
     model = sft.SftTask().load_model(spec, base)  # same LoRA-wrapped base as ours
     args = SFTConfig(
         output_dir=str(out),
@@ -185,7 +185,7 @@ def main() -> None:
     import torch
 
     from honed.models.resolve import resolve_model
-    from honed.pipeline.paths import RunPaths
+    from honed.paths import RunPaths
     from honed.train import common
     from honed.train.tasks import sft
 

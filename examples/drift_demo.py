@@ -23,6 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+#: Where the data sets are by default: this repository's data/ and the shared checkout's.
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIRS = (REPO / "data", REPO.parent / "shared" / "data")
 SCHEDULE = (
     [("in-domain", None)] * 6 + [("30% alpaca", "alpaca")] * 3 + [("30% german", "german")] * 2
 )
@@ -33,20 +36,27 @@ def main() -> None:
     parser.add_argument("--out", default="runs/drift-demo", help="Folder for the log + report.")
     parser.add_argument("--window", type=int, default=300, help="Requests per hour.")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        action="append",
+        help="Folder holding financial_phrasebank/, alpaca/ and security/ (repeatable); "
+        "default: data/ and ../shared/data next to this repository.",
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING, format="  %(levelname)s %(message)s")
     import torch
 
     torch.set_num_threads(2)
-    run(Path(args.out), args.window, args.seed)
+    run(Path(args.out), args.window, args.seed, args.data_dir or DATA_DIRS)
 
 
-def corpora():
+def corpora(data_dirs):
     from honed.models.embed import Embedder
     from honed.monitor import replay
 
-    texts, labels = replay.load_phrasebank()
+    texts, labels = replay.load_phrasebank(data_dirs=data_dirs)
     holder: dict = {}
 
     def encode(batch):
@@ -59,18 +69,21 @@ def corpora():
     return (
         corpus(texts),
         labels,
-        {"alpaca": corpus(replay.load_alpaca(limit=1000)), "german": corpus(replay.load_german())},
+        {
+            "alpaca": corpus(replay.load_alpaca(limit=1000, data_dirs=data_dirs)),
+            "german": corpus(replay.load_german(data_dirs=data_dirs)),
+        },
     )
 
 
-def run(out: Path, window: int, seed: int) -> None:
+def run(out: Path, window: int, seed: int, data_dirs) -> None:
+    from honed.evals.profile import build_reference_profile
     from honed.monitor.alerts import LogSink, PrometheusSink, alerts_from_drift, dispatch
-    from honed.monitor.profile import build_reference_profile
     from honed.monitor.report import collect, write_report
     from honed.monitor.requestlog import RequestLogger, RequestStore
     from honed.monitor.window import drift_for_window, load_window
 
-    domain, labels, shifted = corpora()
+    domain, labels, shifted = corpora(data_dirs)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(domain.texts))
     ref_idx, pool = order[:1200], order[1200:]

@@ -21,7 +21,6 @@ from honed.errors import HonedError
 _COMMAND_MODULES = (
     "honed.pipeline.commands",
     "honed.registry.commands",
-    "honed.train.commands",
     "honed.serve.commands",
     "honed.monitor.commands",
     "honed.security.commands",

@@ -25,7 +25,7 @@ from honed.data.config import DataConfig
 from honed.errors import SpecError
 from honed.evals.config import EvalConfig
 from honed.models.config import ModelConfig
-from honed.monitor.drift import DriftConfig
+from honed.monitor.config import DriftConfig
 from honed.registry.config import RegistryConfig
 from honed.train.config import MethodConfig, TrainingConfig
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tests.fixtures.tiny_models import build_tiny_adapters, build_tiny_classifier, build_tiny_llm
 
-from honed.serve.auth import append_key
-from honed.serve.tiny import build_tiny_adapters, build_tiny_classifier, build_tiny_llm
+from honed.serve.http.auth import append_key
 
 openai = pytest.importorskip("openai")
 HONED = str(Path(sys.executable).parent / "honed")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from tests.e2e.test_serve_openai import serve_process, tiny_models
 
-from honed.serve.auth import append_key
+from honed.serve.http.auth import append_key
 
 SCHEMATHESIS = shutil.which("schemathesis") or str(Path(sys.executable).parent / "schemathesis")
 

@@ -15,7 +15,12 @@ Baseline = Literal["majority", "embeddings_logreg"]
 class GenerationConfig(StrictModel):
     """Decoding settings of generated samples (recorded next to them in samples.json)."""
 
-    max_new_tokens: int = Field(64, gt=0, description="Tokens generated per sample.")
+    max_new_tokens: int | None = Field(
+        None,
+        gt=0,
+        description="Tokens generated per sample; default: the task's (64; seq2seq 96 for "
+        "summaries, dpo 48 for its side-by-side samples).",
+    )
     do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")

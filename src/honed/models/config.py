@@ -33,3 +33,13 @@ class ModelConfig(StrictModel):
         "pooling (e.g. all-MiniLM-L6-v2), cls otherwise.",
     )
     max_length: int = Field(128, gt=0, le=32768, description="Truncate inputs to this many tokens.")
+
+
+class QuantParams(StrictModel):
+    """4-bit quantization of the frozen base (QLoRA, bitsandbytes)."""
+
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type (NF4: QLoRA).")
+    double_quant: bool = Field(True, description="Quantize the quantization constants too.")
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="dtype of the matmuls on dequantized weights."
+    )

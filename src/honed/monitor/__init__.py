@@ -4,8 +4,9 @@ Modules (import what you need; nothing heavy is imported here):
 
 - ``requestlog``: request/feedback tables (SQLAlchemy; SQLite default, PostgreSQL by URL) and
   :class:`~honed.monitor.requestlog.RequestLogger`, the non-blocking batch writer.
-- ``profile``: :func:`~honed.monitor.profile.build_reference_profile`, saved as
-  ``<model folder>/reference_profile/`` (json + npz).
+- The reference profile drift checks compare with is built when a model is trained:
+  :func:`~honed.evals.profile.build_reference_profile` (evaluation stage, with
+  ``honed.evals.textstats``), saved as ``<model folder>/reference_profile/`` (json + npz).
 - ``drift``: :func:`~honed.monitor.drift.check_drift` (PSI/KL over k-means cells and PCA
   components, domain-classifier ROC AUC, text statistics, predictions, confidence) with
   :class:`~honed.monitor.drift.DriftConfig` thresholds.

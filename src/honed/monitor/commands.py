@@ -126,7 +126,7 @@ def _since(text: str | None):
 
 def _load_profile(args: argparse.Namespace, required: bool = True):
     from honed.errors import HonedError
-    from honed.monitor.profile import PROFILE_DIRNAME, ReferenceProfile
+    from honed.evals.profile import PROFILE_DIRNAME, ReferenceProfile
 
     if args.profile:
         return ReferenceProfile.load(args.profile)

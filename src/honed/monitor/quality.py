@@ -19,8 +19,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from honed.config_base import StrictModel
-from honed.monitor.profile import confidence_summary
+from honed.evals.profile import confidence_summary
+from honed.monitor.config import ObjectivesConfig
 
 REFUSAL_PHRASES = (
     "i'm sorry, but",
@@ -37,31 +37,6 @@ REFUSAL_PHRASES = (
     "i can't provide",
     "i must decline",
 )
-
-
-class ObjectivesConfig(StrictModel):
-    """Service-level objectives over a window of logged requests. A breached objective is an
-    alert (``slo.latency_p95``, ``slo.latency_p99``, ``slo.error_rate``)."""
-
-    latency_p95_ms: float = Field(
-        1000.0, gt=0, description="Objective: p95 latency (ms); above it, slo.latency_p95 alerts."
-    )
-    latency_p99_ms: float = Field(
-        2500.0, gt=0, description="Objective: p99 latency (ms); above it, slo.latency_p99 alerts."
-    )
-    max_error_rate: float = Field(
-        0.01,
-        ge=0,
-        le=1,
-        description="Objective: share of requests with status >= 500 or an error; above it, "
-        "slo.error_rate alerts.",
-    )
-    min_requests: int = Field(
-        20,
-        ge=1,
-        description="Fewer requests than this in the window: objectives are not judged (status "
-        "'insufficient_data'), so one slow or failed request in a quiet hour pages nobody.",
-    )
 
 
 class QualityConfig(ObjectivesConfig):

@@ -1,7 +1,9 @@
 """Replay experiments for the drift demo and benchmark: in-domain financial headlines
 (Financial PhraseBank) as reference and stream, off-domain text mixed into shifted windows.
 
-Used by ``examples/drift_demo.py`` (``make demo-drift``) and ``bench/drift_detection.py``.
+Used by ``examples/drift_demo.py`` (``make demo-drift``) and ``bench/drift_detection.py``,
+which say where the data sets are (``--data-dir``; default: the repository's ``data/`` and
+``../shared/data``).
 """
 
 from __future__ import annotations
@@ -15,26 +17,31 @@ from pathlib import Path
 import numpy as np
 
 from honed.errors import DataError
+from honed.evals.profile import ProfileConfig, ReferenceProfile, build_reference_profile
 from honed.monitor.drift import ALERT, DriftConfig, DriftReport, check_drift
-from honed.monitor.profile import ProfileConfig, ReferenceProfile, build_reference_profile
 
 PHRASEBANK = Path("financial_phrasebank/Sentences_AllAgree.txt")
 ALPACA = Path("alpaca/alpaca_2000.json")  # the repo copy, data/alpaca/
 INJECTIONS = Path("security/prompt_injection/prompt_injections.jsonl")
 
 
-def find_data(relative: Path, repo_root: Path | None = None) -> Path:
-    """``data/<relative>`` in the repo when present, else ``../shared/data/<relative>``."""
-    root = repo_root or Path(__file__).resolve().parents[3]
-    for base in (root / "data", root.parent / "shared" / "data"):
+def find_data(relative: Path, data_dirs: Sequence[Path]) -> Path:
+    """``<dir>/<relative>`` in the first of ``data_dirs`` that holds it (the caller says where
+    the data sets are: a script passes its repository's ``data/`` folder, or ``--data-dir``)."""
+    if not data_dirs:
+        raise DataError(f"{relative}: no data folder given to look for it in (--data-dir)")
+    for base in map(Path, data_dirs):
         if (base / relative).is_file():
             return base / relative
-    raise DataError(f"{relative}: not found under {root / 'data'} or {root.parent}/shared/data")
+    tried = ", ".join(str(Path(d)) for d in data_dirs)
+    raise DataError(f"{relative}: not found under {tried}; pass the folder holding it (--data-dir)")
 
 
-def load_phrasebank(path: Path | None = None) -> tuple[list[str], list[str]]:
+def load_phrasebank(
+    path: Path | None = None, data_dirs: Sequence[Path] = ()
+) -> tuple[list[str], list[str]]:
     """Sentences and labels of ``sentence@label`` lines (ISO-8859-1)."""
-    path = path or find_data(PHRASEBANK)
+    path = path or find_data(PHRASEBANK, data_dirs)
     texts, labels = [], []
     for line in path.read_text(encoding="iso-8859-1").splitlines():
         if "@" in line:
@@ -44,18 +51,20 @@ def load_phrasebank(path: Path | None = None) -> tuple[list[str], list[str]]:
     return texts, labels
 
 
-def load_alpaca(path: Path | None = None, limit: int = 2000) -> list[str]:
+def load_alpaca(
+    path: Path | None = None, limit: int = 2000, data_dirs: Sequence[Path] = ()
+) -> list[str]:
     """Alpaca instructions (with their input when there is one): off-domain requests."""
-    rows = json.loads((path or find_data(ALPACA)).read_text(encoding="utf-8"))
+    rows = json.loads((path or find_data(ALPACA, data_dirs)).read_text(encoding="utf-8"))
     out = [(r["instruction"] + ("\n" + r["input"] if r.get("input") else "")) for r in rows]
     return out[:limit]
 
 
-def load_german(path: Path | None = None) -> list[str]:
+def load_german(path: Path | None = None, data_dirs: Sequence[Path] = ()) -> list[str]:
     """German texts of the prompt-injection set (stopword guess): another language."""
-    from honed.monitor.textstats import guess_language
+    from honed.evals.textstats import guess_language
 
-    lines = (path or find_data(INJECTIONS)).read_text(encoding="utf-8").splitlines()
+    lines = (path or find_data(INJECTIONS, data_dirs)).read_text(encoding="utf-8").splitlines()
     texts = [json.loads(line)["text"] for line in lines if line.strip()]
     return [t for t in texts if guess_language(t) == "de"]
 

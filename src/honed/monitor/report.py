@@ -1,5 +1,6 @@
 """One self-contained HTML report: plots as inline base64 PNGs (matplotlib), no scripts, no
-CDN, readable offline.
+CDN, readable offline. The page is the Jinja2 template ``honed/templates/report.html.j2``,
+rendered with autoescape on; this module computes what it shows.
 
 Sections: summary, drift over time, per-component PSI of the latest check, latency
 percentiles over time, feedback rates, predicted-label distribution (vs the reference).
@@ -8,12 +9,12 @@ percentiles over time, feedback rates, predicted-label distribution (vs the refe
 from __future__ import annotations
 
 import base64
-import html
 import io
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -238,7 +239,7 @@ def _feedback_rows(feedback: list[dict[str, Any]], n: int) -> list[tuple[str, st
     return rows
 
 
-def _quality_table(data: ReportData) -> str:
+def _quality_rows(data: ReportData) -> list[tuple[str, str]]:
     """Service objectives and generated-output checks (rows without a predicted label)."""
     from honed.monitor.quality import generation_quality, service_objectives
 
@@ -257,31 +258,34 @@ def _quality_table(data: ReportData) -> str:
         gen = generation_quality(generated)
         flags = ", ".join(f"{k} {v:.1%}" for k, v in gen["rates"].items()) or "none"
         cells += [("generated outputs", str(gen["n"])), ("output flags", flags)]
-    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in cells)
-    return f"<table>{body}</table>"
+    return cells
 
 
-def _components_table(check: dict[str, Any] | None) -> str:
+def _component_rows(check: dict[str, Any] | None) -> list[dict[str, str]] | None:
+    """One row per drift component of the latest check; None when no check is stored."""
     if not check:
-        return "<p>No drift check stored yet: run <code>honed monitor drift</code>.</p>"
-    rows = []
-    for name, c in check["result"].get("components", {}).items():
-        value = "-" if c.get("value") is None else f"{c['value']:.3f}"
-        rows.append(
-            f"<tr class='{html.escape(c['status'])}'><td>{html.escape(name)}</td>"
-            f"<td>{html.escape(c['metric'])}</td><td>{value}</td><td>{c.get('warn')}</td>"
-            f"<td>{c.get('alert')}</td><td>{html.escape(c['status'])}</td></tr>"
-        )
-    head = "<tr><th>component</th><th>metric</th><th>value</th><th>warn</th><th>alert</th>"
-    return f"<table>{head}<th>status</th></tr>{''.join(rows)}</table>"
+        return None
+    return [
+        {
+            "name": name,
+            "metric": c["metric"],
+            "value": "-" if c.get("value") is None else f"{c['value']:.3f}",
+            "warn": str(c.get("warn")),
+            "alert": str(c.get("alert")),
+            "status": c["status"],
+        }
+        for name, c in check["result"].get("components", {}).items()
+    ]
 
 
-_CSS = """
-body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px}
-tr.alert td{background:#fdd}tr.warn td{background:#ffe9c4}img{max-width:100%}
-h2{border-bottom:1px solid #ddd;padding-bottom:4px}
-"""
+@cache
+def _template() -> Any:
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+
+    env = Environment(
+        loader=PackageLoader("honed", "templates"), autoescape=True, undefined=StrictUndefined
+    )
+    return env.get_template("report.html.j2")
 
 
 def render_html(data: ReportData) -> str:
@@ -293,23 +297,13 @@ def render_html(data: ReportData) -> str:
         ("Feedback", plot_feedback(data.feedback, len(data.requests))),
         ("Labels", plot_labels(data.requests, data.reference_labels)),
     ]
-    summary = "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
-        for k, v in _summary_rows(data)
-    )
-    imgs = "".join(
-        f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' "
-        f"src='data:image/png;base64,{b64}'>"
-        for title, b64 in figures
-    )
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return (
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        f"<title>{html.escape(data.title)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>{html.escape(data.title)}</h1><p>Generated {stamp}.</p>"
-        f"<table>{summary}</table><h2>Latest drift check</h2>{_components_table(latest)}"
-        f"<h2>Quality and objectives</h2>{_quality_table(data)}"
-        f"{imgs}</body></html>"
+    return _template().render(
+        title=data.title,
+        stamp=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        summary=_summary_rows(data),
+        components=_component_rows(latest),
+        quality=_quality_rows(data),
+        figures=figures,
     )
 
 

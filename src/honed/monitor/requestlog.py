@@ -128,7 +128,7 @@ class DriftCheckRow(Base):
 # Marks a queued implicit-feedback record (RequestLogger.submit_feedback) among requests.
 _FEEDBACK = "__honed_feedback__"
 REQUEST_FIELDS = frozenset(c.name for c in RequestRow.__table__.columns) - {"pk"}
-# Short names the server's tracker uses (honed.serve.tracking) -> columns.
+# Short names the server's tracker uses (honed.serve.http.tracking) -> columns.
 ALIASES = {
     "input": "input_text",
     "output": "output_text",

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from honed.errors import HonedError
+from honed.evals.profile import ReferenceProfile, TextEmbedder
 from honed.monitor.drift import DriftConfig, DriftReport, check_drift
-from honed.monitor.profile import ReferenceProfile, TextEmbedder
 from honed.monitor.requestlog import RequestStore
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")

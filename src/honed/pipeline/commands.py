@@ -1,4 +1,6 @@
-"""CLI: ``honed run``, ``honed validate``, ``honed predict``, ``honed methods``."""
+"""CLI: ``honed run``, ``honed validate``, ``honed predict``, ``honed methods``, ``honed merge``
+and ``honed score``: the commands that take a model by registry ref, so they live above the
+registry (train/ never imports it)."""
 
 from __future__ import annotations
 
@@ -38,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     schema = sub.add_parser("spec-schema", help="print the spec's JSON schema (every field)")
     schema.set_defaults(func=cmd_schema)
+
+    _register_merge(sub)
+    register_score(sub)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -96,8 +101,8 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from honed.errors import HonedError
+    from honed.models.predict import Predictor
     from honed.registry.store import resolve_ref
-    from honed.serve.predict import Predictor
 
     texts = _read_texts(args)
     if not texts:
@@ -125,3 +130,71 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
     print(json.dumps(RunSpec.model_json_schema(), indent=2))
     return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from honed.registry.store import resolve_ref
+    from honed.train.merge import merge_adapter
+
+    adapter = resolve_ref(args.ref)
+    out = merge_adapter(adapter, args.out, force=args.force)
+    print(f"merged {adapter} -> {out}")
+    return 0
+
+
+def _register_merge(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "merge",
+        help="Merge a LoRA/QLoRA adapter into its base: one standalone model folder.",
+        description="Load the adapter's base (checking its digest), apply the adapter, "
+        "merge_and_unload and save a plain model folder with the tokenizer and a lineage.json "
+        "that points to the base digest and the adapter. A QLoRA adapter's 4-bit base is "
+        "dequantized first (a warning explains the quality cost).",
+    )
+    parser.add_argument("ref", help="Adapter folder, NAME@ALIAS or NAME/VERSION.")
+    parser.add_argument("--out", required=True, help="Folder to write the merged model into.")
+    parser.add_argument("--force", action="store_true", help="Replace a non-empty --out folder.")
+    parser.set_defaults(func=_merge)
+
+
+def _score_command(args: argparse.Namespace) -> int:
+    from honed.errors import HonedError
+    from honed.registry.store import resolve_ref
+    from honed.train.score import load_reward_model, read_pairs, score_rows
+
+    if bool(args.file) == (args.prompt is not None or args.response is not None):
+        raise HonedError("give either --file, or --prompt and --response")
+    if not args.file and (args.prompt is None or args.response is None):
+        raise HonedError("--prompt and --response go together")
+    rows = (
+        read_pairs(Path(args.file))
+        if args.file
+        else [{"prompt": args.prompt, "response": args.response}]
+    )
+    scorer = load_reward_model(resolve_ref(args.model))
+    if args.max_length:
+        scorer.max_length = args.max_length
+    for row in score_rows(scorer, rows):
+        print(json.dumps(row, ensure_ascii=False))
+    sys.stdout.flush()
+    return 0
+
+
+def register_score(sub: argparse._SubParsersAction) -> None:
+    """Add ``honed score``: rewards from a trained reward model."""
+    parser = sub.add_parser(
+        "score",
+        help="Score prompt/response pairs with a trained reward model.",
+        description="Print a reward per response (JSON lines). With a jsonl file of "
+        "prompt/chosen/rejected rows, also the pairwise accuracy.",
+    )
+    parser.add_argument("model", help="Reward model folder, NAME@ALIAS or NAME/VERSION.")
+    parser.add_argument("--prompt", help="The prompt (conversation so far).")
+    parser.add_argument("--response", help="The response to score.")
+    parser.add_argument(
+        "--file", help="jsonl: {prompt, response} or {prompt, chosen, rejected} per line."
+    )
+    parser.add_argument(
+        "--max-length", type=int, default=None, help="Token limit; default: the training one."
+    )
+    parser.set_defaults(func=_score_command)

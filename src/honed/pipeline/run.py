@@ -14,8 +14,8 @@ from typing import Any
 import yaml
 
 from honed.errors import HonedError
+from honed.paths import RunPaths
 from honed.pipeline.card import render_card
-from honed.pipeline.paths import RunPaths
 from honed.spec import RunSpec
 
 _MARKER = "metrics.json"  # present once a run finished
@@ -68,13 +68,13 @@ def gate(metrics: dict[str, Any], floors: dict[str, float]) -> list[str]:
 
 
 def _write_profile(paths: RunPaths, data, outputs: dict[str, Any]) -> None:
-    """The reference profile drift checks compare traffic with (monitor/profile.py).
+    """The reference profile drift checks compare traffic with (evals/profile.py).
 
     Embeddings come from the packaged all-MiniLM-L6-v2 whatever the base, so profiles of
     different models are comparable. A profile that cannot be built is reported, not fatal.
     """
+    from honed.evals.profile import ProfileError, write_run_profile
     from honed.models.embed import Embedder
-    from honed.monitor.profile import ProfileError, write_run_profile
 
     try:
         write_run_profile(

@@ -10,6 +10,8 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from honed.paths import read_lineage  # noqa: F401 - moved to honed.paths; kept for importers
+
 if TYPE_CHECKING:
     from honed.data.dataset import SplitData
     from honed.models.resolve import ResolvedModel
@@ -19,19 +21,6 @@ _PACKAGES = (
     "honed", "torch", "transformers", "peft", "trl", "accelerate", "datasets",
     "scikit-learn", "mlflow", "bitsandbytes",
 )  # fmt: skip
-
-
-def read_lineage(folder: Path) -> dict[str, Any]:
-    """A model folder's lineage.json ({} when absent); a clear error when it is broken."""
-    from honed.errors import ModelError
-
-    path = Path(folder) / "lineage.json"
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ModelError(f"{path}: broken JSON ({err.msg})") from None
 
 
 def package_versions() -> dict[str, str]:

@@ -121,7 +121,7 @@ def _register_deploy(sub: argparse._SubParsersAction) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from honed.serve.app import create_app
+    from honed.serve.http.app import create_app
     from honed.serve.settings import ServeSettings
 
     flags = {
@@ -150,7 +150,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _check_models(settings) -> None:
     """Fail at once on a typo'd model ref instead of serving 503 from /readyz forever."""
-    from honed.serve.loading import parse_entry, resolve_folder
+    from honed.serve.engine.loading import parse_entry, resolve_folder
     from honed.serve.settings import ServeConfigError
 
     if not settings.models and not settings.base:
@@ -162,7 +162,7 @@ def _check_models(settings) -> None:
 
 
 def _apikey_create(args: argparse.Namespace) -> int:
-    from honed.serve.auth import append_key
+    from honed.serve.http.auth import append_key
     from honed.serve.settings import ServeConfigError
 
     scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
@@ -176,7 +176,7 @@ def _apikey_create(args: argparse.Namespace) -> int:
 
 
 def _check_ref(ref: str) -> None:
-    from honed.serve.loading import resolve_folder
+    from honed.serve.engine.loading import resolve_folder
 
     resolve_folder(ref)  # a clear error now beats a crash-looping pod later
 
@@ -220,7 +220,7 @@ def _deploy_endpoint(args: argparse.Namespace) -> int:
 
 def _push(args: argparse.Namespace) -> int:
     from honed.serve.deploy import check_online, push
-    from honed.serve.loading import resolve_folder
+    from honed.serve.engine.loading import resolve_folder
 
     check_online()  # before touching the registry: offline must fail at once
     folder = resolve_folder(args.ref)

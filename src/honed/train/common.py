@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from honed.errors import HonedError
-from honed.pipeline.paths import RunPaths
+from honed.paths import RunPaths
 from honed.train.config import TrainingConfig
 
 

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from honed.config_base import StrictModel
+from honed.models.config import QuantParams
 
 
 class LoraParams(StrictModel):
@@ -21,16 +22,6 @@ class LoraParams(StrictModel):
         "known for the architecture (see honed.train.methods.lora.DEFAULT_TARGETS).",
     )
     bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases train.")
-
-
-class QuantParams(StrictModel):
-    """4-bit quantization of the frozen base (QLoRA, bitsandbytes)."""
-
-    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type (NF4: QLoRA).")
-    double_quant: bool = Field(True, description="Quantize the quantization constants too.")
-    compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
-        "bfloat16", description="dtype of the matmuls on dequantized weights."
-    )
 
 
 class MethodConfig(StrictModel):

@@ -1,4 +1,5 @@
-"""``honed score``: rewards from a trained reward model (task ``reward``).
+"""Rewards from a trained reward model (task ``reward``), behind ``honed score``
+(the command itself is in honed.pipeline.commands, which resolves registry refs):
 
     honed score MODEL --prompt "..." --response "..."
     honed score MODEL --file pairs.jsonl        # lines: {prompt, response} or
@@ -12,15 +13,13 @@ rejected files a final summary line with the pairwise accuracy.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from honed.errors import DataError, HonedError, ModelError
-from honed.registry.lineage import read_lineage
+from honed.errors import DataError, ModelError
+from honed.paths import read_lineage
 
 if TYPE_CHECKING:
     from honed.spec import RunSpec
@@ -82,9 +81,9 @@ def load_reward_model(
     """A reward model folder (full weights, or an adapter over ``base_path``) as a scorer."""
     from honed.models.resolve import load_kwargs
     from honed.train.methods import get_method
-    from honed.train.tasks.dpo import PreferenceOptions, prompt_budget
+    from honed.train.tasks._preference import PreferenceOptions, prompt_budget
+    from honed.train.tasks._shared import keep_training_kernels, load_tokenizer, task_options
     from honed.train.tasks.reward import load_reward_base
-    from honed.train.tasks.seq2seq import load_tokenizer, task_options
 
     folder = Path(folder)
     lineage = read_lineage(folder)
@@ -96,9 +95,11 @@ def load_reward_model(
     if (folder / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        if spec:
-            kwargs.update(get_method(spec.method.name).load_kwargs(spec.method))
+        method = get_method(spec.method.name) if spec else None
+        if method:
+            kwargs.update(method.load_kwargs(spec.method))
         base = load_reward_base(base_path or _base_path(folder, lineage), tokenizer, kwargs)
+        keep_training_kernels(base, method)
         model = PeftModel.from_pretrained(base, str(folder))
     else:
         model = load_reward_base(folder, tokenizer, kwargs)
@@ -109,7 +110,7 @@ def load_reward_model(
     return RewardScorer(model, tokenizer, max_length, prompt_budget(opts, max_length))
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def read_pairs(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     rows = []
@@ -153,44 +154,3 @@ def score_rows(scorer: RewardScorer, rows: list[dict[str, Any]]) -> list[dict[st
         ]
         out.append({"summary": {"pairs": len(pairs), **pairwise_metrics(chosen, rejected)}})
     return out
-
-
-def _score_command(args: argparse.Namespace) -> int:
-    from honed.registry.store import resolve_ref
-
-    if bool(args.file) == (args.prompt is not None or args.response is not None):
-        raise HonedError("give either --file, or --prompt and --response")
-    if not args.file and (args.prompt is None or args.response is None):
-        raise HonedError("--prompt and --response go together")
-    rows = (
-        _read_jsonl(Path(args.file))
-        if args.file
-        else [{"prompt": args.prompt, "response": args.response}]
-    )
-    scorer = load_reward_model(resolve_ref(args.model))
-    if args.max_length:
-        scorer.max_length = args.max_length
-    for row in score_rows(scorer, rows):
-        print(json.dumps(row, ensure_ascii=False))
-    sys.stdout.flush()
-    return 0
-
-
-def register_score(sub: argparse._SubParsersAction) -> None:
-    """Add ``honed score`` (the lead wires this into honed.train.commands)."""
-    parser = sub.add_parser(
-        "score",
-        help="Score prompt/response pairs with a trained reward model.",
-        description="Print a reward per response (JSON lines). With a jsonl file of "
-        "prompt/chosen/rejected rows, also the pairwise accuracy.",
-    )
-    parser.add_argument("model", help="Reward model folder, NAME@ALIAS or NAME/VERSION.")
-    parser.add_argument("--prompt", help="The prompt (conversation so far).")
-    parser.add_argument("--response", help="The response to score.")
-    parser.add_argument(
-        "--file", help="jsonl: {prompt, response} or {prompt, chosen, rejected} per line."
-    )
-    parser.add_argument(
-        "--max-length", type=int, default=None, help="Token limit; default: the training one."
-    )
-    parser.set_defaults(func=_score_command)

@@ -1,8 +1,8 @@
 from pathlib import Path
 from types import SimpleNamespace
 
+from honed.paths import RunPaths
 from honed.pipeline.commands import _print_result
-from honed.pipeline.paths import RunPaths
 
 
 def _result(metrics):

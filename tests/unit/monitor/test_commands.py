@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from honed.errors import HonedError
+from honed.evals.profile import PROFILE_DIRNAME, ProfileConfig, build_reference_profile
 from honed.monitor.commands import register
-from honed.monitor.profile import PROFILE_DIRNAME, ProfileConfig, build_reference_profile
 from honed.monitor.requestlog import RequestLogger, make_engine
 from honed.monitor.window import parse_duration
 

@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 
 from honed.errors import HonedError
-from honed.monitor.drift import ALERT, INSUFFICIENT, OK, DriftConfig, check_drift, kl, psi
-from honed.monitor.profile import (
+from honed.evals.profile import (
     ProfileConfig,
     ProfileError,
     ReferenceProfile,
     build_reference_profile,
 )
-from honed.monitor.textstats import guess_language, oov_rate
+from honed.evals.textstats import guess_language, oov_rate
+from honed.monitor.drift import ALERT, INSUFFICIENT, OK, DriftConfig, check_drift, kl, psi
 
 FIN = [
     "Operating profit rose to EUR {} mn from EUR {} mn in the third quarter .",
@@ -155,7 +155,7 @@ def test_language_and_oov_heuristics():
 
 
 def test_write_run_profile(tmp_path):
-    from honed.monitor.profile import PROFILE_DIRNAME, write_run_profile
+    from honed.evals.profile import PROFILE_DIRNAME, write_run_profile
 
     rng = np.random.default_rng(5)
     rows = [{"text": t, "label": ["a", "b"][i % 2]} for i, t in enumerate(_texts(FIN, 120, rng))]

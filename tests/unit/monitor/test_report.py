@@ -152,3 +152,14 @@ def test_report_quality_section_flags_generated_outputs(tmp_path):
     text = write_report(ReportData(requests=requests), tmp_path / "q.html").read_text()
     assert "Quality and objectives" in text and "generated outputs</th><td>4" in text
     assert "empty 25.0%" in text and "pii:email 25.0%" in text and "refusal 25.0%" in text
+
+
+def test_report_escapes_every_value(tmp_path):
+    """The page comes from templates/report.html.j2 with autoescape on."""
+    now = datetime.now(UTC)
+    row = {"created_at": now, "latency_ms": 1.0, "status_code": 200, "error": None}
+    requests = [{**row, "predicted_label": None, "output_text": "<script>alert(1)</script>"}]
+    data = ReportData(requests=requests, title="<b>R&D</b> report")
+    text = write_report(data, tmp_path / "e.html").read_text()
+    assert "<script" not in text and "<b>" not in text
+    assert "<title>&lt;b&gt;R&amp;D&lt;/b&gt; report</title>" in text

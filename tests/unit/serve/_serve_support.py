@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from honed.serve.app import create_app
+from honed.serve.http.app import create_app
 from honed.serve.settings import ServeSettings
 
 

@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 import torch
-
-from honed.serve.tiny import build_tiny_adapters, build_tiny_classifier, build_tiny_llm
+from tests.fixtures.tiny_models import build_tiny_adapters, build_tiny_classifier, build_tiny_llm
 
 torch.set_num_threads(1)
 

@@ -202,7 +202,7 @@ def test_readyz_not_ready_when_load_fails(tmp_path):
 
     import httpx
 
-    from honed.serve.app import create_app
+    from honed.serve.http.app import create_app
     from honed.serve.settings import ServeSettings
 
     app = create_app(ServeSettings(models=[str(tmp_path)]))
@@ -226,7 +226,7 @@ def test_readyz_not_ready_when_load_fails(tmp_path):
 
 
 def test_guards_and_request_logger(tiny):
-    from honed.serve.guards import GuardRejection
+    from honed.serve.http.guards import GuardRejection
 
     records = []
 
@@ -334,7 +334,7 @@ def test_no_route_dependency_runs_in_the_thread_pool():
 
     from fastapi.routing import APIRoute
 
-    from honed.serve.app import create_app
+    from honed.serve.http.app import create_app
     from honed.serve.settings import ServeSettings
 
     app = create_app(ServeSettings(models=[], enable_admin=True))

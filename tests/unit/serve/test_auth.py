@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from tests.unit.serve._serve_support import chat_body, run_app, settings_for
 
-from honed.serve.auth import append_key, hash_key, read_keys_file
+from honed.serve.http.auth import append_key, hash_key, read_keys_file
 from honed.serve.settings import ApiKeyEntry, ServeConfigError
 
 INFER, ADMIN, WRONG = "hk-infer-secret", "hk-admin-secret", "hk-wrong-secret"
@@ -137,7 +137,7 @@ def test_bad_keys_file_is_a_clear_error(tmp_path):
 
 
 def test_token_bucket_refills():
-    from honed.serve.auth import TokenBucket
+    from honed.serve.http.auth import TokenBucket
 
     bucket = TokenBucket(rate=100.0, burst=1)
     assert bucket.take() == 0.0

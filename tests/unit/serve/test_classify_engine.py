@@ -7,8 +7,8 @@ import torch
 from tests.unit.serve._serve_support import run_app
 
 from honed.errors import ModelError
-from honed.serve import loading
-from honed.serve.engine import ClassifierModel
+from honed.serve.engine import loading
+from honed.serve.engine.classifier import ClassifierModel
 from honed.serve.settings import ServeSettings
 
 TEXTS = [

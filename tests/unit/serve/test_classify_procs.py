@@ -12,8 +12,8 @@ from tests.unit.serve._serve_support import run_app
 from tests.unit.serve.test_classify_engine import TEXTS, _classifier
 
 from honed.errors import ModelError
-from honed.serve import loading
-from honed.serve.classify_procs import ClassifierProcesses, WorkerSpec
+from honed.serve.engine import loading
+from honed.serve.engine.classify_procs import ClassifierProcesses, WorkerSpec
 from honed.serve.settings import ServeSettings
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from tests.unit.serve._serve_support import chat_body, run_app, settings_for
 
-from honed.serve import loading
-from honed.serve.continuous import RunningBatch, _top_p
-from honed.serve.generation import GenJob, SamplingParams
+from honed.serve.engine import loading
+from honed.serve.engine.continuous import RunningBatch, _top_p
+from honed.serve.engine.generation import GenJob, SamplingParams
 
 PROMPTS = ["the quick brown fox jumps over the lazy dog", "hello", "profits rose sharply", "x y"]
 
@@ -144,7 +144,7 @@ def test_sliding_window_models_are_refused_with_a_clear_error():
     from transformers import MistralConfig, Qwen2Config
 
     from honed.errors import ModelError
-    from honed.serve.continuous import check_supported
+    from honed.serve.engine.continuous import check_supported
 
     class Fake:
         config = MistralConfig(sliding_window=64)

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from tests.unit.serve._serve_support import chat_body, run_app, settings_for
 
-from honed.serve.continuous import RunningBatch
+from honed.serve.engine.continuous import RunningBatch
 
 # The generation engine two ways: one `generate` per micro-batch, and continuous batching.
 MODES = pytest.mark.parametrize("continuous", [False, True], ids=["static", "continuous"])
@@ -172,7 +172,7 @@ def test_deadline_gives_504(tiny, continuous):
 
 @MODES
 def test_cancel_stops_generation_early(tiny, continuous):
-    from honed.serve.generation import SamplingParams
+    from honed.serve.engine.generation import SamplingParams
 
     async def go(c, app):
         gen = app.state.engine.generator

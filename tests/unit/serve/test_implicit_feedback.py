@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from tests.unit.serve._serve_support import chat_body, run_app
 
-from honed.serve.auth import hash_key
-from honed.serve.implicit import PromptMemory, prompt_key
+from honed.serve.http.auth import hash_key
+from honed.serve.http.tracking import PromptMemory, prompt_key
 from honed.serve.settings import ApiKeyEntry, ServeSettings
 
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from tests.unit.serve._serve_support import run_app, settings_for
 
-from honed.serve.openai_fields import template_messages
-from honed.serve.schemas import ChatMessage
+from honed.serve.http.openai_fields import template_messages
+from honed.serve.http.schemas import ChatMessage
 
 openai = pytest.importorskip("openai")
 HELLO = [{"role": "user", "content": "hello"}]
@@ -289,8 +289,8 @@ def test_penalties_follow_openai_formula():
 
     import torch
 
-    from honed.serve.generation import SamplingParams
-    from honed.serve.logprobs import adjust_logits, token_logprobs
+    from honed.serve.engine.generation import SamplingParams
+    from honed.serve.engine.logprobs import adjust_logits, token_logprobs
 
     def row(tokens, **params):
         job = SimpleNamespace(params=SamplingParams(max_tokens=8, **params))

@@ -7,12 +7,12 @@ import shutil
 
 import pytest
 import torch
+from tests.fixtures.tiny_models import build_tokenizer
 from tests.unit.serve._serve_support import run_app
 
-from honed.serve import loading, packing
-from honed.serve.engine import ClassifierModel
+from honed.serve.engine import loading, packing
+from honed.serve.engine.classifier import ClassifierModel
 from honed.serve.settings import ServeSettings
-from honed.serve.tiny import build_tokenizer
 
 TEXTS = [
     "the company said net sales rose sharply in the third quarter " * 4,

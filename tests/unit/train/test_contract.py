@@ -17,11 +17,12 @@ import pytest
 import torch
 from tests.tiny_cases import case_modules
 
+from honed.models.adapters import AUTO_CLASSES, load_adapter_model
 from honed.models.resolve import resolve_model
-from honed.pipeline.paths import RunPaths
+from honed.paths import RunPaths
 from honed.registry.lineage import build_lineage
 from honed.train import common
-from honed.train.merge import AUTO_CLASSES, load_adapter_model, merge_adapter
+from honed.train.merge import merge_adapter
 from honed.train.methods import available_methods, get_method
 from honed.train.tasks import get_task
 

@@ -12,7 +12,7 @@ from tests.tiny_cases import dpo as case
 
 from honed.errors import DataError
 from honed.models.resolve import resolve_model
-from honed.pipeline.paths import RunPaths
+from honed.paths import RunPaths
 from honed.spec import parse_spec
 from honed.train import common
 from honed.train.tasks import get_task

@@ -11,7 +11,7 @@ from tests.tiny_cases.sft import build_spec
 
 from honed.cli import main
 from honed.models.resolve import resolve_model
-from honed.pipeline.paths import RunPaths
+from honed.paths import RunPaths
 from honed.registry.lineage import build_lineage
 from honed.train.merge import MergeError, merge_adapter
 from honed.train.tasks import get_task

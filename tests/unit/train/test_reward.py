@@ -12,9 +12,10 @@ from tests.tiny_cases import reward as case
 
 from honed.errors import HonedError, ModelError
 from honed.models.resolve import resolve_model
-from honed.pipeline.paths import RunPaths
+from honed.paths import RunPaths
+from honed.pipeline.commands import register_score
 from honed.registry.lineage import build_lineage
-from honed.train.score import load_reward_model, register_score, score_rows
+from honed.train.score import load_reward_model, score_rows
 from honed.train.tasks import get_task
 from honed.train.tasks.reward import encode
 
@@ -76,12 +77,12 @@ def test_score_arguments_and_wrong_model_kind(tmp_path: Path) -> None:
 
 def test_bad_score_file_names_the_line(tmp_path: Path) -> None:
     from honed.errors import DataError
-    from honed.train.score import _read_jsonl
+    from honed.train.score import read_pairs
 
     path = tmp_path / "rows.jsonl"
     path.write_text('{"prompt": "p", "response": "r"}\n{"prompt": "p"}\n')
     with pytest.raises(DataError, match=r"rows.jsonl:2: needs 'response'"):
-        _read_jsonl(path)
+        read_pairs(path)
 
 
 def test_encode_appends_eos_and_cuts() -> None:

@@ -14,7 +14,7 @@ from tests.tiny_cases import seq2seq as case
 
 from honed.errors import DataError, SpecError
 from honed.models.resolve import resolve_model
-from honed.pipeline.paths import RunPaths
+from honed.paths import RunPaths
 from honed.spec import parse_spec
 from honed.train.tasks import get_task
 from honed.train.tasks.seq2seq import (

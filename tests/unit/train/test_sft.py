@@ -139,7 +139,7 @@ def test_format_adherence() -> None:
 
 
 def test_sft_config_uses_validation_loss_and_packing(tmp_path: Path) -> None:
-    from honed.pipeline.paths import RunPaths
+    from honed.paths import RunPaths
 
     spec = build_spec(tmp_path, "lora")
     packed = spec.model_copy(
@@ -155,7 +155,7 @@ def test_sft_config_uses_validation_loss_and_packing(tmp_path: Path) -> None:
 def test_packing_auto_is_on_with_cuda_only(tmp_path: Path, monkeypatch) -> None:
     import torch
 
-    from honed.pipeline.paths import RunPaths
+    from honed.paths import RunPaths
 
     spec = build_spec(tmp_path, "lora")
     assert spec.training.packing == "auto"
@@ -168,7 +168,7 @@ def test_packing_auto_is_on_with_cuda_only(tmp_path: Path, monkeypatch) -> None:
 
 def test_resume_continues_from_checkpoint(tmp_path: Path, monkeypatch) -> None:
     from honed.models.resolve import resolve_model
-    from honed.pipeline.paths import RunPaths
+    from honed.paths import RunPaths
     from honed.train import common
 
     torch.set_num_threads(1)

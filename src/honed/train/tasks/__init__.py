@@ -13,7 +13,7 @@ from honed.plugins import load_plugin, module_names
 if TYPE_CHECKING:
     from honed.data.dataset import SplitData
     from honed.models.resolve import ResolvedModel
-    from honed.pipeline.paths import RunPaths
+    from honed.paths import RunPaths
     from honed.spec import RunSpec
 
 

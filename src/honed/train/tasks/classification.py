@@ -13,7 +13,7 @@ from honed.train.methods import get_method
 
 if TYPE_CHECKING:
     from honed.models.resolve import ResolvedModel
-    from honed.pipeline.paths import RunPaths
+    from honed.paths import RunPaths
     from honed.spec import RunSpec
 
 
@@ -93,7 +93,7 @@ class ClassificationTask:
     def evaluate(
         self, spec: RunSpec, data: SplitData, base: ResolvedModel, paths: RunPaths
     ) -> dict[str, Any]:
-        from honed.serve.predict import Predictor
+        from honed.models.predict import Predictor
 
         labels = list(data.labels or [])
         predictor = Predictor.from_folder(paths.model_dir)

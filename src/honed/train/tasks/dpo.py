@@ -21,93 +21,33 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
-
-from honed.config_base import StrictModel
 from honed.data.dataset import SplitData
 from honed.evals import generative
 from honed.train import common
 from honed.train.methods import get_method
-from honed.train.tasks.seq2seq import (
+from honed.train.tasks._preference import (
+    PreferenceOptions,
+    fit_prompt,
+    preference_rows,
+    prompt_budget,
+    trl_kwargs,
+)
+from honed.train.tasks._shared import (
     base_view,
+    generation_settings,
     load_base,
-    load_text_rows,
     load_tokenizer,
     load_tuned,
-    selection_metric,
     task_options,
 )
 
 if TYPE_CHECKING:
     from honed.models.resolve import ResolvedModel
-    from honed.pipeline.paths import RunPaths
+    from honed.paths import RunPaths
     from honed.spec import RunSpec
 
-
-#: Decoding of the side-by-side samples (greedy, short: a CPU budget).
-SAMPLE_SETTINGS = generative.GenerationSettings(max_new_tokens=48, batch_size=2)
-
-
-class PreferenceOptions(StrictModel):
-    """Options shared by the dpo and reward tasks (proposed spec section ``task_options``)."""
-
-    prompt_field: str = Field("prompt", description="Field holding the prompt (conversation).")
-    chosen_field: str = Field("chosen", description="Field holding the preferred answer.")
-    rejected_field: str = Field("rejected", description="Field holding the rejected answer.")
-    max_prompt_tokens: int | None = Field(
-        None,
-        gt=0,
-        description="Prompt tokens kept, counted from the end (latest turns); default: two "
-        "thirds of model.max_length, leaving the rest to the answer.",
-    )
-    beta: float = Field(
-        0.1, gt=0, description="DPO: strength of the pull towards the reference model."
-    )
-    samples: int = Field(
-        2, ge=0, description="dpo: held-out prompts answered by base and tuned model, side by side."
-    )
-    eval_batch_size: int = Field(
-        4,
-        gt=0,
-        description="Pairs per forward pass when scoring (the vocab-sized logits of "
-        "every token dominate memory).",
-    )
-
-
-def preference_rows(spec: RunSpec) -> SplitData:
-    """prompt/chosen/rejected rows. Empty answers and chosen == rejected are bad rows."""
-    opts = task_options(spec, PreferenceOptions)
-    fields = {
-        "prompt": opts.prompt_field,
-        "chosen": opts.chosen_field,
-        "rejected": opts.rejected_field,
-    }
-
-    def check(row: dict[str, Any]) -> str | None:
-        if row["chosen"].strip() == row["rejected"].strip():
-            return "chosen and rejected answers are identical"
-        return None
-
-    return load_text_rows(
-        spec,
-        fields,
-        key=lambda r: "\x1f".join((r["prompt"], r["chosen"], r["rejected"])),
-        leak_key=lambda r: r["prompt"],  # the same conversation must not be in train and test
-        check=check,
-    )
-
-
-def fit_prompt(tokenizer: Any, prompt: str, max_tokens: int) -> str:
-    """The prompt cut to its last ``max_tokens`` tokens (text)."""
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    if len(ids) <= max_tokens:
-        return prompt
-    return tokenizer.decode(ids[-max_tokens:], skip_special_tokens=False)
-
-
-def prompt_budget(opts: PreferenceOptions, max_length: int) -> int:
-    """Prompt tokens kept: the option, else two thirds of the sequence budget."""
-    return opts.max_prompt_tokens or max(1, max_length * 2 // 3)
+#: Side-by-side samples are short by default (a CPU budget); eval.generation overrides it.
+SAMPLE_MAX_NEW_TOKENS = 48
 
 
 def fitted_rows(rows: list[dict], tokenizer: Any, budget: int) -> list[dict]:
@@ -217,18 +157,25 @@ class DpoTask:
     def prepare_data(self, spec: RunSpec) -> SplitData:
         return preference_rows(spec)
 
+    def generation(self, spec: RunSpec) -> generative.GenerationSettings:
+        """Decoding settings of the evaluation samples (eval.generation; see _shared)."""
+        return generation_settings(spec, SAMPLE_MAX_NEW_TOKENS)
+
+    def load_trained(self, spec: RunSpec, base: ResolvedModel, paths: RunPaths) -> Any:
+        """The model saved in the run folder, as the evaluation loads it."""
+        return load_tuned(spec, base, paths.model_dir)
+
     def train(
         self, spec: RunSpec, data: SplitData, base: ResolvedModel, paths: RunPaths, resume: bool
     ) -> dict[str, Any]:
         import datasets
-        from transformers import AutoModelForCausalLM
         from trl import DPOConfig, DPOTrainer
 
         common.setup_runtime(spec.training)
         opts = task_options(spec, PreferenceOptions)
         method = get_method(spec.method.name)
         tokenizer = load_tokenizer(base.path)
-        model = load_base(spec, base, AutoModelForCausalLM)
+        model = load_base(spec, base)
         ref_model = None
         if not method.is_adapter:
             # Full fine-tuning changes every weight: keep a frozen copy as the reference.
@@ -239,7 +186,7 @@ class DpoTask:
             model=model,
             ref_model=ref_model,
             args=DPOConfig(
-                **_trl_kwargs(spec, paths), beta=opts.beta, max_length=spec.model.max_length
+                **trl_kwargs(spec, paths), beta=opts.beta, max_length=spec.model.max_length
             ),
             train_dataset=datasets.Dataset.from_list(fitted_rows(data.train, tokenizer, budget)),
             eval_dataset=datasets.Dataset.from_list(
@@ -256,20 +203,19 @@ class DpoTask:
     def evaluate(
         self, spec: RunSpec, data: SplitData, base: ResolvedModel, paths: RunPaths
     ) -> dict[str, Any]:
-        from transformers import AutoModelForCausalLM
-
         opts = task_options(spec, PreferenceOptions)
+        settings = self.generation(spec)
         tokenizer = load_tokenizer(paths.model_dir)
         rows = fitted_rows(data.test, tokenizer, prompt_budget(opts, spec.model.max_length))
         max_len, batch = spec.model.max_length, opts.eval_batch_size
         shown = [{"prompt": r["prompt"], "completion": r["chosen"]} for r in rows[: opts.samples]]
-        tuned = load_tuned(spec, base, paths, AutoModelForCausalLM)
+        tuned = self.load_trained(spec, base, paths)
         policy = pair_logps(tuned, tokenizer, rows, max_len, batch)
-        outputs = {"tuned": _generate(tuned, tokenizer, shown)}
+        outputs = {"tuned": _generate(tuned, tokenizer, shown, settings)}
         # The reference DPO trained against: adapter disabled, or the base loaded from disk.
-        with base_view(spec, base, tuned, AutoModelForCausalLM) as reference_model:
+        with base_view(spec, base, tuned) as reference_model:
             reference = pair_logps(reference_model, tokenizer, rows, max_len, batch)
-            outputs = {"base": _generate(reference_model, tokenizer, shown), **outputs}
+            outputs = {"base": _generate(reference_model, tokenizer, shown, settings), **outputs}
         scores = reward_metrics(policy, reference, opts.beta)
         base_pref = sum(c > r for c, r in zip(*reference, strict=True)) / max(len(rows), 1)
         report: dict[str, Any] = {
@@ -280,32 +226,15 @@ class DpoTask:
         }
         if shown:
             samples = generative.side_by_side(shown, outputs)
-            report["samples"] = generative.write_samples(
-                samples, paths.root, SAMPLE_SETTINGS, spec.name
-            )
-            report["generation"] = SAMPLE_SETTINGS.to_dict()
+            report["samples"] = generative.write_samples(samples, paths.root, settings, spec.name)
+            report["generation"] = settings.to_dict()
         return report
 
 
-def _generate(model: Any, tokenizer: Any, rows: list[dict]) -> list[str]:
+def _generate(model: Any, tokenizer: Any, rows: list[dict], settings: Any) -> list[str]:
     if not rows:
         return []
-    return generative.generate(model, tokenizer, [r["prompt"] for r in rows], SAMPLE_SETTINGS)
-
-
-def _trl_kwargs(spec: RunSpec, paths: RunPaths) -> dict[str, Any]:
-    """TrainingArguments for TRL trainers: model selection on validation loss."""
-    kwargs = common.training_arguments_kwargs(spec.training, paths)
-    metric, greater = selection_metric(spec, "loss", greater=False)
-    kwargs.update(
-        metric_for_best_model=metric,
-        greater_is_better=greater,
-        # Pairs have no single input_ids column to group by length on.
-        train_sampling_strategy="random",
-        # TRL defaults to checkpointing; a 135M model fits without it and runs faster.
-        gradient_checkpointing=False,
-    )
-    return kwargs
+    return generative.generate(model, tokenizer, [r["prompt"] for r in rows], settings)
 
 
 def _drop_reference_adapter(model: Any) -> None:

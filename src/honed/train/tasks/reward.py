@@ -18,18 +18,18 @@ from typing import TYPE_CHECKING, Any
 from honed.data.dataset import SplitData
 from honed.train import common
 from honed.train.methods import get_method
-from honed.train.tasks.dpo import (
+from honed.train.tasks._preference import (
     PreferenceOptions,
-    _trl_kwargs,
     fit_prompt,
     preference_rows,
     prompt_budget,
+    trl_kwargs,
 )
-from honed.train.tasks.seq2seq import load_tokenizer, task_options
+from honed.train.tasks._shared import load_tokenizer, task_options
 
 if TYPE_CHECKING:
     from honed.models.resolve import ResolvedModel
-    from honed.pipeline.paths import RunPaths
+    from honed.paths import RunPaths
     from honed.spec import RunSpec
 
 
@@ -140,7 +140,7 @@ class RewardTask:
         max_len = spec.model.max_length
         trainer = RewardTrainer(
             model=model,
-            args=RewardConfig(**_trl_kwargs(spec, paths), max_length=max_len),
+            args=RewardConfig(**trl_kwargs(spec, paths), max_length=max_len),
             train_dataset=datasets.Dataset.from_list(
                 encoded_pairs(data.train, tokenizer, max_len, opts)
             ),

@@ -16,53 +16,63 @@ Both share the data path, the source truncation (the source is cut to ``max_sour
 summary is never truncated away), the final evaluation (one generation loop for base and tuned
 model with the same settings: ROUGE-1/2/L/Lsum, held-out loss, side-by-side samples).
 
-Task options (task prefix, target field, lengths, generation) come from ``Seq2SeqOptions``; until
-the spec carries a ``task_options`` mapping they are the defaults below.
+Task options (task prefix, target field, lengths, generation) come from the spec's
+``task_options`` (``Seq2SeqOptions``). Decoding follows ``eval.generation`` like every generative
+task (honed.train.tasks._shared.generation_settings); ``task_options.generation`` adds beams and
+n-gram blocking and overrides what it sets.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import Field
 
 from honed.config_base import StrictModel
-from honed.data.dataset import (
-    SplitData,
-    apply_bad_row_policy,
-    length_stats,
-    remove_leaks,
-    split_rows,
-)
-from honed.data.loaders import BadRow, RawData, load_raw
-from honed.errors import DataError, SpecError
+from honed.data.dataset import SplitData
 from honed.evals.generative import GenerationSettings
-from honed.models.resolve import load_kwargs
 from honed.train import common
 from honed.train.methods import get_method
+from honed.train.tasks._shared import (
+    base_view,
+    generation_settings,
+    load_base,
+    load_text_rows,
+    load_tokenizer,
+    load_tuned,
+    selection_metric,
+    task_options,
+)
 
 if TYPE_CHECKING:
     from honed.models.resolve import ResolvedModel
-    from honed.pipeline.paths import RunPaths
+    from honed.paths import RunPaths
     from honed.spec import RunSpec
 
 IGNORE_INDEX = -100  # label id the loss skips (prompt and padding positions)
 
 
 class GenerationOptions(StrictModel):
-    """Decoding settings of the final evaluation (recorded in metrics.json)."""
+    """Decoding settings of the final evaluation (recorded in metrics.json). Unset fields take
+    ``eval.generation``'s, and max_new_tokens then this task's default (96)."""
 
-    max_new_tokens: int = Field(96, gt=0, description="Tokens generated per summary at most.")
-    repetition_penalty: float = Field(1.1, gt=0, description="Penalty on repeated tokens.")
+    max_new_tokens: int | None = Field(
+        None,
+        gt=0,
+        description="Tokens generated per summary at most; default: "
+        "eval.generation.max_new_tokens when set, else 96.",
+    )
+    repetition_penalty: float | None = Field(
+        None, gt=0, description="Penalty on repeated tokens; default: eval.generation's."
+    )
     num_beams: int = Field(1, gt=0, description="Beam width; 1 is greedy decoding.")
     no_repeat_ngram_size: int = Field(
         3, ge=0, description="Forbid repeating n-grams of this size (0: off); small models loop."
     )
-    batch_size: int = Field(4, gt=0, description="Prompts generated together.")
+    batch_size: int | None = Field(
+        None, gt=0, description="Prompts generated together; default: eval.generation's."
+    )
 
 
 class Seq2SeqOptions(StrictModel):
@@ -86,95 +96,6 @@ class Seq2SeqOptions(StrictModel):
     generation: GenerationOptions = Field(default_factory=GenerationOptions)
     samples: int = Field(3, ge=0, description="Test examples shown base vs tuned in the report.")
     compare_base: bool = Field(True, description="Also score the untuned base (the baseline).")
-
-
-def task_options(spec: RunSpec, model_cls: type[StrictModel]) -> Any:
-    """The task's options from the spec's ``task_options`` mapping, when the spec has one."""
-    raw = getattr(spec, "task_options", None) or {}
-    try:
-        return model_cls.model_validate(raw)
-    except Exception as err:  # pydantic ValidationError: name the section in the message
-        raise SpecError(f"task_options for task {spec.task!r}: {err}") from None
-
-
-# --------------------------------------------------------------------------------------------
-# Data: text fields -> rows, bad rows reported with file:line, dedup, split, leakage, report.
-
-
-def _text(value: Any) -> str | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return value if isinstance(value, str) else str(value)
-
-
-RowCheck = Callable[[dict[str, Any]], str | None]
-
-
-def _parse_rows(raw: RawData, fields: dict[str, str], check: RowCheck | None):
-    rows: list[dict[str, Any]] = []
-    bad = list(raw.bad_rows)
-    for rec in raw.records:
-        row: dict[str, Any] = {"line": rec.line}
-        for column, field in fields.items():
-            value = _text(rec.fields.get(field))
-            if value is None or not value.strip():
-                bad.append(BadRow(rec.file, rec.line, f"empty or missing field {field!r}"))
-                break
-            row[column] = value
-        else:
-            problem = check(row) if check else None
-            if problem:
-                bad.append(BadRow(rec.file, rec.line, problem))
-            else:
-                rows.append(row)
-    return rows, bad
-
-
-def load_text_rows(
-    spec: RunSpec,
-    fields: dict[str, str],
-    key: Callable[[dict[str, Any]], str],
-    leak_key: Callable[[dict[str, Any]], str] | None = None,
-    check: RowCheck | None = None,
-) -> SplitData:
-    """Rows with one text column per ``fields`` entry ({column: source field}).
-
-    A row is bad when a field is missing or blank or ``check`` names a problem; the spec's
-    on_bad_rows policy then skips or fails. Exact duplicates (same ``key``) are dropped, splits
-    are random (nothing to stratify on), and train/validation rows whose normalised
-    ``leak_key`` (default ``key``) occurs in test are removed.
-    """
-    cfg, source = spec.data, spec.data_source()
-    raw = load_raw(source, cfg)
-    rows, bad = _parse_rows(raw, fields, check)
-    apply_bad_row_policy(bad, cfg, source)
-    dups = 0
-    if cfg.dedup:
-        unique = {key(r): r for r in reversed(rows)}  # reversed: the first row wins
-        dups = len(rows) - len(unique)
-        rows = sorted(unique.values(), key=lambda r: r["line"])
-    if len(rows) < 3:
-        raise DataError(f"{source}: {len(rows)} usable row(s); need at least 3 to split")
-    train, validation, test = split_rows(rows, cfg.split, stratify_key=None)
-    leaks = remove_leaks(train, validation, test, key=leak_key or key)
-    data = SplitData(train, validation, test, source_sha256=raw.sha256)
-    data.report = {
-        "source": source,
-        "source_sha256": raw.sha256,
-        "fields": fields,
-        "rows_read": len(raw.records) + len(raw.bad_rows),
-        "rows": {name: len(data.split(name)) for name in ("train", "validation", "test")},
-        "bad_rows": [str(b) for b in bad],
-        "duplicates_removed": dups,
-        "leakage_removed": leaks,
-        "length": {
-            column: length_stats([r[column] for r in train + validation + test])
-            for column in fields
-        },
-        "split": cfg.split.model_dump(),
-    }
-    data.report["content_sha256"] = data.content_sha256
-    return data
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,56 +162,10 @@ def features(
 # Models
 
 
-def load_tokenizer(path: Any) -> Any:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    if tokenizer.pad_token is None:  # Llama-style tokenizers ship without one
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
 def auto_class(enc_dec: bool) -> Any:
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     return AutoModelForSeq2SeqLM if enc_dec else AutoModelForCausalLM
-
-
-def load_base(spec: RunSpec, base: ResolvedModel, auto_cls: Any) -> Any:
-    """The base model loaded as the method wants it (e.g. 4-bit for QLoRA), not yet wrapped."""
-    method = get_method(spec.method.name)
-    return auto_cls.from_pretrained(
-        str(base.path), **load_kwargs(spec.model), **method.load_kwargs(spec.method)
-    )
-
-
-def load_tuned(spec: RunSpec, base: ResolvedModel, paths: RunPaths, auto_cls: Any) -> Any:
-    """The trained model from the run folder: full weights, or base + adapter."""
-    method = get_method(spec.method.name)
-    if not method.is_adapter:
-        return auto_cls.from_pretrained(str(paths.model_dir), **load_kwargs(spec.model))
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(load_base(spec, base, auto_cls), str(paths.model_dir))
-
-
-@contextmanager
-def base_view(spec: RunSpec, base: ResolvedModel, tuned: Any, auto_cls: Any) -> Iterator[Any]:
-    """The untuned base: the tuned adapter switched off (no second copy in memory), else the
-    base loaded from disk."""
-    if hasattr(tuned, "disable_adapter"):
-        with tuned.disable_adapter():
-            yield tuned
-    else:
-        yield load_base(spec, base, auto_cls)
-
-
-def selection_metric(spec: RunSpec, default: str, greater: bool) -> tuple[str, bool]:
-    """The spec's validation metric, unless it is left at the classification default."""
-    cfg = spec.training
-    if cfg.metric_for_best_model == "macro_f1":
-        return default, greater
-    return cfg.metric_for_best_model, cfg.greater_is_better
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,19 +188,17 @@ class SummarySettings(GenerationSettings):
         }
 
 
-def summary_settings(opts: Seq2SeqOptions, spec: RunSpec | None = None) -> SummarySettings:
-    """Decoding settings: the task's, over the spec's ``eval.generation`` when it has one."""
-    gen = opts.generation
-    shared = getattr(getattr(spec, "eval", None), "generation", None)
-    values = shared.model_dump() if hasattr(shared, "model_dump") else dict(shared or {})
-    values.update(
-        max_new_tokens=gen.max_new_tokens,
-        repetition_penalty=gen.repetition_penalty,
-        batch_size=gen.batch_size,
-        no_repeat_ngram_size=gen.no_repeat_ngram_size,
-        num_beams=gen.num_beams,
+#: Summaries are longer than chat answers: generated tokens when no setting says otherwise.
+SUMMARY_MAX_NEW_TOKENS = 96
+
+
+def summary_settings(opts: Seq2SeqOptions, spec: RunSpec) -> SummarySettings:
+    """Decoding settings: eval.generation, under the task's generation options that are set."""
+    options = opts.generation.model_dump()
+    return cast(
+        SummarySettings,
+        generation_settings(spec, SUMMARY_MAX_NEW_TOKENS, options, SummarySettings),
     )
-    return SummarySettings(**values)
 
 
 def eval_rows(
@@ -380,13 +253,21 @@ class Seq2SeqTask:
         fields = {"source": spec.data.text_field, "target": opts.target_field}
         return load_text_rows(spec, fields, key=lambda r: r["source"])
 
+    def generation(self, spec: RunSpec) -> SummarySettings:
+        """Decoding settings of the evaluation (eval.generation under task_options.generation)."""
+        return summary_settings(task_options(spec, Seq2SeqOptions), spec)
+
+    def load_trained(self, spec: RunSpec, base: ResolvedModel, paths: RunPaths) -> Any:
+        """The model saved in the run folder, as the evaluation loads it."""
+        return load_tuned(spec, base, paths.model_dir, auto_class(is_encoder_decoder(base.path)))
+
     def _max_source(self, spec: RunSpec, opts: Seq2SeqOptions) -> int:
         return opts.max_source_tokens or spec.model.max_length
 
     def train(
         self, spec: RunSpec, data: SplitData, base: ResolvedModel, paths: RunPaths, resume: bool
     ) -> dict[str, Any]:
-        from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
+        from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
 
         from honed.train.losses import with_chunked_loss
 
@@ -402,22 +283,13 @@ class Seq2SeqTask:
         )
         max_source = self._max_source(spec, opts)
         by_rouge = enc_dec and opts.select_on_rouge
-        metric, greater = selection_metric(spec, "rougeL" if by_rouge else "loss", greater=by_rouge)
-        kwargs = common.training_arguments_kwargs(spec.training, paths)
-        kwargs.update(metric_for_best_model=metric, greater_is_better=greater)
-        args = Seq2SeqTrainingArguments(
-            **kwargs,
-            predict_with_generate=by_rouge,
-            generation_max_length=opts.generation.max_new_tokens if by_rouge else None,
-            generation_num_beams=opts.generation.num_beams if by_rouge else None,
-        )
         # Decoder-only: the loss on the summary tokens only, in chunks (honed.train.losses).
         trainer_cls = (
             Seq2SeqTrainer if enc_dec else with_chunked_loss(Seq2SeqTrainer, spec.training)
         )
         trainer = trainer_cls(
             model=model,
-            args=args,
+            args=_training_args(spec, opts, paths, by_rouge),
             train_dataset=_dataset(features(data.train, tokenizer, opts, max_source, enc_dec)),
             eval_dataset=_dataset(features(data.validation, tokenizer, opts, max_source, enc_dec)),
             processing_class=tokenizer,
@@ -439,8 +311,8 @@ class Seq2SeqTask:
         enc_dec = is_encoder_decoder(base.path)
         tokenizer = load_tokenizer(paths.model_dir)
         rows = eval_rows(data.test, tokenizer, opts, self._max_source(spec, opts), enc_dec)
-        settings = summary_settings(opts, spec)
-        tuned_model = load_tuned(spec, base, paths, auto_class(enc_dec))
+        settings = self.generation(spec)
+        tuned_model = self.load_trained(spec, base, paths)
         tuned = _score(tuned_model, tokenizer, rows, settings, spec, opts)
         report: dict[str, Any] = {
             **{f"test_{k}": v for k, v in tuned["scores"].items()},
@@ -461,6 +333,23 @@ class Seq2SeqTask:
         samples = generative.side_by_side(rows[: opts.samples], shown)
         report["samples"] = generative.write_samples(samples, paths.root, settings, spec.name)
         return report
+
+
+def _training_args(spec: RunSpec, opts: Seq2SeqOptions, paths: RunPaths, by_rouge: bool) -> Any:
+    """Seq2SeqTrainingArguments; with ``by_rouge``, validation generates with the evaluation's
+    decoding settings and ROUGE-L picks the checkpoint."""
+    from transformers import Seq2SeqTrainingArguments
+
+    metric, greater = selection_metric(spec, "rougeL" if by_rouge else "loss", greater=by_rouge)
+    kwargs = common.training_arguments_kwargs(spec.training, paths)
+    kwargs.update(metric_for_best_model=metric, greater_is_better=greater)
+    settings = summary_settings(opts, spec)
+    return Seq2SeqTrainingArguments(
+        **kwargs,
+        predict_with_generate=by_rouge,
+        generation_max_length=settings.max_new_tokens if by_rouge else None,
+        generation_num_beams=settings.num_beams if by_rouge else None,
+    )
 
 
 def _score(

@@ -28,8 +28,7 @@ each other (checked in tests/unit/train/test_sft.py).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from honed.data.dataset import (
@@ -42,13 +41,19 @@ from honed.data.dataset import (
 from honed.data.loaders import BadRow, RawData, load_raw
 from honed.errors import DataError
 from honed.evals import generative
-from honed.models.resolve import load_kwargs
 from honed.train import common
 from honed.train.methods import get_method
+from honed.train.tasks._shared import (
+    base_view,
+    generation_settings,
+    load_base,
+    load_tokenizer,
+    load_tuned,
+)
 
 if TYPE_CHECKING:
     from honed.models.resolve import ResolvedModel
-    from honed.pipeline.paths import RunPaths
+    from honed.paths import RunPaths
     from honed.spec import RunSpec
 
 CHAT_FORMATS = ("messages", "alpaca", "prompt_completion")
@@ -192,45 +197,9 @@ def load_chat_data(spec: RunSpec) -> SplitData:
 # ---------------------------------------------------------------- models
 
 
-def load_tokenizer(path: Any) -> Any:
-    """The tokenizer with a chat template and a pad token (EOS when it has none)."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    if not tokenizer.chat_template:
-        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def load_base(spec: RunSpec, base: ResolvedModel) -> Any:
-    """The base causal LM as the method wants it loaded (e.g. 4-bit for QLoRA), unprepared."""
-    from transformers import AutoModelForCausalLM
-
-    method = get_method(spec.method.name)
-    return AutoModelForCausalLM.from_pretrained(
-        str(base.path), **load_kwargs(spec.model), **method.load_kwargs(spec.method)
-    )
-
-
-def load_trained(spec: RunSpec, base: ResolvedModel, folder: Any) -> Any:
-    """The trained model saved in ``folder``: base + adapter, or the full weights."""
-    from transformers import AutoModelForCausalLM
-
-    method = get_method(spec.method.name)
-    if not method.is_adapter:
-        model = AutoModelForCausalLM.from_pretrained(str(folder), **load_kwargs(spec.model))
-        model.config.use_cache = True  # saved off (training); generation wants the KV cache
-        return model
-    from peft import PeftModel
-
-    model = PeftModel.from_pretrained(load_base(spec, base), str(folder))
-    if getattr(method, "quantized_base", False):
-        from honed.train.methods.qlora import disable_cpu_repack
-
-        disable_cpu_repack(model)  # keep the trained model's kernels (see qlora.py)
-    return model
+def chat_tokenizer(path: Any) -> Any:
+    """The tokenizer with a pad token and a chat template (ChatML when it has none)."""
+    return load_tokenizer(path, DEFAULT_CHAT_TEMPLATE)
 
 
 def sft_config_kwargs(spec: RunSpec, paths: RunPaths) -> dict[str, Any]:
@@ -292,6 +261,14 @@ class SftTask:
     def prepare_data(self, spec: RunSpec) -> SplitData:
         return load_chat_data(spec)
 
+    def generation(self, spec: RunSpec) -> generative.GenerationSettings:
+        """Decoding settings of the evaluation samples (eval.generation; see _shared)."""
+        return generation_settings(spec)
+
+    def load_trained(self, spec: RunSpec, base: ResolvedModel, paths: RunPaths) -> Any:
+        """The model saved in the run folder, as the evaluation loads it."""
+        return load_tuned(spec, base, paths.model_dir)
+
     def load_model(self, spec: RunSpec, base: ResolvedModel) -> Any:
         """The base, wrapped or frozen by the method, ready to train."""
         model = load_base(spec, base)
@@ -306,7 +283,7 @@ class SftTask:
         """(SFTTrainer, tokenizer); separate from ``train`` so benchmarks reuse it."""
         from trl import SFTConfig
 
-        tokenizer = load_tokenizer(base.path)
+        tokenizer = chat_tokenizer(base.path)
         trainer = trainer_class(spec)(
             model=self.load_model(spec, base),
             args=SFTConfig(**sft_config_kwargs(spec, paths)),
@@ -328,10 +305,10 @@ class SftTask:
         self, spec: RunSpec, data: SplitData, base: ResolvedModel, paths: RunPaths
     ) -> dict[str, Any]:
         common.setup_runtime(spec.training)
-        tokenizer = load_tokenizer(paths.model_dir)
-        tuned = load_trained(spec, base, paths.model_dir)
+        tokenizer = chat_tokenizer(paths.model_dir)
+        tuned = self.load_trained(spec, base, paths)
         rows, shown = data.test[:MAX_EVAL_ROWS], data.test[:SAMPLE_ROWS]
-        settings = generation_settings(spec)
+        settings = self.generation(spec)
         score = _scorer(tokenizer, spec, rows)
         after, tuned_texts = score(tuned), _generate(tuned, tokenizer, shown, settings)
         with base_view(spec, base, tuned) as base_model:
@@ -379,26 +356,6 @@ def _format_metrics(
     texts = _generate(tuned, tokenizer, rows, settings)
     result = generative.format_adherence(texts, kind, getattr(spec.eval, "format_regex", None))
     return {"test_format_adherence": result["rate"], "format_adherence": result}
-
-
-@contextmanager
-def base_view(spec: RunSpec, base: ResolvedModel, tuned: Any) -> Iterator[Any]:
-    """The untuned base next to the tuned model: the adapter switched off when there is one
-    (no second copy in memory), else the base loaded from disk."""
-    if hasattr(tuned, "disable_adapter"):
-        with tuned.disable_adapter():
-            yield tuned
-    else:
-        yield load_base(spec, base)
-
-
-def generation_settings(spec: RunSpec) -> generative.GenerationSettings:
-    """The spec's generation settings (a proposed eval.generation field) or the defaults."""
-    given = getattr(spec.eval, "generation", None)
-    if given is None:
-        return generative.GenerationSettings()
-    values = given.model_dump() if hasattr(given, "model_dump") else dict(given)
-    return generative.GenerationSettings(**values)
 
 
 TASK = SftTask()

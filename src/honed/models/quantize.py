@@ -1,0 +1,58 @@
+"""4-bit loading of a base model (bitsandbytes NF4/FP4), shared by QLoRA training and by loading
+a QLoRA adapter's base for evaluation, merging and serving.
+
+CPU trap (bitsandbytes 0.50): on CPUs with AVX512-bf16, a ``Linear4bit`` forward in eval mode
+without grad (evaluation, ``generate``) repacks its weight into a CPU-only layout and from then
+on uses a kernel that has no backward: later training steps silently get no gradient through
+that layer, and a model loaded for inference gets different kernels than the one trained.
+``disable_cpu_repack`` turns that fast path off on every ``Linear4bit``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from honed.errors import HonedError
+from honed.models.config import QuantParams
+
+#: Heads stay in full precision: they are new (trained through modules_to_save) or tiny, and
+#: BERT's pooler feeds the classifier directly.
+SKIP_MODULES = ["lm_head", "classifier", "score", "pooler"]
+
+
+def require_bitsandbytes() -> None:
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise HonedError(
+            "method 'qlora' needs bitsandbytes (4-bit NF4 weights): pip install bitsandbytes"
+        ) from None
+
+
+def four_bit_load_kwargs(params: QuantParams) -> dict[str, Any]:
+    """``from_pretrained`` keyword arguments that load the base quantized to 4 bits."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    require_bitsandbytes()
+    return {
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=params.quant_type,
+            bnb_4bit_use_double_quant=params.double_quant,
+            bnb_4bit_compute_dtype=getattr(torch, params.compute_dtype),
+            llm_int8_skip_modules=SKIP_MODULES,
+        )
+    }
+
+
+def disable_cpu_repack(model: Any) -> int:
+    """Turn off bitsandbytes' CPU inference repacking on every Linear4bit; returns how many."""
+    import bitsandbytes as bnb
+
+    count = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+            count += 1
+    return count

@@ -1,0 +1,76 @@
+"""Files of a run's output folder (the folder is itself a loadable model folder), and reading
+its lineage.json. Core: every stage may import it.
+
+runs/NAME/
+  config.json, model.safetensors        full fine-tuning (save_pretrained)
+  adapter_config.json, adapter_model.safetensors   LoRA/QLoRA adapters
+  tokenizer files
+  README.md            model card
+  metrics.json         test metrics (+ baselines)
+  data_report.json     counts per label and split, lengths, bad rows, leakage
+  confusion_matrix.png classification only
+  lineage.json         base digest, data hashes, spec, packages, git commit
+  spec.yaml            the spec as run (normalised)
+  checkpoints/         Trainer checkpoints (kept for --resume)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from honed.errors import ModelError
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def model_dir(self) -> Path:
+        return self.root
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def data_report(self) -> Path:
+        return self.root / "data_report.json"
+
+    @property
+    def confusion_png(self) -> Path:
+        return self.root / "confusion_matrix.png"
+
+    @property
+    def card(self) -> Path:
+        return self.root / "README.md"
+
+    @property
+    def lineage(self) -> Path:
+        return self.root / "lineage.json"
+
+    @property
+    def spec(self) -> Path:
+        return self.root / "spec.yaml"
+
+    def create(self) -> RunPaths:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def read_lineage(folder: Path) -> dict[str, Any]:
+    """A model folder's lineage.json ({} when absent); a clear error when it is broken."""
+    path = Path(folder) / "lineage.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ModelError(f"{path}: broken JSON ({err.msg})") from None

@@ -1,0 +1,1 @@
+"""The inference engine: models behind micro-batching queues (no HTTP here)."""

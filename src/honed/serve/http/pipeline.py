@@ -1,0 +1,570 @@
+"""The one request pipeline: every inference route (/v1/chat/completions, /v1/completions,
+/v1/classify, SageMaker's /invocations) calls `run` once, and a request goes
+route -> pipeline -> engine and back the same way:
+
+  1. admit   the engine picks the model (404 / 400 for a wrong id or kind), input guards run
+             (honed.serve.http.guards), texts become prompts and go to the engine's queue
+             (503 when it is full)
+  2. wait    until the engine answers, the client leaves (499) or the deadline passes (504);
+             a streamed request instead sends server-sent events as tokens arrive
+  3. answer  output guards, the response body, and the request recorded exactly once
+             (metrics, request log, implicit feedback: honed.serve.http.tracking)
+
+What differs between the routes (which texts are guarded and logged, how they become prompts,
+the body's shape) is one small class per request kind (`_Chat`, `_Completion`, `_Classify`);
+the steps and their order are the same for all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from functools import partial
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response, StreamingResponse
+from starlette.types import Send
+
+from honed.serve.engine.classifier import ClassifierModel, ClassifyJob
+from honed.serve.engine.core import Engine
+from honed.serve.engine.errors import EngineError
+from honed.serve.engine.generation import GenJob, SamplingParams
+from honed.serve.engine.generative import GenerativeModel
+from honed.serve.http import openai_fields as fields
+from honed.serve.http.auth import ApiKey
+from honed.serve.http.errors import APIError, from_engine
+from honed.serve.http.guards import GuardContext, run_input_guards, run_output_guards
+from honed.serve.http.logprob_shapes import chat_logprobs, completion_logprobs
+from honed.serve.http.schemas import (
+    ChatCompletionRequest,
+    ClassifyRequest,
+    CompletionRequest,
+    _Sampling,
+)
+from honed.serve.http.tracking import Tracker, caller_of
+from honed.serve.settings import ServeSettings
+
+RequestBody = ChatCompletionRequest | CompletionRequest | ClassifyRequest
+
+
+class ClientGone(Exception):
+    """The client disconnected; its work was cancelled."""
+
+
+async def run(
+    request: Request,
+    body: RequestBody,
+    engine: Engine,
+    settings: ServeSettings,
+    key: ApiKey | None,
+) -> Any:
+    """Answer one inference request (the steps are in the module docstring)."""
+    call = _CALLS[type(body)](body)
+    tracker = Tracker(request, call.route, body.model, call.prefix)
+    try:
+        ctx, work = _admit(request, call, engine, settings, key)
+    except (APIError, EngineError) as err:
+        raise _refused(tracker, err, settings) from None
+    tracker.records = [{"input": text} for text in call.inputs]
+    if call.regenerate is not None:
+        tracker.watch_regenerate(caller_of(request, ctx.api_key), call.regenerate)
+    guard = output_guard(request, ctx)
+    timeout = settings.request_timeout_s
+    if isinstance(call, _Generate) and call.body.stream:
+        chunk, opening = partial(call.chunk, tracker.id), partial(call.opening, tracker.id)
+        return streaming_response(tracker, work, timeout, guard, chunk, call.include_usage, opening)
+    try:
+        await call.wait(request, work, timeout)
+    except ClientGone:
+        tracker.finish(499, "client_disconnected")
+        return Response(status_code=499)
+    except APIError as err:
+        tracker.finish(err.status, err.code)
+        raise
+    answer = call.answer(work, guard or _unguarded, tracker)
+    tracker.finish(200)
+    return answer
+
+
+def _admit(
+    request: Request, call: _Call, engine: Engine, settings: ServeSettings, key: ApiKey | None
+) -> tuple[GuardContext, Any]:
+    """Pick the model, run the input guards, submit: (guard context, the engine's job(s))."""
+    model = call.model_for(engine, settings)
+    ctx = GuardContext(call.route, call.body.model, call.texts, key.name if key else None)
+    run_input_guards(request.app.state.input_guards, ctx)
+    return ctx, call.submit(model, settings)
+
+
+def _refused(tracker: Tracker, err: APIError | EngineError, settings: ServeSettings) -> APIError:
+    """Record a request refused before the engine took it; the error to answer with."""
+    if isinstance(err, EngineError):
+        err = from_engine(err, settings.retry_after_s)
+    tracker.finish(err.status, err.code)
+    return err
+
+
+def _unguarded(text: str) -> str:
+    return text
+
+
+class _Generate:
+    """Chat and text completions: prompts -> generation jobs -> choices."""
+
+    route: str  # the metrics / request-log route label
+    prefix: str  # of the response id
+    object: str  # the response's `object`
+    chunk_object: str  # a streamed chunk's `object`
+    include_usage = False  # a last streamed chunk with the token usage
+
+    def __init__(self, body: _Sampling, texts: list[str], inputs: list[str], regenerate: Any):
+        self.body = body
+        self.texts = texts  # what the input guards see
+        self.inputs = inputs  # one request-log record each
+        self.regenerate = regenerate  # what a caller repeats when regenerating
+        self.created = int(time.time())
+        self.gen: GenerativeModel | None = None  # set by model_for; its tokenizer shapes logprobs
+
+    def model_for(self, engine: Engine, settings: ServeSettings) -> GenerativeModel:
+        self.gen = engine.generator_for(self.body.model)
+        return self.gen
+
+    def prompts(
+        self, gen: GenerativeModel, params: SamplingParams, settings: ServeSettings
+    ) -> list[list[int]]:
+        raise NotImplementedError
+
+    def submit(self, gen: GenerativeModel, settings: ServeSettings) -> list[GenJob]:
+        params = sampling_params(self.body, settings, vocab_size(gen))
+        prompts = self.prompts(gen, params, settings)
+        for ids in prompts:
+            check_prompt(ids, settings)
+        return gen.submit_all(prompts, self.body.model, params)
+
+    async def wait(self, request: Request, jobs: list[GenJob], timeout: float) -> None:
+        await wait_for_jobs(request, jobs, timeout)
+
+    def answer(
+        self, jobs: list[GenJob], guard: Callable[[str], str], tracker: Tracker
+    ) -> dict[str, Any]:
+        done = choices(jobs, guard)
+        n = jobs[0].params.n
+        for p, rec in enumerate(tracker.records):  # each prompt's first choice
+            rec["output"] = done[p * n][1]
+        u = usage(jobs)
+        tracker.prompt_tokens = u["prompt_tokens"]
+        tracker.completion_tokens = u["completion_tokens"]
+        return {
+            "id": tracker.id,
+            "object": self.object,
+            "created": self.created,
+            "model": self.body.model,
+            "choices": [self.choice(i, text, reason, lps) for i, text, reason, lps in done],
+            "usage": u,
+        }
+
+    def choice(self, index: int, text: str, reason: str, lps: list | None) -> dict[str, Any]:
+        """One choice of the answer; ``lps``: its logprob entries (None: not asked)."""
+        raise NotImplementedError
+
+    def delta(
+        self, index: int | None, text: str | None, reason: str | None, entries: list | None
+    ) -> dict[str, Any]:
+        """One streamed choice; ``entries``: the logprobs of the tokens it sends."""
+        raise NotImplementedError
+
+    def chunk(
+        self,
+        rid: str,
+        index: int | None,
+        text: str | None,
+        reason: str | None,
+        entries: list | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "id": rid,
+            "object": self.chunk_object,
+            "created": self.created,
+            "model": self.body.model,
+            "choices": [self.delta(index, text, reason, entries)],
+        }
+
+    def opening(self, rid: str) -> list[dict[str, Any]]:
+        """Chunks sent before the first token."""
+        return []
+
+
+class _Chat(_Generate):
+    route, prefix = "chat", "chatcmpl"
+    object, chunk_object = "chat.completion", "chat.completion.chunk"
+
+    def __init__(self, body: ChatCompletionRequest) -> None:
+        self.messages = fields.chat_messages(body.messages)
+        texts = [m["content"] for m in self.messages]
+        # The request log keeps the last message: the one this answer answers.
+        super().__init__(body, texts, texts[-1:], self.messages)
+        self.include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    def prompts(
+        self, gen: GenerativeModel, params: SamplingParams, settings: ServeSettings
+    ) -> list[list[int]]:
+        fields.check_template(self.body.messages, gen.tokenizer)
+        return [gen.encode_chat(self.messages)]
+
+    def choice(self, index: int, text: str, reason: str, lps: list | None) -> dict[str, Any]:
+        return {
+            "index": index,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": reason,
+            "logprobs": None if lps is None else chat_logprobs(self.gen.tokenizer, lps),
+        }
+
+    def delta(
+        self, index: int | None, text: str | None, reason: str | None, entries: list | None
+    ) -> dict[str, Any]:
+        delta = {"content": text} if text is not None else {}
+        lps = chat_logprobs(self.gen.tokenizer, entries) if self.body.logprobs and entries else None
+        return {"index": index, "delta": delta, "finish_reason": reason, "logprobs": lps}
+
+    def opening(self, rid: str) -> list[dict[str, Any]]:
+        # OpenAI opens each choice with the assistant role and empty content.
+        out = []
+        for i in range(self.body.n):
+            c = self.chunk(rid, i, "", None)
+            c["choices"][0]["delta"]["role"] = "assistant"
+            out.append(c)
+        return out
+
+
+class _Completion(_Generate):
+    route, prefix = "completions", "cmpl"
+    object = chunk_object = "text_completion"
+
+    def __init__(self, body: CompletionRequest) -> None:
+        self.token_ids = fields.token_prompts(body.prompt)  # None: text prompts
+        prompts = [] if self.token_ids is not None else _text_prompts(body.prompt)
+        super().__init__(body, prompts, prompts, prompts)
+        self.include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        self.offsets: dict[int, int] = {}  # streamed choice -> text_offset of its next token
+
+    def model_for(self, engine: Engine, settings: ServeSettings) -> GenerativeModel:
+        gen = super().model_for(engine, settings)
+        if self.token_ids is not None:
+            # Token-array prompts, decoded for the guards and the request log.
+            vocab = vocab_size(gen)
+            for one in self.token_ids:
+                fields.check_ids(one, vocab, "prompt")
+            texts = [gen.tokenizer.decode(one) for one in self.token_ids]
+            self.texts = self.inputs = self.regenerate = texts
+        return gen
+
+    def prompts(
+        self, gen: GenerativeModel, params: SamplingParams, settings: ServeSettings
+    ) -> list[list[int]]:
+        if len(self.texts) * params.n > settings.max_batch_size * 4:
+            raise APIError(400, "too many prompts x n for one request", param="prompt")
+        return self.token_ids or [gen.encode_text(p) for p in self.texts]
+
+    def choice(self, index: int, text: str, reason: str, lps: list | None) -> dict[str, Any]:
+        shaped = None if lps is None else completion_logprobs(self.gen.tokenizer, lps)[0]
+        return {"index": index, "text": text, "finish_reason": reason, "logprobs": shaped}
+
+    def delta(
+        self, index: int | None, text: str | None, reason: str | None, entries: list | None
+    ) -> dict[str, Any]:
+        lps = None
+        if self.body.logprobs is not None and entries:
+            lps, self.offsets[index] = completion_logprobs(
+                self.gen.tokenizer, entries, self.offsets.get(index, 0)
+            )
+        return {"index": index, "text": text or "", "finish_reason": reason, "logprobs": lps}
+
+
+def _text_prompts(prompt: str | list[str]) -> list[str]:
+    return [prompt] if isinstance(prompt, str) else list(prompt)
+
+
+class _Classify:
+    """A batch of texts -> one classification job -> labels and scores."""
+
+    route, prefix = "classify", "cls"
+    regenerate = None
+    inputs: tuple[str, ...] = ()  # records are written with the answers (`answer`)
+
+    def __init__(self, body: ClassifyRequest) -> None:
+        self.body = body
+        self.texts = [body.input] if isinstance(body.input, str) else list(body.input)
+
+    def model_for(self, engine: Engine, settings: ServeSettings) -> ClassifierModel:
+        if len(self.texts) > settings.max_classify_inputs:
+            raise APIError(
+                400,
+                f"{len(self.texts)} inputs; this server's limit is {settings.max_classify_inputs}",
+                param="input",
+            )
+        return engine.classifier_for(self.body.model)
+
+    def submit(self, clf: ClassifierModel, settings: ServeSettings) -> ClassifyJob:
+        return clf.submit(self.texts)
+
+    async def wait(self, request: Request, job: ClassifyJob, timeout: float) -> None:
+        await _until_done(request, job.future, timeout)
+        if job.future.exception() is not None:
+            raise APIError(500, "classification failed", "server_error", "inference_failed")
+
+    def answer(
+        self, job: ClassifyJob, guard: Callable[[str], str], tracker: Tracker
+    ) -> dict[str, Any]:
+        data = [
+            {"index": i, **r, "label": guard(r["label"])} for i, r in enumerate(job.future.result())
+        ]
+        tracker.prompt_tokens = job.prompt_tokens
+        tracker.records = [
+            {"input": t, "output": d["label"], "label": d["label"], "score": d["score"]}
+            for t, d in zip(self.texts, data, strict=True)
+        ]
+        usage = {"prompt_tokens": job.prompt_tokens, "total_tokens": job.prompt_tokens}
+        return {"object": "list", "model": self.body.model, "data": data, "usage": usage}
+
+
+_Call = _Chat | _Completion | _Classify
+_CALLS: dict[type, Callable[[Any], _Call]] = {
+    ChatCompletionRequest: _Chat,
+    CompletionRequest: _Completion,
+    ClassifyRequest: _Classify,
+}
+
+
+def sampling_params(body: _Sampling, settings: ServeSettings, vocab: int) -> SamplingParams:
+    """The request's decoding settings; refuses (400, naming the field) what is not served.
+    ``vocab``: the model's vocabulary size, for logit_bias ids."""
+    fields.check_fields(body)
+    max_tokens = fields.max_tokens(body) or settings.default_max_tokens
+    if max_tokens > settings.max_tokens_cap:
+        raise APIError(
+            400,
+            f"max_tokens {max_tokens} exceeds this server's cap of {settings.max_tokens_cap}",
+            param="max_tokens",
+            code="max_tokens",
+        )
+    if body.n > settings.max_n:
+        raise APIError(400, f"n {body.n} exceeds this server's cap of {settings.max_n}", param="n")
+    return SamplingParams(
+        max_tokens,
+        body.temperature,
+        body.top_p,
+        body.seed,
+        tuple(body.stop or ()),
+        body.n,
+        frequency_penalty=body.frequency_penalty,
+        presence_penalty=body.presence_penalty,
+        logit_bias=fields.logit_bias(body, vocab),
+        logprobs=fields.logprobs_k(body),
+    )
+
+
+def vocab_size(gen: GenerativeModel) -> int:
+    """Token ids a request may name: in the tokenizer and in the model's output layer."""
+    size = len(gen.tokenizer)
+    return min(size, getattr(getattr(gen.model, "config", None), "vocab_size", None) or size)
+
+
+def check_prompt(ids: list[int], settings: ServeSettings) -> None:
+    if len(ids) > settings.max_prompt_tokens:
+        raise APIError(
+            400,
+            f"prompt has {len(ids)} tokens; this server's limit is {settings.max_prompt_tokens}",
+            code="context_length_exceeded",
+        )
+
+
+async def _drain(job: GenJob) -> None:
+    while True:
+        event = await job.events.get()
+        if event[0] == "done":
+            return
+        if event[0] == "error":
+            raise APIError(500, "generation failed", "server_error", "generation_failed")
+
+
+async def _disconnected(request: Request) -> None:
+    # After the body is read, the next ASGI message is `http.disconnect`.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _until_done(request: Request, work: asyncio.Future, timeout: float) -> None:
+    """Until ``work`` is done; cancels it on disconnect (ClientGone) or deadline (504)."""
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait(
+            {work, watcher}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        watcher.cancel()
+    if work in done:
+        return
+    work.cancel()  # a classifier worker skips cancelled jobs that have not started
+    if watcher in done:
+        raise ClientGone
+    raise APIError(504, "request deadline passed", "server_error", "timeout")
+
+
+async def wait_for_jobs(request: Request, jobs: list[GenJob], timeout: float) -> None:
+    """Until every job is done; cancels them on disconnect (ClientGone) or deadline (504)."""
+    work = asyncio.ensure_future(asyncio.gather(*(_drain(j) for j in jobs)))
+    try:
+        await _until_done(request, work, timeout)
+    except (ClientGone, APIError):
+        for j in jobs:
+            j.cancel()
+        raise
+    work.result()
+    if any(r.finish_reason == "cancelled" for j in jobs for r in j.rows):
+        raise APIError(504, "request deadline passed", "server_error", "timeout")
+
+
+def choices(
+    jobs: list[GenJob], guard: Callable[[str], str]
+) -> list[tuple[int, str, str, list | None]]:
+    """(index, text, finish_reason, logprob entries or None) per choice; prompt p's choice i
+    has index p*n + i."""
+    out = []
+    for p, job in enumerate(jobs):
+        for row in job.rows:
+            lps = list(row.logprobs) if job.params.logprobs is not None else None
+            reason = row.finish_reason or "length"
+            out.append((p * job.params.n + row.index, guard(row.text), reason, lps))
+    return out
+
+
+def usage(jobs: list[GenJob]) -> dict[str, int]:
+    prompt = sum(len(j.prompt_ids) for j in jobs)
+    completion = sum(j.completion_tokens for j in jobs)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def output_guard(request: Request, ctx: GuardContext) -> Callable[[str], str] | None:
+    guards = request.app.state.output_guards
+    if not guards:
+        return None
+    return lambda text: run_output_guards(guards, ctx, text)
+
+
+def sse(data: dict[str, Any] | str) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+
+async def stream_events(
+    jobs: list[GenJob], deadline: float, guard: Callable[[str], str] | None
+) -> AsyncIterator[tuple[str, int, str, list]]:
+    """("delta"|"finish", choice index, text|reason, logprob entries) in order; buffered per
+    choice when guarded."""
+    buffered: dict[int, list[str]] = {}
+    held: dict[int, list] = {}
+    for p, job in enumerate(jobs):
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise APIError(504, "request deadline passed", "server_error", "timeout")
+            kind, *rest = await asyncio.wait_for(job.events.get(), timeout=left)
+            if kind == "done":
+                break
+            if kind == "error":
+                raise APIError(500, "generation failed", "server_error", "generation_failed")
+            index = p * job.params.n + rest[0]
+            entries = rest[2] if len(rest) > 2 else []
+            if kind == "delta" and guard is not None:
+                buffered.setdefault(index, []).append(rest[1])
+                held.setdefault(index, []).extend(entries)
+                continue
+            if kind == "finish" and guard is not None:
+                text = guard("".join(buffered.pop(index, [])))
+                yield "delta", index, text, held.pop(index, [])
+            yield kind, index, rest[1], entries
+
+
+class _ClosingStream(StreamingResponse):
+    """Closes the body generator as soon as sending stops. Starlette leaves it suspended at
+    a `yield` when the client leaves mid-send (the task is cancelled, or `send` raises), and
+    it would then only be closed by the garbage collector: its jobs would keep generating and
+    the request would be recorded late, as a success."""
+
+    async def stream_response(self, send: Send) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+def streaming_response(
+    tracker: Tracker,
+    jobs: list[GenJob],
+    timeout: float,
+    guard: Callable[[str], str] | None,
+    make_chunk: Callable[..., dict],
+    include_usage: bool,
+    first: Callable[[], list[dict]],
+) -> StreamingResponse:
+    """SSE: `data: {chunk}` per token, then `data: [DONE]`; a client leaving cancels the jobs
+    and records an implicit `abandoned` feedback on the request."""
+    deadline = time.monotonic() + timeout
+
+    async def body() -> AsyncIterator[str]:
+        # Until the last finish chunk is out, leaving early means the client abandoned the
+        # stream: CancelledError when the disconnect is noticed while waiting for tokens,
+        # GeneratorExit when the response is closed while a chunk was being sent.
+        status, err_code = 499, "client_disconnected"
+        tracker.tokens_sent = 0
+        try:
+            for chunk in first():
+                yield sse(chunk)
+            async for kind, index, value, entries in stream_events(jobs, deadline, guard):
+                if kind == "delta" and (value or entries):
+                    yield sse(make_chunk(index, value, None, entries))
+                    tracker.tokens_sent += 1  # counted once the send returned
+                elif kind == "finish":
+                    reason = "length" if value == "cancelled" else value
+                    yield sse(make_chunk(index, None, reason))
+            status, err_code = 200, None
+            u = usage(jobs)
+            tracker.prompt_tokens, tracker.completion_tokens = (
+                u["prompt_tokens"],
+                u["completion_tokens"],
+            )
+            if include_usage:
+                yield sse({**make_chunk(None, None, None), "choices": [], "usage": u})
+            yield sse("[DONE]")
+        except (APIError, TimeoutError) as err:
+            status = getattr(err, "status", 504)
+            err_code = getattr(err, "code", "timeout")
+            msg = getattr(err, "message", "request deadline passed")
+            yield sse(
+                {"error": {"message": msg, "type": "server_error", "param": None, "code": err_code}}
+            )
+        except Exception:
+            status, err_code = 500, "server_error"
+            raise
+        finally:
+            for j in jobs:
+                j.cancel()
+            _record_stream_end(tracker, jobs, status, err_code)
+
+    headers = {"Cache-Control": "no-cache", "X-Request-Id": tracker.id}
+    return _ClosingStream(body(), media_type="text/event-stream", headers=headers)
+
+
+def _record_stream_end(tracker: Tracker, jobs: list[GenJob], status: int, code: str | None):
+    if status == 499:
+        tracker.abandon(usage(jobs))
+    else:
+        tracker.finish(status, code)

@@ -1,0 +1,26 @@
+"""Admin: POST /v1/adapters loads (or hot-swaps) an adapter, DELETE unloads it."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Path
+
+from honed.serve.http.deps import AdminKey, ReadyEngine
+from honed.serve.http.errors import ERROR_RESPONSES
+from honed.serve.http.schemas import AdapterDeleted, AdapterInfo, AdapterLoadRequest
+
+router = APIRouter(tags=["admin"])
+
+
+@router.post("/v1/adapters", response_model=AdapterInfo, status_code=201, responses=ERROR_RESPONSES)
+async def load_adapter(body: AdapterLoadRequest, engine: ReadyEngine, key: AdminKey) -> AdapterInfo:
+    gen = engine.adapter_host()
+    slot = await gen.load_adapter(body.name, body.source, body.sha256)
+    return AdapterInfo(name=body.name, parent=gen.name, source=slot.source, sha256=slot.sha256)
+
+
+@router.delete("/v1/adapters/{name}", response_model=AdapterDeleted, responses=ERROR_RESPONSES)
+async def unload_adapter(
+    engine: ReadyEngine, key: AdminKey, name: str = Path(..., min_length=1, max_length=100)
+) -> AdapterDeleted:
+    await engine.adapter_host().unload_adapter(name)
+    return AdapterDeleted(name=name)
