@@ -26,7 +26,7 @@ from typing import Any
 
 from honed.errors import HonedError, ModelError
 from honed.models.resolve import sha256_file
-from honed.registry.lineage import read_lineage
+from honed.registry.lineage import base_model_folder, base_record_in, portable_path, read_lineage
 from honed.train.config import MethodConfig
 from honed.train.methods import get_method
 
@@ -77,10 +77,11 @@ def adapter_info(adapter_dir: Path) -> dict[str, Any]:
         )
     lineage = read_lineage(adapter_dir)
     base = lineage.get("base_model") or {}
-    base_path = Path(base.get("path") or cfg.get("base_model_name_or_path") or "")
-    if not base_path.is_dir():
+    base_path = base_model_folder(adapter_dir, lineage, cfg.get("base_model_name_or_path"))
+    if base_path is None:
+        named = base.get("path") or cfg.get("base_model_name_or_path") or ""
         raise MergeError(
-            f"{adapter_dir}: its base model folder {str(base_path)!r} is missing; the adapter "
+            f"{adapter_dir}: its base model folder {str(named)!r} is missing; the adapter "
             "needs the exact base it was trained on"
         )
     task_type = cfg.get("task_type") or "CAUSAL_LM"
@@ -206,13 +207,15 @@ def _copy_tokenizer(adapter_dir: Path, out: Path) -> None:
     tokenizer.save_pretrained(str(out))
 
 
-def merged_lineage(adapter_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
+def merged_lineage(adapter_dir: Path, info: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     lineage = dict(info["lineage"])
+    # The adapter recorded its base relative to its own folder: rewrite it for `out_dir`.
+    lineage["base_model"] = base_record_in(info["base"], info["base_path"], out_dir)
     weights = adapter_dir / ADAPTER_WEIGHTS
     lineage.update(
         is_adapter=False,
         merged_from={
-            "adapter": str(adapter_dir.resolve()),
+            "adapter": portable_path(adapter_dir, out_dir),
             "adapter_sha256": sha256_file(weights) if weights.is_file() else None,
             "method": info["method"],
             "base_digest": info["base"].get("digest"),
@@ -220,7 +223,6 @@ def merged_lineage(adapter_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
             "merged_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         },
     )
-    lineage.setdefault("base_model", {"path": str(info["base_path"])})
     return lineage
 
 
@@ -240,7 +242,7 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, force: bool = Fa
     try:
         model.save_pretrained(str(tmp), safe_serialization=True)
         _copy_tokenizer(adapter_dir, tmp)
-        lineage = merged_lineage(adapter_dir, info)
+        lineage = merged_lineage(adapter_dir, info, out_dir)
         (tmp / LINEAGE).write_text(json.dumps(lineage, indent=2, default=str) + "\n")
         tmp.chmod(0o755)
         if out_dir.exists():
