@@ -128,14 +128,14 @@ def _results(metrics: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
     test = metrics.get("test") or {}
     if not all(k in test for k in _HEADLINE):
         rows = [
-            {"name": k.removeprefix("test_"), "values": [_fmt(v)]}
+            {"name": k.removeprefix("test_"), "cells": [_fmt(v)]}
             for k, v in metrics.items()
             if k.startswith("test_")
         ]
         return [], rows
-    rows = [{"name": "**fine-tuned**", "values": [_fmt(test[k]) for k in _HEADLINE]}]
+    rows = [{"name": "**fine-tuned**", "cells": [_fmt(test[k]) for k in _HEADLINE]}]
     for name, base in (metrics.get("baselines") or {}).items():
-        rows.append({"name": f"baseline: {name}", "values": [_fmt(base[k]) for k in _HEADLINE]})
+        rows.append({"name": f"baseline: {name}", "cells": [_fmt(base[k]) for k in _HEADLINE]})
     return list(_HEADLINE), rows
 
 
