@@ -163,3 +163,16 @@ def test_card_of_a_packaged_base_names_its_hub_id(tmp_path):
         "macro_f1": 0.8,
     }
     assert "Testing cards." in card.text and "packaged:" not in card.content.split("---")[1]
+
+
+def test_a_copied_run_folder_finds_its_local_base_by_digest(tiny_bert, tmp_path):
+    """A registered version is a copy elsewhere: its relative base path no longer resolves."""
+    from honed.models.resolve import ResolvedModel
+    from honed.registry.lineage import remember_base
+
+    base = ResolvedModel(path=tiny_bert, source=str(tiny_bert), kind="local",
+                         weight_sha256={"model.safetensors": "0" * 64})  # fmt: skip
+    remember_base(base)
+    lineage = {"base_model": {"path": "../gone", "digest": base.digest}}
+    assert base_model_folder(tmp_path, lineage) == tiny_bert
+    assert base_model_folder(tmp_path, {"base_model": {"path": "../gone", "digest": "1"}}) is None
