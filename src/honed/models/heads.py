@@ -98,7 +98,13 @@ def mean_pool_classes(base_config_cls: type) -> MeanPoolClasses:
         return _CLASSES[base_config_cls]
     from transformers import AutoModelForSequenceClassification
 
-    base_model = AutoModelForSequenceClassification._model_mapping[base_config_cls]
+    try:
+        base_model = AutoModelForSequenceClassification._model_mapping[base_config_cls]
+    except KeyError:
+        raise ModelError(
+            f"pooling 'mean': model type {base_config_cls.model_type!r} has no sequence "
+            "classification architecture in transformers"
+        ) from None
     model_type = MODEL_TYPE_PREFIX + base_config_cls.model_type
     names = {
         "base_type": base_config_cls.model_type,

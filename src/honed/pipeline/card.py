@@ -266,4 +266,5 @@ def render_card(
         training=spec.training,
         packages=lineage.get("packages", {}),
     )
-    return str(rendered).rstrip() + "\n"
+    # The template's optional blocks leave runs of blank lines; one blank line is enough.
+    return re.sub(r"\n{3,}", "\n\n", str(rendered)).rstrip() + "\n"
