@@ -17,6 +17,7 @@ runs/NAME/
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,3 +75,27 @@ def read_lineage(folder: Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ModelError(f"{path}: broken JSON ({err.msg})") from None
+
+
+def portable_path(value: str | Path, root: Path | None) -> str:
+    """`value` as run-folder files record it: relative to `root` when it is a local path that
+    exists; anything else (hub ids, ``packaged:NAME``) unchanged. `root` None: unchanged."""
+    text = str(value)
+    if root is None or text.startswith("packaged:"):
+        return text
+    path = Path(text).expanduser()
+    if not path.exists():
+        return text
+    try:
+        return os.path.relpath(path.resolve(), Path(root).resolve())
+    except ValueError:  # another drive (Windows): no relative form; keep the name only
+        return path.name
+
+
+def base_record_in(base: dict[str, Any], base_folder: Path, root: Path) -> dict[str, Any]:
+    """A ``base_model`` record moved to another folder (e.g. a merge's output): a local base's
+    path is rewritten relative to `root`; packaged and hub bases are found by name anyway."""
+    record = dict(base)
+    if record.get("kind", "local") == "local":
+        record["path"] = record["source"] = portable_path(base_folder, root)
+    return record

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from honed.errors import ModelError
+from honed.models.base_folder import base_model_folder
 from honed.models.config import QuantParams
 from honed.models.resolve import sha256_file
 from honed.paths import read_lineage
@@ -56,10 +57,11 @@ def adapter_info(adapter_dir: Path) -> dict[str, Any]:
         )
     lineage = read_lineage(adapter_dir)
     base = lineage.get("base_model") or {}
-    base_path = Path(base.get("path") or cfg.get("base_model_name_or_path") or "")
-    if not base_path.is_dir():
+    base_path = base_model_folder(adapter_dir, lineage, cfg.get("base_model_name_or_path"))
+    if base_path is None:
+        named = base.get("path") or cfg.get("base_model_name_or_path") or ""
         raise AdapterError(
-            f"{adapter_dir}: its base model folder {str(base_path)!r} is missing; the adapter "
+            f"{adapter_dir}: its base model folder {str(named)!r} is missing; the adapter "
             "needs the exact base it was trained on"
         )
     task_type = cfg.get("task_type") or "CAUSAL_LM"

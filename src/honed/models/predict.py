@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from honed.errors import ModelError
-from honed.models.heads import load_classifier
+from honed.models.heads import load_classifier, load_tokenizer
 from honed.paths import read_lineage
 
 
@@ -26,14 +26,12 @@ class Predictor:
 
     @classmethod
     def from_folder(cls, folder: str | Path, merge: bool = True) -> Predictor:
-        from transformers import AutoTokenizer
-
         folder = Path(folder)
         if not folder.is_dir():
             raise ModelError(f"{folder}: model folder not found")
         lineage = read_lineage(folder)
         max_length = (lineage.get("spec") or {}).get("model", {}).get("max_length", 128)
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        tokenizer = load_tokenizer(folder)
         if (folder / "adapter_config.json").is_file():
             model = cls._load_adapter(folder, lineage, merge)
         else:

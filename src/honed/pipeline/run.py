@@ -100,7 +100,8 @@ def train_and_evaluate(
     overwrite: bool = False,
 ) -> RunResult:
     from honed.models.resolve import resolve_model
-    from honed.registry.lineage import build_lineage
+    from honed.registry.lineage import build_lineage, portable_report
+    from honed.train.common import name_adapter_base
     from honed.train.methods import get_method
     from honed.train.tasks import get_task
 
@@ -109,9 +110,12 @@ def train_and_evaluate(
     base = resolve_model(spec.model)
     data = task.prepare_data(spec)
     paths = _prepare_folder(Path(output_dir or default_output_dir(spec)), resume, overwrite)
-    _write_json(paths.data_report, data.report)
-    lineage = build_lineage(spec, base, data, get_method(spec.method.name).is_adapter)
+    _write_json(paths.data_report, portable_report(data.report, paths.root))
+    lineage = build_lineage(
+        spec, base, data, get_method(spec.method.name).is_adapter, root=paths.root
+    )
     train_metrics = task.train(spec, data, base, paths, resume)
+    name_adapter_base(paths.model_dir, lineage["base_model"])
     # Written before evaluation: loading an adapter folder needs its base model's lineage.
     _write_json(paths.lineage, lineage)
     metrics = task.evaluate(spec, data, base, paths)
@@ -122,7 +126,7 @@ def train_and_evaluate(
     _write_json(paths.metrics, metrics)
     _write_json(paths.lineage, lineage)
     _write_json(paths.root / "log_history.json", train_metrics.get("log_history", []))
-    paths.spec.write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    paths.spec.write_text(yaml.safe_dump(lineage["spec"], sort_keys=False))
     paths.card.write_text(render_card(spec, metrics, data.report, lineage), encoding="utf-8")
     result = RunResult(paths, metrics, lineage, gate_failures=gate(metrics, spec.eval.min_metrics))
     if register and spec.registry.enabled and not result.gate_failures:

@@ -3,6 +3,7 @@ spec, checkpoint resume, and saving the best model."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +104,20 @@ def train_and_save(trainer: Any, tokenizer: Any, paths: RunPaths, resume: bool) 
     metrics["epochs_completed"] = state.epoch
     metrics["log_history"] = state.log_history
     return metrics
+
+
+def name_adapter_base(folder: Path, base_model: dict[str, Any]) -> None:
+    """Point a saved adapter's ``base_model_name_or_path`` at a name that means something off
+    this machine: the base's Hub id when known, else the spec's base if it is no local path,
+    else the base folder's name. peft writes the absolute local path it loaded; honed finds
+    the base through lineage.json, and stock ``PeftModel.from_pretrained(base, folder)`` takes
+    the base it is given."""
+    cfg_path = folder / "adapter_config.json"
+    if not cfg_path.is_file():
+        return
+    source = str(base_model.get("source") or "")
+    local = base_model.get("kind") == "local" or source.startswith("packaged:")
+    name = base_model.get("hub_id") or (Path(source).name if local else source)
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg["base_model_name_or_path"] = name or None
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -34,6 +34,7 @@ from honed.models.adapters import (
     load_adapter_model,
 )
 from honed.models.resolve import sha256_file
+from honed.paths import base_record_in, portable_path
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +62,15 @@ def _copy_tokenizer(adapter_dir: Path, out: Path) -> None:
     tokenizer.save_pretrained(str(out))
 
 
-def merged_lineage(adapter_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
+def merged_lineage(adapter_dir: Path, info: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     lineage = dict(info["lineage"])
+    # The adapter recorded its base relative to its own folder: rewrite it for `out_dir`.
+    lineage["base_model"] = base_record_in(info["base"], info["base_path"], out_dir)
     weights = adapter_dir / ADAPTER_WEIGHTS
     lineage.update(
         is_adapter=False,
         merged_from={
-            "adapter": str(adapter_dir.resolve()),
+            "adapter": portable_path(adapter_dir, out_dir),
             "adapter_sha256": sha256_file(weights) if weights.is_file() else None,
             "method": info["method"],
             "base_digest": info["base"].get("digest"),
@@ -75,7 +78,6 @@ def merged_lineage(adapter_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
             "merged_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         },
     )
-    lineage.setdefault("base_model", {"path": str(info["base_path"])})
     return lineage
 
 
@@ -95,7 +97,7 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, force: bool = Fa
     try:
         model.save_pretrained(str(tmp), safe_serialization=True)
         _copy_tokenizer(adapter_dir, tmp)
-        lineage = merged_lineage(adapter_dir, info)
+        lineage = merged_lineage(adapter_dir, info, out_dir)
         (tmp / LINEAGE).write_text(json.dumps(lineage, indent=2, default=str) + "\n")
         tmp.chmod(0o755)
         if out_dir.exists():

@@ -62,13 +62,15 @@ def _spec_from_lineage(lineage: dict[str, Any]) -> RunSpec | None:
 
 def _base_path(folder: Path, lineage: dict[str, Any]) -> Path:
     """The adapter's base: lineage first, then adapter_config.json."""
+    from honed.models.base_folder import base_model_folder
+
     candidates = [lineage.get("base_model", {}).get("path")]
     adapter_cfg = folder / "adapter_config.json"
     if adapter_cfg.is_file():
         candidates.append(json.loads(adapter_cfg.read_text()).get("base_model_name_or_path"))
-    for candidate in candidates:
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate)
+    found = base_model_folder(folder, lineage, *candidates[1:])
+    if found is not None:
+        return found
     raise ModelError(
         f"{folder}: adapter's base model folder not found (tried {candidates}); "
         "merge the adapter (`honed merge`) or restore the base"

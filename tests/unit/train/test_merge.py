@@ -36,7 +36,8 @@ def test_cli_merge_writes_standalone_model(adapter_run, tmp_path: Path, capsys) 
     assert main(["merge", str(folder), "--out", str(out)]) == 0
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     lineage = json.loads((out / "lineage.json").read_text())
-    assert lineage["merged_from"]["adapter"] == str(folder.resolve())
+    # Recorded relative to the merged folder: no absolute local path in an artifact.
+    assert (out / lineage["merged_from"]["adapter"]).resolve() == folder.resolve()
     assert lineage["base_model"]["digest"] == digest
     # A second merge into the same folder needs --force.
     assert main(["merge", str(folder), "--out", str(out)]) == 2

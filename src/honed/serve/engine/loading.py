@@ -115,14 +115,12 @@ def lineage(path: Path) -> dict[str, Any]:
 
 def adapter_base_ref(path: Path) -> str:
     """Where an adapter's base lives: lineage.json first, then adapter_config.json."""
-    base = lineage(path).get("base_model") or {}
-    for candidate in (base.get("path"), base.get("source")):
-        if candidate and (str(candidate).startswith("packaged:") or Path(candidate).is_dir()):
-            return str(candidate)
+    from honed.models.base_folder import base_model_folder
+
     cfg = read_json(path / "adapter_config.json")
-    found = cfg.get("base_model_name_or_path")
-    if not found:
-        raise ModelError(f"{path}: adapter does not say which base it needs; pass --base")
+    found = base_model_folder(path, lineage(path), cfg.get("base_model_name_or_path"))
+    if found is None:
+        raise ModelError(f"{path}: adapter's base model folder not found; pass --base")
     return str(found)
 
 
