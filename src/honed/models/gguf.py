@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from honed.errors import ModelError
-from honed.models.resolve import sha256_file
+from honed.models.digest import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from honed.errors import ModelError
 from honed.models.config import ModelConfig
+from honed.models.digest import sha256_file
 from honed.models.packaged import packaged_path
 
 SAFE_WEIGHTS = ("*.safetensors",)
@@ -40,14 +41,6 @@ class ResolvedModel:
         for name, digest in sorted(self.weight_sha256.items()):
             h.update(f"{name}:{digest}\n".encode())
         return h.hexdigest()
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def weight_files(path: Path) -> tuple[list[Path], list[Path]]:

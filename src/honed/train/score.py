@@ -7,7 +7,7 @@
 
 MODEL is a run folder, ``NAME@ALIAS`` or ``NAME/VERSION``. Adapters (LoRA/QLoRA) load on top of
 the base named in the folder's lineage.json. Texts are encoded exactly as in training
-(honed.train.tasks.reward.encode). Output: one JSON object per line on stdout; for chosen /
+(honed.train.tasks._preference.encode). Output: one JSON object per line on stdout; for chosen /
 rejected files a final summary line with the pairwise accuracy.
 """
 
@@ -37,7 +37,7 @@ class RewardScorer:
 
     def score(self, prompts: list[str], responses: list[str]) -> list[float]:
         """One scalar reward per (prompt, response); higher is preferred."""
-        from honed.train.tasks.reward import encode, score_ids
+        from honed.train.tasks._preference import encode, score_ids
 
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
@@ -83,9 +83,8 @@ def load_reward_model(
     """A reward model folder (full weights, or an adapter over ``base_path``) as a scorer."""
     from honed.models.resolve import load_kwargs
     from honed.train.methods import get_method
-    from honed.train.tasks._preference import PreferenceOptions, prompt_budget
+    from honed.train.tasks._preference import PreferenceOptions, load_reward_base, prompt_budget
     from honed.train.tasks._shared import keep_training_kernels, load_tokenizer, task_options
-    from honed.train.tasks.reward import load_reward_base
 
     folder = Path(folder)
     lineage = read_lineage(folder)
@@ -138,7 +137,7 @@ def read_pairs(path: Path) -> list[dict[str, Any]]:
 
 def score_rows(scorer: RewardScorer, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Scores for {prompt, response} rows and {prompt, chosen, rejected} rows."""
-    from honed.train.tasks.reward import pairwise_metrics
+    from honed.train.tasks._preference import pairwise_metrics
 
     singles = [r for r in rows if "response" in r]
     pairs = [r for r in rows if "response" not in r]

@@ -9,7 +9,9 @@ from pathlib import Path
 import honed
 
 #: Low -> high. Core modules sit at the bottom; cli at the top.
-STAGES = ("core", "data", "models", "evals", "train", "registry", "pipeline", "serve", "monitor")
+# monitor/ (request log, drift, feedback) is a library the server writes to and mounts, so it
+# sits below serve/; the pipeline (honed run) sits above the registry it writes to.
+STAGES = ("core", "data", "models", "evals", "train", "registry", "monitor", "pipeline", "serve")
 CORE = {"__init__", "errors", "config_base", "spec", "paths", "state", "plugins", "templates"}
 TOP = {"cli", "security"}
 
@@ -17,8 +19,6 @@ TOP = {"cli", "security"}
 ALLOWED = {
     # The spec validates task names and task_options against the task plugins.
     ("spec", "train"): "spec.py looks up the task plugins (names, options models)",
-    # The server writes the request log and mounts the feedback route of monitor/.
-    ("serve", "monitor"): "request log and feedback live in monitor/ (to be split out)",
 }
 
 
@@ -70,3 +70,70 @@ def _violations() -> list[str]:
 
 def test_no_stage_imports_a_higher_one() -> None:
     assert _violations() == []
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """honed module -> the honed modules it imports (any level, TYPE_CHECKING excluded)."""
+    root = Path(honed.__file__).parent
+    names = {}
+    for path in root.rglob("*.py"):
+        parts = list(path.relative_to(root.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        names[".".join(parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in names.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        found = set()
+        for _, module in _runtime_imports(tree):
+            while module and module not in names:
+                module = module.rpartition(".")[0]
+            if module and module != name:
+                found.add(module)
+        graph[name] = found
+    return graph
+
+
+def _runtime_imports(tree: ast.AST) -> list[tuple[int, str]]:
+    """Like _imports, without `if TYPE_CHECKING:` blocks (type hints are no dependency)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            node.body = []
+    return _imports(tree)
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of 2+ modules (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in graph.get(node, ()):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            comp = []
+            while (top := stack.pop()) != node:
+                comp.append(top)
+            if comp:
+                out.append(sorted([*comp, node]))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return out
+
+
+def test_no_import_cycle() -> None:
+    assert _cycles(_module_graph()) == []
+
+
+def test_cycle_check_finds_a_cycle() -> None:
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

@@ -8,10 +8,12 @@ Method modules import heavy libraries inside functions, so listing methods stays
 from __future__ import annotations
 
 from functools import cache
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from honed.plugins import load_plugin, module_names
-from honed.train.config import MethodConfig
+
+if TYPE_CHECKING:
+    from honed.train.config import MethodConfig
 
 
 class Method(Protocol):

@@ -93,3 +93,55 @@ def trl_kwargs(spec: RunSpec, paths: RunPaths) -> dict[str, Any]:
         gradient_checkpointing=False,
     )
     return kwargs
+
+
+def encode(
+    tokenizer: Any, prompt: str, response: str, max_length: int, max_prompt_tokens: int
+) -> list[int]:
+    """Token ids the reward model scores: (prompt tail) + response + eos, cut to max_length."""
+    text = fit_prompt(tokenizer, prompt, max_prompt_tokens) + response
+    ids = list(tokenizer(text)["input_ids"])
+    if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
+        ids.append(tokenizer.eos_token_id)
+    return ids[:max_length]
+
+
+def score_ids(
+    model: Any, tokenizer: Any, sequences: list[list[int]], batch_size: int
+) -> list[float]:
+    """One scalar reward per token sequence (right-padded batches)."""
+    import torch
+
+    model.eval()
+    scores: list[float] = []
+    for start in range(0, len(sequences), batch_size):
+        batch = [{"input_ids": s} for s in sequences[start : start + batch_size]]
+        enc = tokenizer.pad(batch, padding=True, padding_side="right", return_tensors="pt")
+        with torch.no_grad():
+            logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+        scores.extend(logits.float().reshape(-1).tolist())  # logits: (batch, 1)
+    return scores
+
+
+def pairwise_metrics(chosen: list[float], rejected: list[float]) -> dict[str, float]:
+    import numpy as np
+
+    margins = np.array(chosen) - np.array(rejected)
+    return {
+        "pairwise_accuracy": float((margins > 0).mean()) if len(margins) else 0.0,
+        "margin_mean": float(margins.mean()) if len(margins) else 0.0,
+        "chosen_score_mean": float(np.mean(chosen)) if chosen else 0.0,
+        "rejected_score_mean": float(np.mean(rejected)) if rejected else 0.0,
+    }
+
+
+def load_reward_base(path: Any, tokenizer: Any, extra_kwargs: dict[str, Any]) -> Any:
+    """The base as a 1-output sequence classifier (its score head is new and random)."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(path), num_labels=1, **extra_kwargs
+    )
+    # Batches are padded: the model reads each score at the last non-pad token.
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model

@@ -5,7 +5,8 @@ The base becomes a sequence classifier with one output (``num_labels=1``): the s
 -log sigmoid(r_chosen - r_rejected) (Bradley-Terry). We tokenize the pairs ourselves (prompt cut
 from the left to ``max_prompt_tokens``, by default 2/3 of the length; the whole text cut to
 ``model.max_length``) because RewardTrainer drops over-long pairs instead of truncating them;
-``honed score`` uses the same encoding (``encode``), so scores at serving time match training.
+``honed score`` uses the same encoding (``_preference.encode``), so scores at serving time
+match training.
 
 Evaluation: pairwise accuracy (share of held-out pairs scored chosen > rejected) and the margin,
 against a length heuristic baseline (the longer answer wins).
@@ -20,7 +21,9 @@ from honed.train import common
 from honed.train.methods import get_method
 from honed.train.tasks._preference import (
     PreferenceOptions,
-    fit_prompt,
+    encode,
+    load_reward_base,
+    pairwise_metrics,
     preference_rows,
     prompt_budget,
     trl_kwargs,
@@ -31,17 +34,6 @@ if TYPE_CHECKING:
     from honed.models.resolve import ResolvedModel
     from honed.paths import RunPaths
     from honed.spec import RunSpec
-
-
-def encode(
-    tokenizer: Any, prompt: str, response: str, max_length: int, max_prompt_tokens: int
-) -> list[int]:
-    """Token ids the reward model scores: (prompt tail) + response + eos, cut to max_length."""
-    text = fit_prompt(tokenizer, prompt, max_prompt_tokens) + response
-    ids = list(tokenizer(text)["input_ids"])
-    if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
-        ids.append(tokenizer.eos_token_id)
-    return ids[:max_length]
 
 
 def encoded_pairs(
@@ -56,47 +48,6 @@ def encoded_pairs(
         }
         for r in rows
     ]
-
-
-def score_ids(
-    model: Any, tokenizer: Any, sequences: list[list[int]], batch_size: int
-) -> list[float]:
-    """One scalar reward per token sequence (right-padded batches)."""
-    import torch
-
-    model.eval()
-    scores: list[float] = []
-    for start in range(0, len(sequences), batch_size):
-        batch = [{"input_ids": s} for s in sequences[start : start + batch_size]]
-        enc = tokenizer.pad(batch, padding=True, padding_side="right", return_tensors="pt")
-        with torch.no_grad():
-            logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
-        scores.extend(logits.float().reshape(-1).tolist())  # logits: (batch, 1)
-    return scores
-
-
-def pairwise_metrics(chosen: list[float], rejected: list[float]) -> dict[str, float]:
-    import numpy as np
-
-    margins = np.array(chosen) - np.array(rejected)
-    return {
-        "pairwise_accuracy": float((margins > 0).mean()) if len(margins) else 0.0,
-        "margin_mean": float(margins.mean()) if len(margins) else 0.0,
-        "chosen_score_mean": float(np.mean(chosen)) if chosen else 0.0,
-        "rejected_score_mean": float(np.mean(rejected)) if rejected else 0.0,
-    }
-
-
-def load_reward_base(path: Any, tokenizer: Any, extra_kwargs: dict[str, Any]) -> Any:
-    """The base as a 1-output sequence classifier (its score head is new and random)."""
-    from transformers import AutoModelForSequenceClassification
-
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(path), num_labels=1, **extra_kwargs
-    )
-    # Batches are padded: the model reads each score at the last non-pad token.
-    model.config.pad_token_id = tokenizer.pad_token_id
-    return model
 
 
 def _fp32_head(model: Any) -> None:
