@@ -339,6 +339,11 @@ class Registry:
                 )
         return str(target.version), previous
 
+    def tag_version(self, version: Any, tags: dict[str, str]) -> None:
+        with _errors(f"{version.name}/{version.version}", self.uri):
+            for key, value in tags.items():
+                self.client.set_model_version_tag(version.name, version.version, key, value)
+
     def _alias_holder(self, name: str, alias: str) -> str | None:
         from mlflow.exceptions import MlflowException
 
