@@ -9,7 +9,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -17,6 +17,9 @@ from honed.errors import HonedError
 from honed.pipeline.card import render_card
 from honed.pipeline.paths import RunPaths
 from honed.spec import RunSpec
+
+if TYPE_CHECKING:
+    from honed.data.dataset import SplitData
 
 _MARKER = "metrics.json"  # present once a run finished
 logger = logging.getLogger(__name__)
@@ -130,7 +133,9 @@ def train_and_evaluate(
     return result
 
 
-def _register(spec: RunSpec, result: RunResult, data, history: list[dict[str, Any]]) -> None:
+def _register(
+    spec: RunSpec, result: RunResult, data: SplitData, history: list[dict[str, Any]]
+) -> None:
     """An MLflow run (params, every metric, training curves, data splits) and a new version."""
     from honed.registry.lineage import lineage_tags
     from honed.registry.store import Registry, dataset_inputs

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
+import pandas as pd
 
 ARTIFACT = "model"  # the run folder's key (and folder name) inside the MLflow model
 CLASSIFIERS = {"classification"}
@@ -122,10 +123,11 @@ class HonedModel(mlflow.pyfunc.PythonModel):
                 "load the folder with honed instead (e.g. `honed score` for reward models)"
             )
 
-    # No type hints on predict: MLflow would derive a second, type-hint signature from them.
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
-
+    # model_input is a DataFrame: MLflow turns lists and strings into one under the signature
+    # (a DataFrame hint also stops MLflow deriving a second signature from the hints).
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict | None = None
+    ) -> pd.DataFrame:
         texts = _texts(model_input)
         if self.task in CLASSIFIERS:
             return pd.DataFrame(self.predictor.predict(texts), columns=["label", "score", "scores"])
