@@ -188,6 +188,20 @@ def _errors(subject: str, uri: str) -> Iterator[None]:
         raise RegistryError(_explain(subject, uri, err)) from None
 
 
+def _set_tracking_uri(mlflow: Any, uri: str) -> None:
+    """Point MLflow's fluent API at ``uri`` without exporting it to the environment.
+
+    MLflow also sets ``MLFLOW_TRACKING_URI``, which ``tracking_uri()`` would then read as the
+    user's choice: a later ``HONED_HOME`` or spec setting in the same process would be ignored.
+    """
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 class Registry:
     """A thin, typed layer over MlflowClient for honed's runs and models."""
 
@@ -204,7 +218,7 @@ class Registry:
         if self.uri.startswith("http"):
             # A dead server is reported in seconds, not after minutes of backed-off retries.
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-        mlflow.set_tracking_uri(self.uri)
+        _set_tracking_uri(mlflow, self.uri)
         self._mlflow = mlflow
         self.client = MlflowClient(self.uri)
 

@@ -32,6 +32,7 @@ def registered_home(tmp_path_factory, tiny_bert):
     spec["training"].update({"epochs": 1, "logging_steps": 1})
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HONED_HOME", str(root / "home"))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         result = train_and_evaluate(parse_spec(spec))
         Registry().promote(NAME, result.version)
     shutil.rmtree(root / "run")  # the registry keeps its own copy
@@ -47,6 +48,13 @@ def home(registered_home, tmp_path, monkeypatch):
     return copy
 
 
+def _stock_mlflow_at(home, monkeypatch) -> None:
+    """What a plain MLflow user does; MLflow exports the URI, which the test must not leak."""
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+
+
 def _check_predictions(frame: pd.DataFrame, n: int) -> None:
     assert list(frame.columns) == ["label", "score", "scores"] and len(frame) == n
     assert set(frame["label"]) <= LABELS
@@ -54,8 +62,8 @@ def _check_predictions(frame: pd.DataFrame, n: int) -> None:
         assert set(scores) == LABELS and abs(sum(scores.values()) - 1) < 1e-4
 
 
-def test_registered_version_loads_with_stock_pyfunc(home):
-    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+def test_registered_version_loads_with_stock_pyfunc(home, monkeypatch):
+    _stock_mlflow_at(home, monkeypatch)
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
     _check_predictions(model.predict(pd.DataFrame({"text": ["profit rose", "sales fell"]})), 2)
     _check_predictions(model.predict(["profit rose"]), 1)
@@ -91,7 +99,7 @@ def test_moved_state_folder_keeps_working(home, tmp_path, monkeypatch, capsys):
     assert main(["predict", f"{NAME}@champion", "profit rose", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[0])["label"] in LABELS
 
-    mlflow.set_tracking_uri(f"sqlite:///{moved / 'mlflow.db'}")
+    _stock_mlflow_at(moved, monkeypatch)
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
     _check_predictions(model.predict(["profit rose"]), 1)
 
