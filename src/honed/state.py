@@ -4,7 +4,8 @@ Layout (default ``./.honed``, or ``$HONED_HOME``)::
 
     .honed/
       mlflow.db          MLflow tracking + model registry (SQLite, embedded)
-      mlartifacts/       MLflow artifact store (registered model files)
+      mlartifacts/       MLflow artifact store (registered model files; recorded relative to
+                         this folder, so the folder can move: registry/artifacts.py)
       cache/models/      converted base models (e.g. GGUF -> safetensors)
 """
 

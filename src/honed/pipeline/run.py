@@ -9,7 +9,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -17,6 +17,9 @@ from honed.errors import HonedError
 from honed.paths import RunPaths
 from honed.pipeline.card import render_card
 from honed.spec import RunSpec
+
+if TYPE_CHECKING:
+    from honed.data.dataset import SplitData
 
 _MARKER = "metrics.json"  # present once a run finished
 logger = logging.getLogger(__name__)
@@ -130,23 +133,29 @@ def train_and_evaluate(
     paths.card.write_text(render_card(spec, metrics, data.report, lineage), encoding="utf-8")
     result = RunResult(paths, metrics, lineage, gate_failures=gate(metrics, spec.eval.min_metrics))
     if register and spec.registry.enabled and not result.gate_failures:
-        _register(spec, result)
+        _register(spec, result, data, train_metrics.get("log_history") or [])
     return result
 
 
-def _register(spec: RunSpec, result: RunResult) -> None:
+def _register(
+    spec: RunSpec, result: RunResult, data: SplitData, history: list[dict[str, Any]]
+) -> None:
+    """An MLflow run (params, every metric, training curves, data splits) and a new version."""
     from honed.registry.lineage import lineage_tags
-    from honed.registry.store import Registry
+    from honed.registry.store import Registry, dataset_inputs
 
     registry = Registry(spec.registry)
     tags = lineage_tags(result.lineage)
+    splits = {name: data.split(name) for name in ("train", "validation", "test")}
     run_id, uri = registry.log_run(
         spec.registry.experiment or spec.name,
         spec.name,
         result.paths.root,
         params=result.lineage["spec"],
-        metrics={**_summary(result.metrics), "wall_seconds": result.metrics["wall_seconds"]},
+        metrics=result.metrics,
         tags=tags,
+        history=history,
+        datasets=dataset_inputs(splits, spec.data_source(), spec.name),
     )
     result.run_id = run_id
     result.version = registry.register(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 _SERVE_FLAGS = (  # (flag, settings field, type, help)
@@ -112,7 +113,17 @@ def _register_deploy(sub: argparse._SubParsersAction) -> None:
     ep.add_argument("model_ref", help="NAME@ALIAS, NAME/VERSION or folder")
     ep.add_argument("--target", choices=["hf", "sagemaker"], required=True)
     ep.add_argument("--out", type=Path, required=True, help="output JSON file")
-    ep.add_argument("--repo", help="hub repo holding the model (hf)")
+    ep.add_argument(
+        "--hub-repo",
+        "--repo",
+        dest="hub_repo",
+        help="hf: hub repo `honed push` uploaded the model to (default: the recorded push)",
+    )
+    ep.add_argument("--revision", help="hf: hub revision (default: the pushed commit, or main)")
+    ep.add_argument(
+        "--model-data",
+        help="sagemaker: s3://BUCKET/KEY/model.tar.gz; the archive is written next to --out",
+    )
     ep.add_argument("--image", default=None, help="container image")
     ep.add_argument("--instance", help="instance type")
     ep.set_defaults(func=_deploy_endpoint)
@@ -201,28 +212,41 @@ def _deploy_k8s(args: argparse.Namespace) -> int:
 
 
 def _deploy_endpoint(args: argparse.Namespace) -> int:
-    from honed.serve.deploy import DEFAULT_IMAGE, endpoint_config, k8s_name
+    from honed.serve import deploy
+    from honed.serve.engine.loading import resolve_folder
 
-    _check_ref(args.model_ref)
-    cfg = endpoint_config(
+    folder = resolve_folder(args.model_ref)  # a clear error now beats a crash-looping endpoint
+    source = deploy.endpoint_source(
+        args.target, args.model_ref, folder, args.hub_repo, args.revision, args.model_data
+    )
+    cfg = deploy.endpoint_config(
         args.target,
-        args.model_ref,
-        k8s_name(args.model_ref),
-        args.repo,
-        args.image or DEFAULT_IMAGE,
+        deploy.served_name(args.model_ref, folder),
+        deploy.k8s_name(args.model_ref),
+        source,
+        args.image or deploy.DEFAULT_IMAGE,
         args.instance,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(cfg, indent=2) + "\n")
     print(args.out)
+    if source.model_data:
+        tarball = deploy.write_model_tarball(folder, args.out.with_name("model.tar.gz"))
+        print(f"upload before creating the model: aws s3 cp {tarball} {source.model_data}")
     return 0
 
 
 def _push(args: argparse.Namespace) -> int:
-    from honed.serve.deploy import check_online, push
+    from honed.errors import HonedError
+    from honed.serve.deploy import check_online, push, record_push
     from honed.serve.engine.loading import resolve_folder
 
     check_online()  # before touching the registry: offline must fail at once
     folder = resolve_folder(args.ref)
-    print(push(folder, args.repo, private=not args.public))
+    url = push(folder, args.repo, private=not args.public)
+    print(url)
+    try:
+        record_push(args.ref, args.repo, url)  # `honed deploy endpoint --target hf` reads it
+    except HonedError as err:  # the upload happened: say what was not recorded, do not fail
+        print(f"warning: push not recorded in the registry: {err}", file=sys.stderr)
     return 0

@@ -1,7 +1,9 @@
 """Deployment artefacts: Kubernetes manifests, Inference Endpoints / SageMaker configs, hub push.
 
-Weights are never baked into an image: the container resolves the model reference at start
-from a mounted volume (HONED_HOME holds the registry) or fetches it on first start.
+Weights are never baked into an image. On Kubernetes the container resolves the registry
+reference from a mounted volume (HONED_HOME holds the registry). Managed endpoints cannot see
+that registry: an Inference Endpoint loads the hub repo `honed push` uploaded (mounted at
+/repository), a SageMaker model the model.tar.gz it extracts into /opt/ml/model.
 """
 
 from __future__ import annotations
@@ -186,13 +188,144 @@ def write_k8s(o: DeployOptions, out: Path) -> list[Path]:
     return files
 
 
-def endpoint_config(
-    target: str, model_ref: str, name: str, repo: str | None, image: str, instance: str | None
-) -> dict[str, Any]:
-    """Hugging Face Inference Endpoints (custom container) or SageMaker endpoint config."""
-    env = {"HONED_SERVE_HOST": "0.0.0.0", "HONED_SERVE_MODELS": json.dumps([model_ref])}
+# Where each managed container finds the model: Inference Endpoints mounts the endpoint's
+# hub repository at /repository; SageMaker extracts ModelDataUrl (a model.tar.gz) into
+# /opt/ml/model. Neither container can reach a registry alias or a path on this machine.
+HF_REPOSITORY_DIR = "/repository"
+SAGEMAKER_MODEL_DIR = "/opt/ml/model"
+_HUB_REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_S3_TARBALL = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/\S+\.tar\.gz$")
+_TAR_SKIP = ("checkpoints", "*.bin", "*.pt", "*.pth", "*.ckpt")  # as push: no pickle files
+HUB_REPO_TAG = "hub_repo"
+HUB_REVISION_TAG = "hub_revision"
+
+
+@dataclass(frozen=True)
+class EndpointSource:
+    """What an endpoint's container loads: a hub repo (hf) or an S3 model.tar.gz (sagemaker)."""
+
+    hub_repo: str | None = None
+    revision: str | None = None
+    model_data: str | None = None
+
+
+def _is_registry_ref(ref: str) -> bool:
+    return not Path(ref).expanduser().exists() and bool("@" in ref or re.search(r"/\d+$", ref))
+
+
+def served_name(model_ref: str, folder: Path) -> str:
+    """The model id clients send: the registered name, else the folder's name."""
+    if _is_registry_ref(model_ref):
+        return model_ref.removeprefix("models:/").split("@")[0].split("/")[0]
+    return folder.name
+
+
+def check_self_contained(model_ref: str, folder: Path) -> None:
+    """An adapter needs its base in the container: only packaged bases travel with the image."""
+    if not (folder / "adapter_config.json").is_file():
+        return
+    lineage_file = folder / "lineage.json"
+    lineage = json.loads(lineage_file.read_text()) if lineage_file.is_file() else {}
+    base = str((lineage.get("base_model") or {}).get("source") or "")
+    if not base.startswith("packaged:"):
+        raise DeployError(
+            f"{model_ref}: an adapter over {base or 'an unrecorded base'}, which the endpoint "
+            "cannot load; `honed merge` it into a standalone folder and deploy that"
+        )
+
+
+def recorded_push(model_ref: str) -> tuple[str, str | None] | None:
+    """(hub repo, revision) that `honed push` recorded on a registry version, if any."""
+    if not _is_registry_ref(model_ref):
+        return None
+    from honed.registry.store import Registry
+
+    tags = Registry().get_version(model_ref).tags
+    repo = tags.get(HUB_REPO_TAG)
+    return (repo, tags.get(HUB_REVISION_TAG) or None) if repo else None
+
+
+def record_push(model_ref: str, repo: str, commit_url: str) -> None:
+    """Tag a registry version with the hub repo (and commit) it was pushed to."""
+    if not _is_registry_ref(model_ref):
+        return
+    from honed.registry.store import Registry
+
+    registry = Registry()
+    version = registry.get_version(model_ref)
+    tags = {HUB_REPO_TAG: repo}
+    if "/commit/" in commit_url:
+        tags[HUB_REVISION_TAG] = commit_url.rsplit("/commit/", 1)[1]
+    registry.tag_version(version, tags)
+
+
+def _hub_source(model_ref: str, repo: str | None, revision: str | None) -> EndpointSource:
+    if not repo:
+        pushed = recorded_push(model_ref)
+        if pushed is None:
+            raise DeployError(
+                f"{model_ref}: Inference Endpoints load the model from a hub repo; pass "
+                f"--hub-repo ME/REPO after `honed push {model_ref} --repo ME/REPO`"
+            )
+        repo, revision = pushed[0], revision or pushed[1]
+    if not _HUB_REPO.match(repo) or Path(repo).expanduser().exists():
+        raise DeployError(f"--hub-repo {repo!r}: not a hub repo id (NAMESPACE/NAME)")
+    return EndpointSource(hub_repo=repo, revision=revision)
+
+
+def _s3_source(model_ref: str, model_data: str | None) -> EndpointSource:
+    if not model_data:
+        raise DeployError(
+            f"{model_ref}: SageMaker loads the model from S3; pass --model-data "
+            "s3://BUCKET/KEY/model.tar.gz (honed writes the archive next to --out to upload)"
+        )
+    if not _S3_TARBALL.match(model_data):
+        raise DeployError(f"--model-data {model_data!r}: not an s3://BUCKET/KEY.tar.gz URI")
+    return EndpointSource(model_data=model_data)
+
+
+def endpoint_source(
+    target: str,
+    model_ref: str,
+    folder: Path,
+    hub_repo: str | None = None,
+    revision: str | None = None,
+    model_data: str | None = None,
+) -> EndpointSource:
+    """Where the target's container will find the model; a clear error when nowhere."""
+    check_self_contained(model_ref, folder)
     if target == "hf":
-        env["HONED_SERVE_PORT"] = str(PORT)
+        return _hub_source(model_ref, hub_repo, revision)
+    if target == "sagemaker":
+        return _s3_source(model_ref, model_data)
+    raise DeployError(f"unknown target {target!r}; use 'hf' or 'sagemaker'")
+
+
+def _serve_env(served: str, model_dir: str, port: int) -> dict[str, str]:
+    return {
+        "HONED_SERVE_HOST": "0.0.0.0",
+        "HONED_SERVE_PORT": str(port),
+        "HONED_SERVE_MODELS": json.dumps([f"{served}={model_dir}"]),
+        "HF_HUB_OFFLINE": "1",  # the model is on local disk; nothing to fetch at start
+    }
+
+
+def endpoint_config(
+    target: str,
+    served: str,
+    name: str,
+    source: EndpointSource,
+    image: str,
+    instance: str | None,
+) -> dict[str, Any]:
+    """Hugging Face Inference Endpoints (custom container) or SageMaker endpoint config.
+
+    ``served``: the model id clients send; ``source``: from ``endpoint_source``.
+    """
+    if target == "hf":
+        if not source.hub_repo:
+            raise DeployError("an Inference Endpoint needs a hub repo (--hub-repo)")
+        env = _serve_env(served, HF_REPOSITORY_DIR, PORT)
         return {
             "name": name,
             "type": "protected",
@@ -204,7 +337,8 @@ def endpoint_config(
                 "scaling": {"minReplica": 1, "maxReplica": 2},
             },
             "model": {
-                "repository": repo or name,
+                "repository": source.hub_repo,
+                "revision": source.revision or "main",
                 "framework": "custom",
                 "task": "custom",
                 "image": {
@@ -213,13 +347,19 @@ def endpoint_config(
             },
         }
     if target == "sagemaker":
+        if not source.model_data:
+            raise DeployError("a SageMaker model needs its S3 model data (--model-data)")
         # SageMaker sends traffic to port 8080 and calls GET /ping and POST /invocations.
-        env["HONED_SERVE_PORT"] = "8080"
+        env = _serve_env(served, SAGEMAKER_MODEL_DIR, 8080)
         env["HONED_SERVE_SAGEMAKER"] = "true"
         return {
             "Model": {
                 "ModelName": name,
-                "PrimaryContainer": {"Image": image, "Environment": env},
+                "PrimaryContainer": {
+                    "Image": image,
+                    "ModelDataUrl": source.model_data,
+                    "Environment": env,
+                },
                 "ExecutionRoleArn": "<your SageMaker execution role ARN>",
             },
             "EndpointConfig": {
@@ -237,6 +377,23 @@ def endpoint_config(
             "Endpoint": {"EndpointName": name, "EndpointConfigName": f"{name}-config"},
         }
     raise DeployError(f"unknown target {target!r}; use 'hf' or 'sagemaker'")
+
+
+def write_model_tarball(folder: Path, out: Path) -> Path:
+    """model.tar.gz with the folder's files at its root (SageMaker extracts it to /opt/ml/model)."""
+    import fnmatch
+    import tarfile
+
+    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        parts = Path(info.name).parts
+        skip = any(fnmatch.fnmatch(part, pattern) for part in parts for pattern in _TAR_SKIP)
+        return None if skip else info
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(out, "w:gz") as tar:
+        for entry in sorted(folder.iterdir()):
+            tar.add(entry, arcname=entry.name, filter=keep)
+    return out
 
 
 def _offline() -> bool:

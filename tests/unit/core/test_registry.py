@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from honed.errors import RegistryError
@@ -68,3 +70,12 @@ def test_unknown_model_or_alias(tmp_path):
     _register_folder(tmp_path, registry)
     with pytest.raises(RegistryError, match="not found"):
         registry.get_version("m/7")
+
+
+def test_registry_does_not_export_its_uri(tmp_path, monkeypatch):
+    # MLflow's set_tracking_uri exports MLFLOW_TRACKING_URI, which would then override
+    # HONED_HOME for every later Registry in the process.
+    Registry(RegistryConfig(tracking_uri=f"sqlite:///{tmp_path / 'r.db'}"))
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    monkeypatch.setenv("HONED_HOME", str(tmp_path / "home"))
+    assert Registry().uri == f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}"

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import tarfile
 
 import pytest
 import yaml
 
 from honed.cli import main
-from honed.serve.deploy import DeployError, DeployOptions, endpoint_config, k8s_name, push
+from honed.serve.deploy import (
+    DeployError,
+    DeployOptions,
+    EndpointSource,
+    endpoint_config,
+    k8s_name,
+    push,
+)
 
 
 def test_k8s_render_kinds_and_probes(tiny, tmp_path, capsys):
@@ -73,20 +81,96 @@ def test_names():
         k8s_name("@@@")
 
 
-@pytest.mark.parametrize("target", ["hf", "sagemaker"])
-def test_endpoint_configs(tiny, tmp_path, target):
-    out = tmp_path / f"{target}.json"
-    assert (
-        main(["deploy", "endpoint", str(tiny["base"]), "--target", target, "--out", str(out)]) == 0
-    )
+def _endpoint(ref: str, target: str, out, *extra: str) -> int:
+    return main(["deploy", "endpoint", ref, "--target", target, "--out", str(out), *extra])
+
+
+def _no_local_refs(cfg: dict, *forbidden: str) -> None:
+    """Nothing the managed container cannot resolve: no path of this machine, no alias."""
+    text = json.dumps(cfg)
+    for item in forbidden:
+        assert item not in text, item
+
+
+def test_hf_endpoint_loads_the_pushed_hub_repo(tiny, tmp_path):
+    out = tmp_path / "hf.json"
+    assert _endpoint(str(tiny["base"]), "hf", out, "--hub-repo", "me/tiny-llm") == 0
     cfg = json.loads(out.read_text())
-    if target == "hf":
-        image = cfg["model"]["image"]["custom"]
-        assert image["health_route"] == "/healthz" and image["port"] == 8000
-    else:
-        assert cfg["Endpoint"]["EndpointConfigName"] == cfg["EndpointConfig"]["EndpointConfigName"]
+    model = cfg["model"]
+    assert (model["repository"], model["revision"]) == ("me/tiny-llm", "main")
+    assert (model["framework"], model["task"]) == ("custom", "custom")
+    image = model["image"]["custom"]
+    assert image["health_route"] == "/healthz" and image["port"] == 8000
+    env = image["env"]
+    assert env["HONED_SERVE_PORT"] == "8000" and env["HF_HUB_OFFLINE"] == "1"
+    # Inference Endpoints mount the endpoint's repository at /repository.
+    assert json.loads(env["HONED_SERVE_MODELS"]) == ["base=/repository"]
+    _no_local_refs(cfg, str(tiny["root"]))
+
+
+def test_sagemaker_endpoint_loads_model_data_from_s3(tiny, tmp_path, capsys):
+    out = tmp_path / "sm" / "sagemaker.json"
+    s3 = "s3://my-bucket/tiny/model.tar.gz"
+    assert _endpoint(str(tiny["clf"]), "sagemaker", out, "--model-data", s3) == 0
+    cfg = json.loads(out.read_text())
+    container = cfg["Model"]["PrimaryContainer"]
+    assert container["ModelDataUrl"] == s3
+    env = container["Environment"]
+    assert env["HONED_SERVE_PORT"] == "8080" and env["HONED_SERVE_SAGEMAKER"] == "true"
+    # SageMaker extracts ModelDataUrl into /opt/ml/model.
+    assert json.loads(env["HONED_SERVE_MODELS"]) == ["clf=/opt/ml/model"]
+    assert cfg["Endpoint"]["EndpointConfigName"] == cfg["EndpointConfig"]["EndpointConfigName"]
+    _no_local_refs(cfg, str(tiny["root"]))
+    tarball = out.with_name("model.tar.gz")
+    assert f"aws s3 cp {tarball} {s3}" in capsys.readouterr().out
+    with tarfile.open(tarball) as tar:
+        names = tar.getnames()
+    assert "config.json" in names and not any(n.endswith(".bin") for n in names)
+
+
+def test_endpoint_hub_repo_from_a_recorded_push(tiny, tmp_path):
+    from honed.registry.store import Registry
+    from honed.serve.deploy import record_push
+
+    registry = Registry()
+    run_id, uri = registry.log_run("tiny", "tiny", tiny["clf"], {}, {}, {})
+    registry.register("tiny-clf", uri, run_id, {}, "champion")
+    record_push(
+        "tiny-clf@champion", "me/tiny-clf", "https://huggingface.co/me/tiny-clf/commit/abc1"
+    )
+    out = tmp_path / "hf.json"
+    assert _endpoint("tiny-clf@champion", "hf", out) == 0
+    cfg = json.loads(out.read_text())
+    assert (cfg["model"]["repository"], cfg["model"]["revision"]) == ("me/tiny-clf", "abc1")
+    env = cfg["model"]["image"]["custom"]["env"]
+    assert json.loads(env["HONED_SERVE_MODELS"]) == ["tiny-clf=/repository"]
+    _no_local_refs(cfg, "@champion", str(tiny["root"]), "honed_home")
+
+
+@pytest.mark.parametrize(
+    ("target", "extra", "message"),
+    [
+        ("hf", [], "--hub-repo"),
+        ("hf", ["--hub-repo", "fin@champion"], "not a hub repo id"),
+        ("sagemaker", [], "--model-data"),
+        ("sagemaker", ["--model-data", "/tmp/model.tar.gz"], "not an s3://"),
+    ],
+)
+def test_endpoint_without_a_resolvable_model_is_refused(
+    tiny, tmp_path, capsys, target, extra, message
+):
+    out = tmp_path / "cfg.json"
+    assert _endpoint(str(tiny["base"]), target, out, *extra) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and not out.exists()
+
+
+def test_endpoint_refuses_an_adapter_over_a_local_base(tiny, tmp_path, capsys):
+    adapter = str(tiny["adapters"][0])
+    assert _endpoint(adapter, "hf", tmp_path / "a.json", "--hub-repo", "me/adapter") == 2
+    assert "honed merge" in capsys.readouterr().err
     with pytest.raises(DeployError, match="unknown target"):
-        endpoint_config("azure", "x", "x", None, "img", None)
+        endpoint_config("azure", "x", "x", EndpointSource(), "img", None)
 
 
 def test_push_offline_fails_at_once(monkeypatch, tmp_path, capsys):
