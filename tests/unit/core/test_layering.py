@@ -85,7 +85,7 @@ def _module_graph() -> dict[str, set[str]]:
     for name, path in names.items():
         tree = ast.parse(path.read_text(encoding="utf-8"))
         found = set()
-        for _, module in _runtime_imports(tree):
+        for module in _runtime_imports(tree):
             while module and module not in names:
                 module = module.rpartition(".")[0]
             if module and module != name:
@@ -94,12 +94,19 @@ def _module_graph() -> dict[str, set[str]]:
     return graph
 
 
-def _runtime_imports(tree: ast.AST) -> list[tuple[int, str]]:
-    """Like _imports, without `if TYPE_CHECKING:` blocks (type hints are no dependency)."""
+def _runtime_imports(tree: ast.AST) -> list[str]:
+    """Modules imported outside `if TYPE_CHECKING:` blocks (type hints are no dependency);
+    `from honed.pkg import mod` names the submodule when there is one."""
     for node in ast.walk(tree):
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
             node.body = []
-    return _imports(tree)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found += [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            found += [a.name for a in node.names]
+    return [m for m in found if m.startswith("honed.")]
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
