@@ -74,14 +74,19 @@ class PreferenceOptions(StrictModel):
     )
 
 
+PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
+
+
+def preference_fields(spec: RunSpec, first_row: Any = None) -> dict[str, str]:
+    """{data field: spec setting naming it} of the prompt, chosen and rejected texts."""
+    opts = task_options(spec, PreferenceOptions)
+    return {getattr(opts, f"{c}_field"): f"task_options.{c}_field" for c in PREFERENCE_COLUMNS}
+
+
 def preference_rows(spec: RunSpec) -> SplitData:
     """prompt/chosen/rejected rows. Empty answers and chosen == rejected are bad rows."""
     opts = task_options(spec, PreferenceOptions)
-    fields = {
-        "prompt": opts.prompt_field,
-        "chosen": opts.chosen_field,
-        "rejected": opts.rejected_field,
-    }
+    fields = {c: getattr(opts, f"{c}_field") for c in PREFERENCE_COLUMNS}
 
     def check(row: dict[str, Any]) -> str | None:
         if row["chosen"].strip() == row["rejected"].strip():
@@ -213,6 +218,8 @@ class DpoTask:
     name = "dpo"
     options_model = PreferenceOptions  # validates the spec's task_options
     peft_task_type = "CAUSAL_LM"
+
+    data_fields = staticmethod(preference_fields)
 
     def prepare_data(self, spec: RunSpec) -> SplitData:
         return preference_rows(spec)

@@ -22,6 +22,7 @@ from honed.train.tasks.dpo import (
     PreferenceOptions,
     _trl_kwargs,
     fit_prompt,
+    preference_fields,
     preference_rows,
     prompt_budget,
 )
@@ -117,6 +118,8 @@ class RewardTask:
     name = "reward"
     options_model = PreferenceOptions  # validates the spec's task_options
     peft_task_type = "SEQ_CLS"  # LoRA also trains and saves the new score head
+
+    data_fields = staticmethod(preference_fields)
 
     def prepare_data(self, spec: RunSpec) -> SplitData:
         return preference_rows(spec)

@@ -52,6 +52,12 @@ if TYPE_CHECKING:
     from honed.spec import RunSpec
 
 CHAT_FORMATS = ("messages", "alpaca", "prompt_completion")
+#: The fields each chat format needs in every row.
+CHAT_FIELDS = {
+    "messages": ("messages",),
+    "alpaca": ("instruction", "output"),
+    "prompt_completion": ("prompt", "completion"),
+}
 ROLES = ("system", "user", "assistant")
 #: ChatML, used when a tokenizer has no chat template of its own.
 DEFAULT_CHAT_TEMPLATE = (
@@ -291,6 +297,10 @@ class SftTask:
 
     def prepare_data(self, spec: RunSpec) -> SplitData:
         return load_chat_data(spec)
+
+    def data_fields(self, spec: RunSpec, first_row: Mapping[str, Any]) -> dict[str, str]:
+        fmt = detect_chat_format(first_row, spec.data.chat_format)
+        return dict.fromkeys(CHAT_FIELDS[fmt], "data.chat_format")
 
     def load_model(self, spec: RunSpec, base: ResolvedModel) -> Any:
         """The base, wrapped or frozen by the method, ready to train."""
