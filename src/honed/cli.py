@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 from honed import __version__
 from honed.errors import HonedError
+from honed.quiet import defer_bitsandbytes, filter_unavoidable_warnings
 
 # Each module defines register(subparsers) adding its sub-commands (with set_defaults(func=...)).
 _COMMAND_MODULES = (
@@ -48,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    filter_unavoidable_warnings()
+    defer_bitsandbytes()  # imported by peft when installed, used by QLoRA only
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int | None] | None = getattr(args, "func", None)

@@ -4,6 +4,9 @@ unless --debug."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import subprocess
+import sys
 
 import pytest
 
@@ -83,3 +86,18 @@ def test_interrupt_exits_130(monkeypatch, capsys):
     monkeypatch.setattr("honed.pipeline.commands.cmd_methods", interrupted)
     assert cli.main(["methods"]) == 130
     assert "interrupted" in capsys.readouterr().err
+
+
+def test_cli_keeps_bitsandbytes_out_until_qlora():
+    """peft imports bitsandbytes when installed (a 'kernels' notice on some CPUs, seconds of
+    start-up); under the CLI it stays unimported unless QLoRA asks for it."""
+    script = (
+        "import sys; from honed.cli import main; main(['methods']); import peft; "
+        "print(sys.modules.get('bitsandbytes') is None); "
+        "from honed.train.methods.qlora import _require_bitsandbytes; _require_bitsandbytes(); "
+        "from peft.import_utils import is_bnb_4bit_available; print(is_bnb_4bit_available())"
+    )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        pytest.skip("bitsandbytes is not installed")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-2:] == ["True", "True"]

@@ -26,6 +26,7 @@ SKIP_MODULES = ["lm_head", "classifier", "score", "pooler"]
 
 def disable_cpu_repack(model: Any) -> int:
     """Turn off bitsandbytes' CPU inference repacking on every Linear4bit; returns how many."""
+    _require_bitsandbytes()
     import bitsandbytes as bnb
 
     count = 0
@@ -81,7 +82,9 @@ class QLora:
 
 def _require_bitsandbytes() -> None:
     from honed.errors import HonedError
+    from honed.quiet import allow_bitsandbytes
 
+    allow_bitsandbytes()  # the CLI keeps it unimported until QLoRA needs it
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:

@@ -310,7 +310,7 @@ def _trl_kwargs(spec: RunSpec, paths: RunPaths) -> dict[str, Any]:
         # Pairs have no single input_ids column to group by length on.
         train_sampling_strategy="random",
         # TRL defaults to checkpointing; a 135M model fits without it and runs faster.
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
     )
     return kwargs
 
