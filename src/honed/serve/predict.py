@@ -12,6 +12,7 @@ from typing import Any
 
 from honed.errors import ModelError
 from honed.models.heads import load_classifier
+from honed.progress import progress
 from honed.registry.lineage import read_lineage
 
 
@@ -57,7 +58,7 @@ class Predictor:
 
         results: list[dict[str, Any]] = []
         with torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
+            for start in progress(range(0, len(texts), batch_size), "predicting", unit="batch"):
                 batch = self.tokenizer(
                     list(texts[start : start + batch_size]),
                     padding=True,
