@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     promote = msub.add_parser(
         "promote",
         help="point an alias (default: champion) at a version",
-        description="Move an alias to a version; serving NAME@ALIAS then picks it up.",
+        description="Move an alias to a version: NAME@ALIAS refs resolve to it from then on.",
     )
     promote.add_argument("name", help="registered model name")
     promote.add_argument("version", nargs="?", help="version number (default: the challenger)")
