@@ -273,9 +273,8 @@ def _sample_hf(source: str, cfg: DataConfig, out: RawData) -> None:
                 ds = ds[cfg.hf_split]
             rows = ds.select(range(min(SAMPLE_ROWS, len(ds))))
         else:
-            rows = datasets.load_dataset(source, split=cfg.hf_split, streaming=True).take(
-                SAMPLE_ROWS
-            )
+            # The same download and cache as the full read; only the first rows are decoded.
+            rows = datasets.load_dataset(source, split=f"{cfg.hf_split}[:{SAMPLE_ROWS}]")
         out.records += [Record(dict(r), source, i) for i, r in enumerate(rows, start=1)]
     except Exception as err:  # hub, network and format errors alike end here
         raise DataError(f"{source}: cannot load Hugging Face dataset ({err})") from None

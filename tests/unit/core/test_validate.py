@@ -120,3 +120,16 @@ def test_run_fails_early_with_the_same_error(tmp_path):
     spec = load_spec(_spec(tmp_path, {"source": "nowhere.jsonl"}))
     with pytest.raises(DataError, match=r"data\.source: .*nowhere\.jsonl: data file not found"):
         train_and_evaluate(spec, output_dir=tmp_path / "run")
+
+
+def test_saved_hf_dataset_and_parquet_are_sampled(tmp_path, capsys):
+    import datasets
+
+    datasets.Dataset.from_list(ROWS).save_to_disk(str(tmp_path / "ds"))
+    code, out = _validate(_spec(tmp_path, {"source": "ds", "format": "hf"}), capsys)
+    assert code == 0 and "10 row(s) checked" in out
+    datasets.Dataset.from_list([{"sentence": "x", "label": "a"}] * 3).to_parquet(
+        str(tmp_path / "d.parquet")
+    )
+    code, out = _validate(_spec(tmp_path, {"source": "d.parquet"}), capsys)
+    assert code == 2 and "data.text_field" in out and "d.parquet" in out
