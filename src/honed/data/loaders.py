@@ -293,13 +293,12 @@ def sample_raw(source: str, cfg: DataConfig) -> RawData:
         _sample_parquet(Path(source), out)
     else:
         raw = _read_bytes(source, limit=SAMPLE_BYTES + 1)
-        cut = len(raw) > SAMPLE_BYTES
-        if cut:  # keep whole lines only: the last one may be cut mid-row
-            raw = raw[: raw.rfind(b"\n") + 1] if fmt != "json" else raw
-        if fmt == "json" and cut:
-            _json_prefix(raw, source, cfg, out)
-        else:
+        if len(raw) <= SAMPLE_BYTES:  # the whole file
             _BYTE_LOADERS[fmt](raw, source, cfg, out)
+        elif fmt == "json":
+            _json_prefix(raw, source, cfg, out)
+        else:  # whole lines only: the last one may be cut mid-row
+            _BYTE_LOADERS[fmt](raw[: raw.rfind(b"\n") + 1], source, cfg, out)
     if len(out.records) > SAMPLE_ROWS:  # bad rows past the last kept record are not sampled
         out.records = out.records[:SAMPLE_ROWS]
         out.bad_rows = [b for b in out.bad_rows if b.line <= out.records[-1].line]
