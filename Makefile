@@ -36,8 +36,9 @@ demo-drift: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -q
 
+# Exit 5 is pytest's "no tests collected" (e.g. every slow test skipped its missing extra).
 test-slow: $(STAMP)
-	$(BIN)/pytest -q -m slow
+	$(BIN)/pytest -q -m slow --durations=15 || [ $$? -eq 5 ]
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

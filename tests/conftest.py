@@ -23,6 +23,14 @@ def _isolated_state(tmp_path_factory, monkeypatch):
     yield home
 
 
+@pytest.fixture(autouse=True)
+def _cli_leaves_imports_alone(monkeypatch):
+    """main() hides bitsandbytes from peft for the CLI's own process; tests calling main()
+    in-process must not hide it from the tests after them (tests/unit/core/test_cli.py checks
+    the hiding in a subprocess)."""
+    monkeypatch.setattr("honed.cli.defer_bitsandbytes", lambda: None)
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory):
     """A random 2-layer BERT encoder folder (safetensors) with a word-level tokenizer."""

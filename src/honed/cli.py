@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 from honed import __version__
 from honed.errors import HonedError
+from honed.quiet import defer_bitsandbytes, filter_unavoidable_warnings
 
 # Each module defines register(subparsers) adding its sub-commands (with set_defaults(func=...)).
 _COMMAND_MODULES = (
@@ -33,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Turn a general pretrained model into a specialist and keep it healthy.",
     )
     parser.add_argument("--version", action="version", version=f"honed {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=os.environ.get("HONED_DEBUG", "") not in ("", "0"),
+        help="show the traceback of an unexpected error (also: HONED_DEBUG=1)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:
         if importlib.util.find_spec(name) is not None:
@@ -41,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    filter_unavoidable_warnings()
+    defer_bitsandbytes()  # imported by peft when installed, used by QLoRA only
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int | None] | None = getattr(args, "func", None)
@@ -55,6 +64,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # a bug or an environment problem: one line unless --debug
+        if args.debug:
+            raise
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        print("run with --debug for the traceback", file=sys.stderr)
+        return 1
     finally:
         sys.stdout.flush()
 

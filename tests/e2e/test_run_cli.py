@@ -38,10 +38,18 @@ def spec_file(tmp_path, tiny_bert, phrasebank_file):
     return make
 
 
+def assert_no_unasked_warnings(stderr: str) -> None:
+    """Nothing the user did not ask for: no deprecation notes about settings they never set,
+    no bitsandbytes 'kernels' notice when QLoRA is not used."""
+    noise = [line for line in stderr.splitlines() if "Warning" in line or "kernels" in line]
+    assert not noise, noise
+
+
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_run_writes_model_folder_and_registers(spec_file, tmp_path, method):
     spec = spec_file(method)
     proc = honed("run", str(spec), cwd=tmp_path)
+    assert_no_unasked_warnings(proc.stderr)
     assert "registered: tiny-sentiment version 1" in proc.stdout
     run = tmp_path / f"run-{method}"
     weights = "adapter_model.safetensors" if method == "lora" else "model.safetensors"

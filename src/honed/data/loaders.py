@@ -190,6 +190,20 @@ _BYTE_LOADERS = {
 }
 
 
+def _read_bytes(source: str, limit: int | None = None) -> bytes:
+    """The file's bytes (at most ``limit``); a missing or unreadable file is a DataError."""
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"{source}: data file not found")
+    if not path.is_file():
+        raise DataError(f"{source}: not a file")
+    try:
+        with path.open("rb") as handle:
+            return handle.read() if limit is None else handle.read(limit)
+    except OSError as err:
+        raise DataError(f"{source}: cannot read ({err.strerror or err})") from None
+
+
 def load_raw(source: str, cfg: DataConfig) -> RawData:
     """Read every row of the source; never raises for a single bad row."""
     fmt = detect_format(source, cfg)
@@ -198,9 +212,7 @@ def load_raw(source: str, cfg: DataConfig) -> RawData:
         _load_hf(source, cfg, out)
         return _truncate(out, cfg)
     path = Path(source)
-    if not path.is_file():
-        raise DataError(f"{source}: data file not found")
-    raw = path.read_bytes()
+    raw = _read_bytes(source)
     out.sha256 = hashlib.sha256(raw).hexdigest()
     if fmt == "parquet":
         _load_parquet(path, cfg, out)
@@ -212,4 +224,82 @@ def load_raw(source: str, cfg: DataConfig) -> RawData:
 def _truncate(out: RawData, cfg: DataConfig) -> RawData:
     if cfg.max_rows is not None:
         out.records = out.records[: cfg.max_rows]
+    return out
+
+
+#: Bounds of ``sample_raw``: enough rows to check fields, few enough to stay instant on big files.
+SAMPLE_ROWS = 200
+SAMPLE_BYTES = 1 << 20
+
+
+def _json_prefix(raw: bytes, name: str, cfg: DataConfig, out: RawData) -> None:
+    """Objects at the start of a top-level JSON array cut short (a big file's first bytes)."""
+    text = raw.decode(cfg.encoding, errors="ignore").lstrip()
+    if not text.startswith("["):
+        raise DataError(f"{name}: too big to check whole; expected a JSON array of objects")
+    decoder, pos = json.JSONDecoder(), 1
+    while len(out.records) + len(out.bad_rows) < SAMPLE_ROWS:
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        try:
+            row, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            return  # the cut, or the end of the array
+        index = len(out.records) + len(out.bad_rows) + 1
+        if isinstance(row, dict):
+            out.records.append(Record(row, name, index))
+        else:
+            out.bad_rows.append(BadRow(name, index, "array item is not an object"))
+
+
+def _sample_parquet(path: Path, out: RawData) -> None:
+    import pyarrow.parquet as pq
+
+    try:
+        batch = next(pq.ParquetFile(path).iter_batches(batch_size=SAMPLE_ROWS), None)
+    except Exception as err:  # pyarrow raises several error types for corrupt files
+        raise DataError(f"{path}: cannot read parquet ({err})") from None
+    rows = batch.to_pylist() if batch is not None else []
+    out.records += [Record(row, str(path), i) for i, row in enumerate(rows, start=1)]
+
+
+def _sample_hf(source: str, cfg: DataConfig, out: RawData) -> None:
+    import datasets
+
+    try:
+        if Path(source).is_dir():
+            ds = datasets.load_from_disk(source)  # memory-mapped: selecting rows is cheap
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds[cfg.hf_split]
+            rows = ds.select(range(min(SAMPLE_ROWS, len(ds))))
+        else:
+            # The same download and cache as the full read; only the first rows are decoded.
+            rows = datasets.load_dataset(source, split=f"{cfg.hf_split}[:{SAMPLE_ROWS}]")
+        out.records += [Record(dict(r), source, i) for i, r in enumerate(rows, start=1)]
+    except Exception as err:  # hub, network and format errors alike end here
+        raise DataError(f"{source}: cannot load Hugging Face dataset ({err})") from None
+
+
+def sample_raw(source: str, cfg: DataConfig) -> RawData:
+    """The first rows of the source (at most SAMPLE_ROWS, read from at most SAMPLE_BYTES of a
+    text file), parsed by the same loaders as ``load_raw``: a quick check that the file exists,
+    can be read in the configured format and encoding, and has the expected fields."""
+    fmt = detect_format(source, cfg)
+    out = RawData()
+    if fmt == "hf":
+        _sample_hf(source, cfg, out)
+    elif fmt == "parquet":
+        _read_bytes(source, limit=4)  # exists and is readable
+        _sample_parquet(Path(source), out)
+    else:
+        raw = _read_bytes(source, limit=SAMPLE_BYTES + 1)
+        if len(raw) <= SAMPLE_BYTES:  # the whole file
+            _BYTE_LOADERS[fmt](raw, source, cfg, out)
+        elif fmt == "json":
+            _json_prefix(raw, source, cfg, out)
+        else:  # whole lines only: the last one may be cut mid-row
+            _BYTE_LOADERS[fmt](raw[: raw.rfind(b"\n") + 1], source, cfg, out)
+    if len(out.records) > SAMPLE_ROWS:  # bad rows past the last kept record are not sampled
+        out.records = out.records[:SAMPLE_ROWS]
+        out.bad_rows = [b for b in out.bad_rows if b.line <= out.records[-1].line]
     return out

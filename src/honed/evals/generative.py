@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from honed.progress import progress
+
 #: Files ``write_samples`` creates in the run folder.
 SAMPLES_MD = "samples.md"
 SAMPLES_JSON = "samples.json"
@@ -155,7 +157,7 @@ def completion_loss(
     model.eval()
     total, tokens = 0.0, 0
     with torch.inference_mode():
-        for start in range(0, len(rows), batch_size):
+        for start in progress(range(0, len(rows), batch_size), "scoring", unit="batch"):
             part = rows[start : start + batch_size]
             make = _seq2seq_batch if encoder_decoder else _causal_batch
             batch, labels = make(tokenizer, part, max_length)
@@ -193,7 +195,8 @@ def generate(
     model.eval()
     try:
         with torch.inference_mode():
-            for start in range(0, len(texts), settings.batch_size):
+            batches = range(0, len(texts), settings.batch_size)
+            for start in progress(batches, "generating", unit="batch"):
                 part = texts[start : start + settings.batch_size]
                 enc = tokenizer(
                     part, return_tensors="pt", padding=True, add_special_tokens=add_special

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from honed.progress import progress
+
 
 class Embedder:
     """Encode texts into unit vectors of shape (n_texts, hidden_size)."""
@@ -38,7 +40,8 @@ class Embedder:
         # Sort by length so each batch pads little; restore the order at the end.
         order = np.argsort([len(t) for t in texts], kind="stable")
         with torch.inference_mode():
-            for start in range(0, len(texts), self.batch_size):
+            batches = range(0, len(texts), self.batch_size)
+            for start in progress(batches, "embedding", unit="batch"):
                 idx = order[start : start + self.batch_size]
                 batch = self.tokenizer(
                     [texts[i] for i in idx],

@@ -13,6 +13,7 @@ from typing import Any
 from honed.errors import ModelError
 from honed.models.heads import load_classifier, load_tokenizer
 from honed.paths import read_lineage
+from honed.progress import progress
 
 
 class Predictor:
@@ -55,7 +56,7 @@ class Predictor:
 
         results: list[dict[str, Any]] = []
         with torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
+            for start in progress(range(0, len(texts), batch_size), "predicting", unit="batch"):
                 batch = self.tokenizer(
                     list(texts[start : start + batch_size]),
                     padding=True,

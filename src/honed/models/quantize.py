@@ -21,6 +21,9 @@ SKIP_MODULES = ["lm_head", "classifier", "score", "pooler"]
 
 
 def require_bitsandbytes() -> None:
+    from honed.quiet import allow_bitsandbytes
+
+    allow_bitsandbytes()  # the CLI keeps it unimported until QLoRA needs it
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
@@ -48,6 +51,7 @@ def four_bit_load_kwargs(params: QuantParams) -> dict[str, Any]:
 
 def disable_cpu_repack(model: Any) -> int:
     """Turn off bitsandbytes' CPU inference repacking on every Linear4bit; returns how many."""
+    require_bitsandbytes()
     import bitsandbytes as bnb
 
     count = 0

@@ -12,13 +12,22 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    monitor = subparsers.add_parser("monitor", help="Drift checks and reports on served traffic.")
+    monitor = subparsers.add_parser(
+        "monitor",
+        help="Drift checks and reports on served traffic.",
+        description="Compare logged traffic with a model's reference profile (drift, latency, "
+        "errors) and write HTML reports.",
+    )
     msub = monitor.add_subparsers(dest="monitor_command", metavar="SUBCOMMAND")
     monitor.set_defaults(func=lambda _args: monitor.print_help() or 2)
     _add_drift(msub)
     _add_report(msub)
 
-    feedback = subparsers.add_parser("feedback", help="User feedback -> training data.")
+    feedback = subparsers.add_parser(
+        "feedback",
+        help="User feedback -> training data.",
+        description="Turn feedback logged by `honed serve` into data for the next training run.",
+    )
     fsub = feedback.add_subparsers(dest="feedback_command", metavar="SUBCOMMAND")
     feedback.set_defaults(func=lambda _args: feedback.print_help() or 2)
     export = fsub.add_parser(
@@ -106,7 +115,12 @@ def _add_objective_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_report(msub: argparse._SubParsersAction) -> None:
-    report = msub.add_parser("report", help="Write a self-contained HTML monitoring report.")
+    report = msub.add_parser(
+        "report",
+        help="Write a self-contained HTML monitoring report.",
+        description="One HTML file (no external assets): traffic, latency percentiles, drift and "
+        "feedback rates over the period.",
+    )
     report.add_argument("--out", required=True, help="Output .html file.")
     report.add_argument("--since", default="7d", help="Period covered (7d).")
     _add_profile(report)

@@ -38,6 +38,7 @@ from honed.monitor.requestlog import (
     make_engine,
     utcnow,
 )
+from honed.progress import progress
 
 Signal = Literal["explicit", "regenerate", "abandoned"]
 IMPLICIT_SIGNALS = ("regenerate", "abandoned")
@@ -233,7 +234,8 @@ def feedback_summary(feedback: list[dict[str, Any]], n_requests: int) -> dict[st
 def training_rows(feedback: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Feedback (from :meth:`FeedbackStore.joined`) -> rows per kind, de-duplicated."""
     rows: dict[str, dict[tuple, dict[str, Any]]] = {k: {} for k in KINDS}
-    for fb in feedback:  # oldest first: a later row with the same key replaces the earlier
+    # oldest first: a later row with the same key replaces the earlier
+    for fb in progress(feedback, "exporting", unit="row"):
         prompt = fb["req_input"]
         if not prompt or fb.get("signal", "explicit") != "explicit":
             continue  # implicit signals are weak: never training data

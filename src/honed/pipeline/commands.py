@@ -11,7 +11,14 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    run = sub.add_parser("run", help="data -> train -> evaluate -> register, from one spec")
+    run = sub.add_parser(
+        "run",
+        help="data -> train -> evaluate -> register, from one spec",
+        description="Check the spec and its data, resolve the base model, prepare and split "
+        "the data, train, evaluate on the test split against baselines, write the run folder "
+        "(model, card, metrics, lineage) and register the model unless a metric floor fails "
+        "(exit 3).",
+    )
     run.add_argument("spec", type=Path, help="YAML run spec")
     run.add_argument("--output-dir", type=Path, help="run folder (default: runs/NAME)")
     run.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
@@ -19,26 +26,50 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--no-register", action="store_true", help="skip the model registry")
     run.set_defaults(func=cmd_run)
 
-    train = sub.add_parser("train", help="alias of `run` (kept for muscle memory)")
+    train = sub.add_parser(
+        "train",
+        help="alias of `run` (kept for muscle memory)",
+        description="The same as `honed run`: data -> train -> evaluate -> register.",
+    )
     for action in run._actions[1:]:
         train._add_action(action)
     train.set_defaults(func=cmd_run)
 
-    validate = sub.add_parser("validate", help="check a spec without running it")
-    validate.add_argument("spec", type=Path)
+    validate = sub.add_parser(
+        "validate",
+        help="check a spec and its data without running it",
+        description="Validate the spec's fields, then read the first rows of its data file "
+        "with the configured format and encoding and check the fields the task needs are "
+        "there. Nothing is trained or downloaded.",
+    )
+    validate.add_argument("spec", type=Path, help="YAML run spec")
     validate.set_defaults(func=cmd_validate)
 
-    predict = sub.add_parser("predict", help="label texts with a trained classifier")
+    predict = sub.add_parser(
+        "predict",
+        help="label texts with a trained classifier",
+        description="Print label, score and text per line (or JSON lines with every label's "
+        "score) for texts given as arguments or read from a file.",
+    )
     predict.add_argument("model", help="run folder, or registry ref NAME@ALIAS / NAME/VERSION")
     predict.add_argument("texts", nargs="*", help="texts to classify")
     predict.add_argument("--file", type=Path, help="one text per line ('-' for stdin)")
     predict.add_argument("--json", action="store_true", help="print JSON lines")
     predict.set_defaults(func=cmd_predict)
 
-    methods = sub.add_parser("methods", help="list registered tasks and methods")
+    methods = sub.add_parser(
+        "methods",
+        help="list registered tasks and methods",
+        description="The task and method names a spec's `task:` and `method.name:` accept.",
+    )
     methods.set_defaults(func=cmd_methods)
 
-    schema = sub.add_parser("spec-schema", help="print the spec's JSON schema (every field)")
+    schema = sub.add_parser(
+        "spec-schema",
+        help="print the spec's JSON schema (every field)",
+        description="The JSON schema of a run spec, with each field's type, default and "
+        "description (for editors and documentation).",
+    )
     schema.set_defaults(func=cmd_schema)
 
     _register_merge(sub)
@@ -46,10 +77,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from honed.pipeline.check import check_data
     from honed.spec import load_spec
 
     spec = load_spec(args.spec)
+    data = check_data(spec)
     print(f"{args.spec}: ok ({spec.task} / {spec.method.name} on {spec.model.base})")
+    print(f"  data: {data.source} ({data.rows_sampled} row(s) checked)")
     return 0
 
 

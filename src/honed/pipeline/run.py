@@ -103,6 +103,7 @@ def train_and_evaluate(
     overwrite: bool = False,
 ) -> RunResult:
     from honed.models.resolve import resolve_model
+    from honed.pipeline.check import check_data
     from honed.registry.lineage import build_lineage, portable_report
     from honed.train.common import name_adapter_base
     from honed.train.methods import get_method
@@ -110,6 +111,7 @@ def train_and_evaluate(
 
     task = get_task(spec.task)
     started = time.perf_counter()
+    check_data(spec)  # the same quick check as `honed validate`, before the base is fetched
     base = resolve_model(spec.model)
     data = task.prepare_data(spec)
     paths = _prepare_folder(Path(output_dir or default_output_dir(spec)), resume, overwrite)

@@ -7,23 +7,44 @@ import json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    models = sub.add_parser("models", help="the model registry")
+    models = sub.add_parser(
+        "models",
+        help="the model registry",
+        description="List, inspect and promote the models `honed run` registered (MLflow).",
+    )
     msub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
 
-    lst = msub.add_parser("list", help="registered models, versions and aliases")
+    lst = msub.add_parser(
+        "list",
+        help="registered models, versions and aliases",
+        description="Each registered model, one line per version: method, test accuracy, aliases.",
+    )
     lst.set_defaults(func=cmd_list)
 
-    show = msub.add_parser("show", help="one version's lineage and metrics")
+    show = msub.add_parser(
+        "show",
+        help="one version's lineage and metrics",
+        description="Print a version's lineage tags (base digest, data hash, method) and metrics "
+        "as JSON.",
+    )
     show.add_argument("ref", help="NAME, NAME@ALIAS or NAME/VERSION")
     show.set_defaults(func=cmd_show)
 
-    promote = msub.add_parser("promote", help="point an alias (default: champion) at a version")
-    promote.add_argument("name")
+    promote = msub.add_parser(
+        "promote",
+        help="point an alias (default: champion) at a version",
+        description="Move an alias to a version: NAME@ALIAS refs resolve to it from then on.",
+    )
+    promote.add_argument("name", help="registered model name")
     promote.add_argument("version", nargs="?", help="version number (default: the challenger)")
-    promote.add_argument("--alias", default="champion")
+    promote.add_argument("--alias", default="champion", help="alias to move (champion)")
     promote.set_defaults(func=cmd_promote)
 
-    packaged = msub.add_parser("packaged", help="base models shipped in PyPI packages")
+    packaged = msub.add_parser(
+        "packaged",
+        help="base models shipped in PyPI packages",
+        description="Base models usable offline as `model.base: packaged:NAME` in a spec.",
+    )
     packaged.set_defaults(func=cmd_packaged)
 
 

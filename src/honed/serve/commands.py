@@ -41,7 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_serve(sub)
     _register_apikey(sub)
     _register_deploy(sub)
-    push = sub.add_parser("push", help="publish a registered model or adapter to the HF Hub")
+    push = sub.add_parser(
+        "push",
+        help="publish a registered model or adapter to the HF Hub",
+        description="Upload the model folder (weights, tokenizer, card, lineage) to a "
+        "Hugging Face Hub repo, created private unless --public.",
+    )
     push.add_argument("ref", help="folder, NAME@ALIAS or NAME/VERSION")
     push.add_argument("--repo", required=True, help="hub repo id, e.g. me/financial-sentiment")
     push.add_argument("--public", action="store_true", help="create the repo public")
@@ -49,7 +54,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _register_serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="OpenAI-compatible server for models and adapters")
+    p = sub.add_parser(
+        "serve",
+        help="OpenAI-compatible server for models and adapters",
+        description="Serve classifiers and generators over HTTP (OpenAI-compatible chat and "
+        "completions, /v1/classify), with API keys, request logging and Prometheus metrics.",
+    )
     p.add_argument("models", nargs="*", help="[NAME=]REF: folder, NAME@ALIAS or NAME/VERSION")
     p.add_argument(
         "--adapter",
@@ -86,9 +96,17 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _register_apikey(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("apikey", help="API keys for `honed serve`")
+    p = sub.add_parser(
+        "apikey",
+        help="API keys for `honed serve`",
+        description="Manage the keys file `honed serve` checks bearer tokens against.",
+    )
     psub = p.add_subparsers(dest="apikey_command", metavar="ACTION", required=True)
-    create = psub.add_parser("create", help="make a key; its sha256 goes to the keys file")
+    create = psub.add_parser(
+        "create",
+        help="make a key; its sha256 goes to the keys file",
+        description="Print a new random key once and store only its sha256 in the keys file.",
+    )
     create.add_argument("name", help="label for logs and metrics")
     create.add_argument("--scopes", default="infer", help="comma list: infer, admin")
     create.add_argument("--file", type=Path, default=Path("keys.yaml"), help="keys file")
@@ -96,9 +114,18 @@ def _register_apikey(sub: argparse._SubParsersAction) -> None:
 
 
 def _register_deploy(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("deploy", help="deployment configs for a registered model")
+    p = sub.add_parser(
+        "deploy",
+        help="deployment configs for a registered model",
+        description="Write deployment manifests that run `honed serve` for a model.",
+    )
     psub = p.add_subparsers(dest="deploy_command", metavar="TARGET", required=True)
-    k8s = psub.add_parser("k8s", help="Kubernetes Deployment + Service + HPA")
+    k8s = psub.add_parser(
+        "k8s",
+        help="Kubernetes Deployment + Service + HPA",
+        description="Write Kubernetes manifests (Deployment, Service, HorizontalPodAutoscaler) "
+        "serving the model with health probes.",
+    )
     k8s.add_argument("model_ref", help="NAME@ALIAS, NAME/VERSION or folder")
     k8s.add_argument("--out", type=Path, required=True, help="output folder")
     k8s.add_argument("--name", help="Kubernetes name (default: from the model ref)")
@@ -109,9 +136,14 @@ def _register_deploy(sub: argparse._SubParsersAction) -> None:
     k8s.add_argument("--keys-secret", help="Secret with keys.yaml and probe-key")
     k8s.add_argument("--no-check", action="store_true", help="do not resolve the ref now")
     k8s.set_defaults(func=_deploy_k8s)
-    ep = psub.add_parser("endpoint", help="HF Inference Endpoints or SageMaker config")
+    ep = psub.add_parser(
+        "endpoint",
+        help="HF Inference Endpoints or SageMaker config",
+        description="Write the JSON config of a Hugging Face Inference Endpoint or a SageMaker "
+        "endpoint serving the model.",
+    )
     ep.add_argument("model_ref", help="NAME@ALIAS, NAME/VERSION or folder")
-    ep.add_argument("--target", choices=["hf", "sagemaker"], required=True)
+    ep.add_argument("--target", choices=["hf", "sagemaker"], required=True, help="platform")
     ep.add_argument("--out", type=Path, required=True, help="output JSON file")
     ep.add_argument(
         "--hub-repo",

@@ -3,7 +3,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -65,13 +64,11 @@ def test_fetch_filters_by_time_and_model(db_url):
 
 def test_submit_never_blocks_and_counts_drops(sqlite_url):
     engine = make_engine(sqlite_url)
+    # The writer waits for 1000 records or 60 s, so nothing leaves the 10-slot queue while we
+    # submit: a blocking submit would hang here (pytest-timeout), a non-blocking one drops.
     logger = RequestLogger(engine=engine, queue_size=10, batch_size=1000, flush_interval_s=60)
-    start = time.perf_counter()
     accepted = sum(logger.submit(_record(i)) for i in range(1000))
-    elapsed = time.perf_counter() - start
-    assert elapsed < 0.5  # 1000 submits: microseconds each, no database round trip
-    assert accepted + logger.stats.dropped == 1000
-    assert logger.stats.dropped > 0
+    assert accepted == 10 and logger.stats.dropped == 990
     logger.close()
     assert len(RequestStore(engine=engine).fetch()) == accepted
     engine.dispose()

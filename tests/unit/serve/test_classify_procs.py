@@ -102,7 +102,6 @@ def test_close_does_not_wait_forever_for_a_hung_worker(tiny):
     procs = ClassifierProcesses(_spec(tiny), 1)
     busy = procs._idle.get()  # as if a batch thread were stuck in a call
     os.kill(busy.proc.pid, signal.SIGSTOP)
-    started = time.monotonic()
-    procs.close(timeout=0.5)
-    assert time.monotonic() - started < 10
+    procs.close(timeout=0.5)  # returns (pytest-timeout would catch a hang) ...
     assert not busy.proc.is_alive()
+    assert busy.proc.exitcode == -signal.SIGKILL  # ... by killing the stuck worker

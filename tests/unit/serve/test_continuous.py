@@ -81,6 +81,8 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     assert _top_p(probs, 0.7).tolist() == pytest.approx([0.0, 0.5, 0.3, 0.0])
     assert _top_p(probs, 0.4).tolist() == pytest.approx([0.0, 0.5, 0.0, 0.0])
     assert _top_p(probs, 1.0) is probs
+    # schemathesis sent top_p=5e-324: 0 in float32; the most likely token must stay
+    assert _top_p(probs, 5e-324).tolist() == pytest.approx([0.0, 0.5, 0.0, 0.0])
 
 
 def test_a_late_request_does_not_wait_for_the_running_one(tiny):

@@ -152,6 +152,27 @@ def test_sft_config_uses_validation_loss_and_packing(tmp_path: Path) -> None:
     assert kwargs["max_length"] == spec.model.max_length
 
 
+def test_trl_configs_raise_no_deprecation_the_user_did_not_cause(tmp_path: Path) -> None:
+    """SFTConfig and DPOConfig built from a spec that never mentions checkpointing must not
+    warn about the deprecated `gradient_checkpointing` name (honed passes the new one)."""
+    import warnings
+
+    from honed.pipeline.paths import RunPaths
+    from trl import DPOConfig, SFTConfig
+
+    from honed.train.tasks.dpo import _trl_kwargs
+
+    spec = build_spec(tmp_path, "lora")
+    paths = RunPaths(tmp_path / "run")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sft_args = SFTConfig(**sft.sft_config_kwargs(spec, paths))
+        dpo_args = DPOConfig(**_trl_kwargs(spec, paths))
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)]
+    assert sft_args.activation_checkpointing is spec.training.gradient_checkpointing
+    assert dpo_args.activation_checkpointing is False
+
+
 def test_packing_auto_is_on_with_cuda_only(tmp_path: Path, monkeypatch) -> None:
     import torch
 

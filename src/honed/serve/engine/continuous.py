@@ -178,7 +178,9 @@ def _top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     if top_p >= 1.0:
         return probs
     sorted_p, order = probs.sort(descending=True)
-    outside = sorted_p.cumsum(0) - sorted_p >= top_p  # the first token is always kept
+    outside = sorted_p.cumsum(0) - sorted_p >= top_p
+    # The most likely token always stays, even for a top_p that rounds to 0 in float32.
+    outside[0] = False
     return probs.scatter(0, order[outside], 0.0)
 
 

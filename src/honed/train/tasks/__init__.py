@@ -26,6 +26,9 @@ class Task(Protocol):
         """Load, clean and split the spec's data."""
         ...
 
+    # Optional: ``data_fields(spec, first_row) -> {data field: spec setting naming it}``, the
+    # fields every row needs; ``honed validate`` checks a sample of the data has them.
+
     def train(
         self, spec: RunSpec, data: SplitData, base: ResolvedModel, paths: RunPaths, resume: bool
     ) -> dict[str, Any]:

@@ -44,6 +44,15 @@ class PreferenceOptions(StrictModel):
     )
 
 
+PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
+
+
+def preference_fields(spec: RunSpec, first_row: Any = None) -> dict[str, str]:
+    """{data field: spec setting naming it} of the prompt, chosen and rejected texts."""
+    opts = task_options(spec, PreferenceOptions)
+    return {getattr(opts, f"{c}_field"): f"task_options.{c}_field" for c in PREFERENCE_COLUMNS}
+
+
 def preference_rows(spec: RunSpec) -> SplitData:
     """prompt/chosen/rejected rows. Empty answers and chosen == rejected are bad rows."""
     opts = task_options(spec, PreferenceOptions)
@@ -90,7 +99,7 @@ def trl_kwargs(spec: RunSpec, paths: RunPaths) -> dict[str, Any]:
         # Pairs have no single input_ids column to group by length on.
         train_sampling_strategy="random",
         # TRL defaults to checkpointing; a 135M model fits without it and runs faster.
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
     )
     return kwargs
 

@@ -53,6 +53,9 @@ class ClassificationTask:
     def prepare_data(self, spec: RunSpec) -> SplitData:
         return load_classification(spec.data, spec.data_source())
 
+    def data_fields(self, spec: RunSpec, first_row: Any) -> dict[str, str]:
+        return {spec.data.text_field: "data.text_field", spec.data.label_field: "data.label_field"}
+
     def load_model(self, spec: RunSpec, base: ResolvedModel, labels: list[str]) -> Any:
         method = get_method(spec.method.name)
         model = load_classifier(

@@ -28,6 +28,7 @@ from honed.train.methods import get_method
 from honed.train.tasks._preference import (
     PreferenceOptions,
     fit_prompt,
+    preference_fields,
     preference_rows,
     prompt_budget,
     trl_kwargs,
@@ -153,6 +154,8 @@ class DpoTask:
     name = "dpo"
     options_model = PreferenceOptions  # validates the spec's task_options
     peft_task_type = "CAUSAL_LM"
+
+    data_fields = staticmethod(preference_fields)
 
     def prepare_data(self, spec: RunSpec) -> SplitData:
         return preference_rows(spec)

@@ -24,6 +24,7 @@ from honed.train.tasks._preference import (
     encode,
     load_reward_base,
     pairwise_metrics,
+    preference_fields,
     preference_rows,
     prompt_budget,
     trl_kwargs,
@@ -68,6 +69,8 @@ class RewardTask:
     name = "reward"
     options_model = PreferenceOptions  # validates the spec's task_options
     peft_task_type = "SEQ_CLS"  # LoRA also trains and saves the new score head
+
+    data_fields = staticmethod(preference_fields)
 
     def prepare_data(self, spec: RunSpec) -> SplitData:
         return preference_rows(spec)

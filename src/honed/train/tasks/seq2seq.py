@@ -248,6 +248,13 @@ class Seq2SeqTask:
     # The adapter is built with CAUSAL_LM instead when the base is decoder-only (see train).
     peft_task_type = "SEQ_2_SEQ_LM"
 
+    def data_fields(self, spec: RunSpec, first_row: Any) -> dict[str, str]:
+        opts = task_options(spec, Seq2SeqOptions)
+        return {
+            spec.data.text_field: "data.text_field",
+            opts.target_field: "task_options.target_field",
+        }
+
     def prepare_data(self, spec: RunSpec) -> SplitData:
         opts = task_options(spec, Seq2SeqOptions)
         fields = {"source": spec.data.text_field, "target": opts.target_field}

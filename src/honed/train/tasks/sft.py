@@ -57,6 +57,12 @@ if TYPE_CHECKING:
     from honed.spec import RunSpec
 
 CHAT_FORMATS = ("messages", "alpaca", "prompt_completion")
+#: The fields each chat format needs in every row.
+CHAT_FIELDS = {
+    "messages": ("messages",),
+    "alpaca": ("instruction", "output"),
+    "prompt_completion": ("prompt", "completion"),
+}
 ROLES = ("system", "user", "assistant")
 #: ChatML, used when a tokenizer has no chat template of its own.
 DEFAULT_CHAT_TEMPLATE = (
@@ -218,7 +224,7 @@ def sft_config_kwargs(spec: RunSpec, paths: RunPaths) -> dict[str, Any]:
         packing_strategy="bfd",  # best-fit decreasing; implies padding-free batches
         completion_only_loss=True,
         # SFTConfig turns it on by default; honed leaves it to the spec (on CPU it only costs).
-        gradient_checkpointing=spec.training.gradient_checkpointing,
+        activation_checkpointing=spec.training.gradient_checkpointing,
         dataset_num_proc=None,
         optim=method.optim() if hasattr(method, "optim") else "adamw_torch",
     )
@@ -268,6 +274,10 @@ class SftTask:
     def load_trained(self, spec: RunSpec, base: ResolvedModel, paths: RunPaths) -> Any:
         """The model saved in the run folder, as the evaluation loads it."""
         return load_tuned(spec, base, paths.model_dir)
+
+    def data_fields(self, spec: RunSpec, first_row: Mapping[str, Any]) -> dict[str, str]:
+        fmt = detect_chat_format(first_row, spec.data.chat_format)
+        return dict.fromkeys(CHAT_FIELDS[fmt], "data.chat_format")
 
     def load_model(self, spec: RunSpec, base: ResolvedModel) -> Any:
         """The base, wrapped or frozen by the method, ready to train."""
