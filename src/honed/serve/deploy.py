@@ -419,13 +419,31 @@ def push(folder: Path, repo: str, private: bool = True, token: str | None = None
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
+    card = card_for_repo(folder, repo)
     try:
         api.create_repo(repo, private=private, exist_ok=True)
         info = api.upload_folder(
             repo_id=repo,
             folder_path=str(folder),
-            ignore_patterns=["checkpoints/*", "*.bin", "*.pt", "*.pth", "*.ckpt"],
+            ignore_patterns=[*PUSH_IGNORED, *(["README.md"] if card else [])],
         )
+        if card:
+            info = api.upload_file(path_or_fileobj=card, path_in_repo="README.md", repo_id=repo)
     except Exception as err:  # hub errors come in many classes; the message is what matters
         raise DeployError(f"push to {repo!r} failed: {err}") from None
     return str(getattr(info, "commit_url", repo))
+
+
+#: Never published: training checkpoints (absolute paths, optimizer state) and pickle files.
+PUSH_IGNORED = ("checkpoints/*", "*.bin", "*.pt", "*.pth", "*.ckpt")
+#: The model card's stand-in for where the model is loaded from (see model_card.md.j2).
+CARD_PLACEHOLDER = "PATH_OR_HUB_ID"
+
+
+def card_for_repo(folder: Path, repo: str) -> bytes | None:
+    """The folder's model card with its loading examples naming the pushed repo (None: no
+    card). Locally the card says PATH_OR_HUB_ID; on the Hub the snippets run as written."""
+    card = Path(folder) / "README.md"
+    if not card.is_file():
+        return None
+    return card.read_text(encoding="utf-8").replace(CARD_PLACEHOLDER, repo).encode("utf-8")

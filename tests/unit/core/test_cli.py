@@ -94,7 +94,7 @@ def test_cli_keeps_bitsandbytes_out_until_qlora():
     script = (
         "import sys; from honed.cli import main; main(['methods']); import peft; "
         "print(sys.modules.get('bitsandbytes') is None); "
-        "from honed.train.methods.qlora import _require_bitsandbytes; _require_bitsandbytes(); "
+        "from honed.models.quantize import require_bitsandbytes; require_bitsandbytes(); "
         "from peft.import_utils import is_bnb_4bit_available; print(is_bnb_4bit_available())"
     )
     if importlib.util.find_spec("bitsandbytes") is None:

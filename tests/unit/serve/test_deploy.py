@@ -243,3 +243,18 @@ def test_sagemaker_ping_and_invocations(tiny):
         assert (await c.get("/ping")).status_code == 404
 
     run_app(settings_for(tiny), off)
+
+
+def test_pushed_card_names_the_repo_in_its_loading_examples(tmp_path):
+    from huggingface_hub import ModelCard
+
+    from honed.serve.deploy import CARD_PLACEHOLDER, card_for_repo
+
+    assert card_for_repo(tmp_path, "me/model") is None  # no card: nothing to rewrite
+    (tmp_path / "README.md").write_text(
+        "---\nlicense: apache-2.0\n---\n"
+        f'pipeline("text-classification", model="{CARD_PLACEHOLDER}")\n'
+    )
+    card = card_for_repo(tmp_path, "me/model").decode()
+    assert CARD_PLACEHOLDER not in card and 'model="me/model"' in card
+    assert ModelCard(card).data.license == "apache-2.0"  # the metadata block is untouched

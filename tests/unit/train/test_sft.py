@@ -157,17 +157,17 @@ def test_trl_configs_raise_no_deprecation_the_user_did_not_cause(tmp_path: Path)
     warn about the deprecated `gradient_checkpointing` name (honed passes the new one)."""
     import warnings
 
-    from honed.pipeline.paths import RunPaths
     from trl import DPOConfig, SFTConfig
 
-    from honed.train.tasks.dpo import _trl_kwargs
+    from honed.paths import RunPaths
+    from honed.train.tasks._preference import trl_kwargs
 
     spec = build_spec(tmp_path, "lora")
     paths = RunPaths(tmp_path / "run")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         sft_args = SFTConfig(**sft.sft_config_kwargs(spec, paths))
-        dpo_args = DPOConfig(**_trl_kwargs(spec, paths))
+        dpo_args = DPOConfig(**trl_kwargs(spec, paths))
     assert not [w for w in caught if issubclass(w.category, FutureWarning)]
     assert sft_args.activation_checkpointing is spec.training.gradient_checkpointing
     assert dpo_args.activation_checkpointing is False
