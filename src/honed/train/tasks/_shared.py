@@ -135,25 +135,43 @@ def load_text_rows(
         rows = sorted(unique.values(), key=lambda r: r["line"])
     if len(rows) < 3:
         raise DataError(f"{source}: {len(rows)} usable row(s); need at least 3 to split")
+    lengths = {column: (lambda r, c=column: r[c]) for column in fields}
+    return split_text_rows(rows, spec, raw, bad, dups, leak_key or key, lengths, fields=fields)
+
+
+def split_text_rows(
+    rows: list[dict[str, Any]],
+    spec: RunSpec,
+    raw: RawData,
+    bad: list[BadRow],
+    dups: int,
+    leak_key: Callable[[dict[str, Any]], str],
+    lengths: dict[str, Callable[[dict[str, Any]], str]],
+    **described: Any,
+) -> SplitData:
+    """Random (unstratified) train/validation/test split, leak check on ``leak_key``, and the
+    data report: counts, bad rows, duplicates, leaks, text lengths (``lengths``: column ->
+    text of a row) and whatever ``described`` adds (the fields, the chat format)."""
+    cfg, source = spec.data, spec.data_source()
     train, validation, test = split_rows(rows, cfg.split, stratify_key=None)
-    leaks = remove_leaks(train, validation, test, key=leak_key or key)
+    leaks = remove_leaks(train, validation, test, key=leak_key)
     data = SplitData(train, validation, test, source_sha256=raw.sha256)
+    kept = train + validation + test
     data.report = {
         "source": source,
         "source_sha256": raw.sha256,
-        "fields": fields,
+        **described,
         "rows_read": len(raw.records) + len(raw.bad_rows),
         "rows": {name: len(data.split(name)) for name in ("train", "validation", "test")},
         "bad_rows": [str(b) for b in bad],
         "duplicates_removed": dups,
         "leakage_removed": leaks,
         "length": {
-            column: length_stats([r[column] for r in train + validation + test])
-            for column in fields
+            column: length_stats([text(r) for r in kept]) for column, text in lengths.items()
         },
         "split": cfg.split.model_dump(),
+        "content_sha256": data.content_sha256,
     }
-    data.report["content_sha256"] = data.content_sha256
     return data
 
 

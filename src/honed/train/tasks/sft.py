@@ -34,9 +34,6 @@ from typing import TYPE_CHECKING, Any
 from honed.data.dataset import (
     SplitData,
     apply_bad_row_policy,
-    length_stats,
-    remove_leaks,
-    split_rows,
 )
 from honed.data.loaders import BadRow, RawData, load_raw
 from honed.errors import DataError
@@ -49,6 +46,7 @@ from honed.train.tasks._shared import (
     load_base,
     load_tokenizer,
     load_tuned,
+    split_text_rows,
 )
 
 if TYPE_CHECKING:
@@ -178,26 +176,8 @@ def load_chat_data(spec: RunSpec) -> SplitData:
     rows, dups = _dedup(rows) if cfg.dedup else (rows, 0)
     if len(rows) < 5:
         raise DataError(f"{source}: {len(rows)} usable row(s); sft needs at least 5 to split")
-    train, validation, test = split_rows(rows, cfg.split, stratify_key=None)
-    leaks = remove_leaks(train, validation, test, key=_prompt_key)
-    data = SplitData(train, validation, test, labels=None, source_sha256=raw.sha256)
-    data.report = {
-        "source": source,
-        "source_sha256": raw.sha256,
-        "chat_format": fmt,
-        "rows_read": len(raw.records) + len(raw.bad_rows),
-        "rows": {name: len(data.split(name)) for name in ("train", "validation", "test")},
-        "bad_rows": [str(b) for b in bad],
-        "duplicates_removed": dups,
-        "leakage_removed": leaks,
-        "length": {
-            "prompt": length_stats([_prompt_key(r) for r in rows]),
-            "completion": length_stats([r["completion"][0]["content"] for r in rows]),
-        },
-        "split": cfg.split.model_dump(),
-        "content_sha256": data.content_sha256,
-    }
-    return data
+    lengths = {"prompt": _prompt_key, "completion": lambda r: r["completion"][0]["content"]}
+    return split_text_rows(rows, spec, raw, bad, dups, _prompt_key, lengths, chat_format=fmt)
 
 
 # ---------------------------------------------------------------- models
