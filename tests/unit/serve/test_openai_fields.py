@@ -250,15 +250,21 @@ def test_refused_and_accepted_fields(settings):
 
 
 def test_json_body_without_json_content_type(tiny):
+    """`curl -d` (form-urlencoded) or no content type: read as JSON from an API client (one that
+    sends Authorization); refused with 415 otherwise, since a web page can send those types to
+    a local server without a CORS preflight (cross-site request forgery)."""
     body = b'{"model": "sent", "input": ["good news"]}'
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    auth = {"Authorization": "Bearer any"}  # the server runs without keys: any value passes
 
     async def go(http, app):
-        for headers in ({}, {"Content-Type": "application/x-www-form-urlencoded"}):
-            # httpx adds no content type for raw bytes; curl -d sends form-urlencoded
-            r = await http.post("/v1/classify", content=body, headers=headers)
+        for headers in ({}, form, {"Content-Type": "text/plain"}):
+            r = await http.post("/v1/classify", content=body, headers={**headers, **auth})
             assert r.status_code == 200, r.text
-        form = {"Content-Type": "application/x-www-form-urlencoded"}
-        r = await http.post("/v1/classify", content=b"model=sent", headers=form)
+            r = await http.post("/v1/classify", content=body, headers=headers)
+            assert r.status_code == 415, r.text
+            assert "application/json" in r.json()["error"]["message"]
+        r = await http.post("/v1/classify", content=b"model=sent", headers={**form, **auth})
         assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
 
     run_app(settings_for(tiny), go)

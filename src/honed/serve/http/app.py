@@ -65,7 +65,6 @@ def create_app(settings: ServeSettings | None = None, engine: Engine | None = No
         version=__version__,
         description="OpenAI-compatible serving of honed specialists (adapters over one base).",
         lifespan=lifespan,
-        strict_content_type=False,  # a body without a content type is read as JSON
     )
     _init_state(app, settings, keys, engine)
     install_error_handlers(app)
