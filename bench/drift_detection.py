@@ -24,31 +24,24 @@ from pathlib import Path
 
 #: Where the data sets are by default: this repository's data/ and the shared checkout's.
 REPO = Path(__file__).resolve().parents[1]
-DATA_DIRS = (REPO / "data", REPO.parent / "shared" / "data")
 EMBEDDING_COMPONENTS = ("embedding_cells", "embedding_pca", "domain_classifier")
 
 
 def main() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from honed.monitor import replay
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--window", type=int, default=300)
     parser.add_argument("--mix", type=float, default=0.3)
     parser.add_argument("--shifted", type=int, default=3, help="Shifted windows per seed.")
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        action="append",
-        help="Folder holding financial_phrasebank/, alpaca/ and security/ (repeatable); "
-        "default: data/ and ../shared/data next to this repository.",
-    )
+    replay.add_data_dir_option(parser, REPO)
     args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
     torch.set_num_threads(2)
-    from honed.monitor import replay
-
-    corpora = load_corpora(replay, args.data_dir or DATA_DIRS)
+    corpora = load_corpora(replay, replay.data_dirs_of(args))
     print(
         f"window {args.window}, mix {args.mix:.0%}, seeds {args.seeds}, "
         f"10 in-domain + {args.shifted} shifted windows per seed"

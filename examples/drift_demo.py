@@ -25,31 +25,26 @@ import numpy as np
 
 #: Where the data sets are by default: this repository's data/ and the shared checkout's.
 REPO = Path(__file__).resolve().parents[1]
-DATA_DIRS = (REPO / "data", REPO.parent / "shared" / "data")
 SCHEDULE = (
     [("in-domain", None)] * 6 + [("30% alpaca", "alpaca")] * 3 + [("30% german", "german")] * 2
 )
 
 
 def main() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from honed.monitor import replay
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/drift-demo", help="Folder for the log + report.")
     parser.add_argument("--window", type=int, default=300, help="Requests per hour.")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        action="append",
-        help="Folder holding financial_phrasebank/, alpaca/ and security/ (repeatable); "
-        "default: data/ and ../shared/data next to this repository.",
-    )
+    replay.add_data_dir_option(parser, REPO)
     args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING, format="  %(levelname)s %(message)s")
     import torch
 
     torch.set_num_threads(2)
-    run(Path(args.out), args.window, args.seed, args.data_dir or DATA_DIRS)
+    run(Path(args.out), args.window, args.seed, replay.data_dirs_of(args))
 
 
 def corpora(data_dirs):

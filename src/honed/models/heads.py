@@ -12,8 +12,10 @@ A mean-pooled classifier is saved as its own architecture: ``model_type``
 ``modeling_honed.py``, which is written into the folder (``honed.models.mean_pooling`` plus
 the two classes). Why: saved as plain ``bert``, stock ``AutoModelForSequenceClassification``
 and ``pipeline()`` loaded it as a CLS-pooled BERT with a random pooler, silently giving wrong
-labels. Now they refuse the folder unless given ``trust_remote_code=True``, and then run
-exactly honed's forward pass. CLS-pooled classifiers stay stock architectures.
+labels. Now they refuse the folder unless the *user* allows its code to run (transformers'
+remote-code opt-in), and then run exactly honed's forward pass. honed itself never sets that
+flag: its own loads use its own classes, and a base's remote code runs only when the spec
+says ``model.trust_remote_code``. CLS-pooled classifiers stay stock architectures.
 
 ``load_classifier`` reads both forms (and older folders: ``model_type: bert`` with
 ``honed_pooling: mean``) with honed's own classes, never running the folder's code.

@@ -1,9 +1,10 @@
 """Masked mean pooling for sequence classifiers, self-contained (imports torch/transformers only).
 
 This file is honed's own implementation *and* the code written into every mean-pooled run
-folder as ``modeling_honed.py`` (followed by that model's config and model classes), so that
-``AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)`` runs
-exactly the forward pass honed trained and evaluated. Keep it free of honed imports.
+folder as ``modeling_honed.py`` (followed by that model's config and model classes), so that a
+user who opts in to the folder's code in stock ``AutoModelForSequenceClassification`` or
+``pipeline`` runs exactly the forward pass honed trained and evaluated. honed never opts in
+for them. Keep it free of honed imports.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ which say where the data sets are (``--data-dir``; default: the repository's ``d
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -23,6 +24,25 @@ from honed.monitor.drift import ALERT, DriftConfig, DriftReport, check_drift
 PHRASEBANK = Path("financial_phrasebank/Sentences_AllAgree.txt")
 ALPACA = Path("alpaca/alpaca_2000.json")  # the repo copy, data/alpaca/
 INJECTIONS = Path("security/prompt_injection/prompt_injections.jsonl")
+
+
+def add_data_dir_option(parser: argparse.ArgumentParser, repo: Path) -> None:
+    """The scripts' repeatable ``--data-dir``; default: ``repo/data`` and ``repo/../shared/data``
+    (the bundled copies, then the shared data sets beside the checkout)."""
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        action="append",
+        default=None,
+        help="Folder holding financial_phrasebank/, alpaca/ and security/ (repeatable); "
+        "default: data/ and ../shared/data next to this repository.",
+    )
+    parser.set_defaults(default_data_dirs=(repo / "data", repo.parent / "shared" / "data"))
+
+
+def data_dirs_of(args: argparse.Namespace) -> Sequence[Path]:
+    """The folders ``add_data_dir_option`` parsed: the given ones, else its defaults."""
+    return args.data_dir or args.default_data_dirs
 
 
 def find_data(relative: Path, data_dirs: Sequence[Path]) -> Path:
