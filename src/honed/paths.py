@@ -11,6 +11,8 @@ runs/NAME/
   confusion_matrix.png classification only
   lineage.json         base digest, data hashes, spec, packages, git commit
   spec.yaml            the spec as run (normalised)
+  eval/frozen_test.jsonl  the frozen evaluation set (reused by every later challenger)
+  eval/golden.jsonl    must-keep examples checked by the gate (optional)
   checkpoints/         Trainer checkpoints (kept for --resume)
 """
 
@@ -60,6 +62,16 @@ class RunPaths:
     @property
     def spec(self) -> Path:
         return self.root / "spec.yaml"
+
+    @property
+    def frozen_eval(self) -> Path:
+        """The frozen evaluation set (jsonl) every later challenger of this model is gated on."""
+        return self.root / "eval" / "frozen_test.jsonl"
+
+    @property
+    def golden(self) -> Path:
+        """Must-keep examples (jsonl) the gate checks one by one; absent when none given."""
+        return self.root / "eval" / "golden.jsonl"
 
     def create(self) -> RunPaths:
         self.root.mkdir(parents=True, exist_ok=True)

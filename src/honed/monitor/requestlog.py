@@ -78,6 +78,12 @@ class RequestRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     model: Mapped[str | None] = mapped_column(String(200), index=True)
     adapter: Mapped[str | None] = mapped_column(String(200))
+    # Which weights answered: the registry version ("NAME/3") when served from the registry,
+    # the sha256 of the weights (first 16 hex digits) always, and the traffic arm
+    # ("primary", "canary" or "shadow") when a canary or shadow is running.
+    version: Mapped[str | None] = mapped_column(String(200), index=True)
+    digest: Mapped[str | None] = mapped_column(String(64))
+    arm: Mapped[str | None] = mapped_column(String(16))
     route: Mapped[str | None] = mapped_column(String(200))
     latency_ms: Mapped[float | None] = mapped_column(Float)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
