@@ -27,13 +27,64 @@ class SplitConfig(StrictModel):
     stratify: bool = Field(True, description="Keep label proportions equal across splits.")
 
 
-class DataConfig(StrictModel):
-    """Where the data comes from and how its fields map onto honed's columns."""
+SourceKind = Literal["data", "feedback"]
 
-    source: str = Field(
+
+class SourceConfig(StrictModel):
+    """One entry of ``data.sources``: a file read like ``data.source``, with its own format,
+    encoding and field names when they differ from the data section's."""
+
+    path: str = Field(
         ...,
         description="Path to a file (relative paths resolve against the spec's folder) or, "
         "with format 'hf', a Hugging Face dataset id or a folder saved with save_to_disk.",
+    )
+    name: str | None = Field(
+        None,
+        description="Name shown in the data report and bad-row messages; default: the file name.",
+    )
+    kind: SourceKind = Field(
+        "data",
+        description="'data': examples, de-duplicated as usual (the first of two rows with the "
+        "same text wins; conflicting labels are reported). 'feedback': corrections (e.g. a "
+        "`honed monitor feedback-export` file); a row overrides the label of every earlier row "
+        "with the same normalised text, later feedback sources overriding earlier ones.",
+    )
+    format: DataFormat = Field("auto", description="File format; 'auto': from the extension.")
+    encoding: str | None = Field(
+        None,
+        description="Text encoding; default: data.encoding for kind 'data', utf-8 for "
+        "'feedback' (exports are utf-8).",
+    )
+    hf_split: str | None = Field(None, description="Split for format 'hf'; default data.hf_split.")
+    text_field: str | None = Field(
+        None,
+        description="Field holding the text; default: data.text_field for kind 'data', 'text' "
+        "for 'feedback' (the export's field).",
+    )
+    label_field: str | None = Field(
+        None,
+        description="Field holding the label; default: data.label_field for kind 'data', "
+        "'label' for 'feedback'.",
+    )
+
+
+class DataConfig(StrictModel):
+    """Where the data comes from and how its fields map onto honed's columns."""
+
+    source: str | None = Field(
+        None,
+        description="Path to a file (relative paths resolve against the spec's folder) or, "
+        "with format 'hf', a Hugging Face dataset id or a folder saved with save_to_disk. "
+        "One source; use `sources` for several. Exactly one of the two is required.",
+    )
+    sources: list[SourceConfig] | None = Field(
+        None,
+        min_length=1,
+        description="Several sources read in order, each row keeping its provenance (source "
+        "and line): the original data, feedback exports (kind: feedback; corrections override "
+        "earlier labels of the same text) and new files. The data report counts, per source, "
+        "rows given, kept, that overrode earlier labels, and lost (and why).",
     )
     format: DataFormat = Field(
         "auto", description="File format; 'auto' picks it from the extension."
@@ -62,6 +113,14 @@ class DataConfig(StrictModel):
     split: SplitConfig = Field(default_factory=SplitConfig)
 
     @model_validator(mode="after")
+    def _one_source_field(self) -> DataConfig:
+        if self.source is not None and self.sources is not None:
+            raise ValueError("data.source and data.sources: set one or the other, not both")
+        if self.source is None and self.sources is None:
+            raise ValueError("data.source or data.sources: one of them is required")
+        return self
+
+    @model_validator(mode="after")
     def _labels_unique(self) -> DataConfig:
         if self.labels is not None:
             if len(self.labels) < 2:
@@ -71,9 +130,20 @@ class DataConfig(StrictModel):
         return self
 
     def resolve_source(self, base_dir: Path) -> str:
-        """The source as an absolute path when it is a relative local path."""
-        if self.format == "hf":
-            candidate = base_dir / self.source
-            return str(candidate) if candidate.exists() else self.source
-        path = Path(self.source).expanduser()
-        return str(path if path.is_absolute() else (base_dir / path).resolve())
+        """The source (with ``sources``: the first one) as an absolute path when it is a
+        relative local path."""
+        if self.source is None:
+            assert self.sources  # the validator guarantees one of the two
+            first = self.sources[0]
+            return resolve_path(first.path, first.format == "hf", base_dir)
+        return resolve_path(self.source, self.format == "hf", base_dir)
+
+
+def resolve_path(source: str, is_hf: bool, base_dir: Path) -> str:
+    """A data path as an absolute path when it is a relative local one; with ``is_hf`` a name
+    that is no local folder stays as given (a Hub dataset id)."""
+    if is_hf:
+        candidate = base_dir / source
+        return str(candidate) if candidate.exists() else source
+    path = Path(source).expanduser()
+    return str(path if path.is_absolute() else (base_dir / path).resolve())

@@ -64,3 +64,18 @@ class EvalConfig(StrictModel):
         description="Gate: the run fails (exit 3) when a test metric falls below its floor, "
         "e.g. {accuracy: 0.9}. The model is still saved but not registered.",
     )
+    frozen_set: str = Field(
+        "auto",
+        description="The test split. 'auto': when the registered name has a champion "
+        "(NAME@champion), reuse its frozen evaluation set (eval/frozen_test.jsonl in its "
+        "folder) unchanged, and drop from train/validation every row whose normalised text is "
+        "in it; otherwise split as usual. A path to a jsonl of {text, label} rows: use that "
+        "file. 'none': always split anew. Every run writes its test split as its own frozen "
+        "set. Classification only; other tasks always split.",
+    )
+    golden: str | None = Field(
+        None,
+        description="jsonl of must-keep examples ({text, label}) the gate checks one by one; "
+        "copied into the run folder (eval/golden.jsonl). They may also be trained on. When "
+        "unset, a run inherits the champion's golden file.",
+    )

@@ -173,7 +173,10 @@ def _hub_dataset(spec: RunSpec) -> str | None:
     """The data's Hub dataset id, when it is one (format hf, not a local folder)."""
     from honed.models.packaged import hub_id_of
 
-    return hub_id_of(spec.data.source) if spec.data.format == "hf" else None
+    data = spec.data
+    first = data.sources[0] if data.sources else None
+    source, fmt = (first.path, first.format) if first else (data.source or "", data.format)
+    return hub_id_of(source) if fmt == "hf" else None
 
 
 def _usage(spec: RunSpec, lineage: dict[str, Any]) -> str:

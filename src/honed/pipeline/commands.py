@@ -88,6 +88,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _print_result(result) -> None:
+    from honed.data.sources import summary_lines
+
     m = result.metrics
     print(f"\nrun folder: {result.paths.root}")
     for key in sorted(k for k in m if k.startswith("test_")):
@@ -101,6 +103,10 @@ def _print_result(result) -> None:
         )
         figures = "  ".join(f"{k} {v:.4f}" for k, v in list(shown.items())[:3])
         print(f"  baseline {name:15s} {figures}")
+    lines = summary_lines(result.data_report or {})
+    if lines:
+        print("data sources:")
+        print("\n".join(lines))
     if result.version:
         print(f"registered: {result.lineage['name']} version {result.version}")
 

@@ -33,6 +33,7 @@ class RunResult:
     version: str | None = None
     run_id: str | None = None
     gate_failures: list[str] | None = None
+    data_report: dict[str, Any] | None = None
 
 
 def default_output_dir(spec: RunSpec) -> Path:
@@ -104,6 +105,7 @@ def train_and_evaluate(
 ) -> RunResult:
     from honed.models.resolve import resolve_model
     from honed.pipeline.check import check_data
+    from honed.pipeline.evalsets import choose_eval_sets, write_eval_sets
     from honed.registry.lineage import build_lineage, portable_report
     from honed.train.common import name_adapter_base
     from honed.train.methods import get_method
@@ -113,8 +115,11 @@ def train_and_evaluate(
     started = time.perf_counter()
     check_data(spec)  # the same quick check as `honed validate`, before the base is fetched
     base = resolve_model(spec.model)
-    data = task.prepare_data(spec)
+    sets = choose_eval_sets(spec, task)
+    # Only tasks that take a frozen set get one (choose_eval_sets refuses it for the others).
+    data = task.prepare_data(spec, frozen=sets.frozen) if sets.frozen else task.prepare_data(spec)
     paths = _prepare_folder(Path(output_dir or default_output_dir(spec)), resume, overwrite)
+    write_eval_sets(spec, paths, data, sets)
     _write_json(paths.data_report, portable_report(data.report, paths.root))
     lineage = build_lineage(
         spec, base, data, get_method(spec.method.name).is_adapter, root=paths.root
@@ -133,7 +138,13 @@ def train_and_evaluate(
     _write_json(paths.root / "log_history.json", train_metrics.get("log_history", []))
     paths.spec.write_text(yaml.safe_dump(lineage["spec"], sort_keys=False))
     paths.card.write_text(render_card(spec, metrics, data.report, lineage), encoding="utf-8")
-    result = RunResult(paths, metrics, lineage, gate_failures=gate(metrics, spec.eval.min_metrics))
+    result = RunResult(
+        paths,
+        metrics,
+        lineage,
+        gate_failures=gate(metrics, spec.eval.min_metrics),
+        data_report=data.report,
+    )
     if register and spec.registry.enabled and not result.gate_failures:
         _register(spec, result, data, train_metrics.get("log_history") or [])
     return result

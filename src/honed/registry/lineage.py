@@ -69,10 +69,19 @@ def portable_spec(spec: RunSpec, root: Path | None) -> dict[str, Any]:
     if root is None:
         return dump
     dump["model"]["base"] = portable_path(_local(spec.model.base), root)
-    dump["data"]["source"] = portable_path(spec.data_source(), root)
+    if spec.data.sources is None:
+        dump["data"]["source"] = portable_path(spec.data_source(), root)
+    for entry, src in zip(dump["data"]["sources"] or [], _sources(spec), strict=False):
+        entry["path"] = portable_path(src.path, root)
     # Where this run wrote is the folder holding the spec; a rerun picks its own.
     dump["output_dir"] = None
     return dump
+
+
+def _sources(spec: RunSpec) -> list:
+    from honed.data.sources import resolve_sources
+
+    return resolve_sources(spec.data, spec.base_dir) if spec.data.sources else []
 
 
 def _local(base: str) -> str:
@@ -137,6 +146,10 @@ def build_lineage(
             "source_sha256": data.source_sha256,
             "content_sha256": data.content_sha256,
             "rows": {k: len(data.split(k)) for k in ("train", "validation", "test")},
+            "sources": [
+                {**s, "path": portable_path(s["path"], root)}
+                for s in (data.report.get("sources") or [])
+            ],
         },
         "spec": dump,
         "spec_sha256": spec_sha256(dump),

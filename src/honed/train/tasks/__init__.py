@@ -26,6 +26,8 @@ class Task(Protocol):
         """Load, clean and split the spec's data."""
         ...
 
+    # Optional: ``frozen_eval = True`` when ``prepare_data(spec, frozen=EvalSet)`` takes a
+    # frozen evaluation set as its test split (classification); other tasks always split.
     # Optional: ``data_fields(spec, first_row) -> {data field: spec setting naming it}``, the
     # fields every row needs; ``honed validate`` checks a sample of the data has them.
 

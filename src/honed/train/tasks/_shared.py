@@ -20,7 +20,8 @@ from honed.data.dataset import (
     remove_leaks,
     split_rows,
 )
-from honed.data.loaders import BadRow, RawData, load_raw
+from honed.data.loaders import BadRow, RawData
+from honed.data.sources import Parse, SourceRead, read_sources, resolve_sources
 from honed.errors import DataError, SpecError
 from honed.evals.generative import GenerationSettings
 from honed.models.resolve import load_kwargs
@@ -110,6 +111,34 @@ def _parse_rows(raw: RawData, fields: dict[str, str], check: RowCheck | None):
     return rows, bad
 
 
+def read_text_sources(spec: RunSpec, parse: Parse) -> SourceRead:
+    """Every source of the spec read with ``parse`` (rows keep their provenance), the bad-row
+    policy applied. Feedback sources are refused: overriding a label by a correction is the
+    classification task's; other tasks add such rows with ``kind: data``."""
+    sources = resolve_sources(spec.data, spec.base_dir)
+    for src in sources:
+        if src.kind == "feedback":
+            raise SpecError(
+                f"{src.setting}.kind: 'feedback' (corrections overriding labels) is supported "
+                f"by the classification task only; for task {spec.task!r} add the file with "
+                "kind: data"
+            )
+    read = read_sources(sources, parse)
+    apply_bad_row_policy(read.bad, spec.data, read.label)
+    return read
+
+
+def dedup_first(read: SourceRead, key: Callable[[dict[str, Any]], str]) -> int:
+    """Drop rows whose ``key`` an earlier row has (in place, counted per source)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for row in read.rows:
+        if seen.setdefault(key(row), row) is not row:
+            read.tallies[row["origin"]].lost["duplicate"] += 1
+    dups = len(read.rows) - len(seen)
+    read.rows = list(seen.values())
+    return dups
+
+
 def load_text_rows(
     spec: RunSpec,
     fields: dict[str, str],
@@ -124,48 +153,47 @@ def load_text_rows(
     are random (nothing to stratify on), and train/validation rows whose normalised
     ``leak_key`` (default ``key``) occurs in test are removed.
     """
-    cfg, source = spec.data, spec.data_source()
-    raw = load_raw(source, cfg)
-    rows, bad = _parse_rows(raw, fields, check)
-    apply_bad_row_policy(bad, cfg, source)
-    dups = 0
-    if cfg.dedup:
-        unique = {key(r): r for r in reversed(rows)}  # reversed: the first row wins
-        dups = len(rows) - len(unique)
-        rows = sorted(unique.values(), key=lambda r: r["line"])
-    if len(rows) < 3:
-        raise DataError(f"{source}: {len(rows)} usable row(s); need at least 3 to split")
+    read = read_text_sources(spec, lambda raw, src: _parse_rows(raw, fields, check))
+    dups = dedup_first(read, key) if spec.data.dedup else 0
+    if len(read.rows) < 3:
+        raise DataError(f"{read.label}: {len(read.rows)} usable row(s); need at least 3 to split")
     lengths = {column: (lambda r, c=column: r[c]) for column in fields}
-    return split_text_rows(rows, spec, raw, bad, dups, leak_key or key, lengths, fields=fields)
+    return split_text_rows(read, spec, dups, leak_key or key, lengths, fields=fields)
 
 
 def split_text_rows(
-    rows: list[dict[str, Any]],
+    read: SourceRead,
     spec: RunSpec,
-    raw: RawData,
-    bad: list[BadRow],
     dups: int,
     leak_key: Callable[[dict[str, Any]], str],
     lengths: dict[str, Callable[[dict[str, Any]], str]],
     **described: Any,
 ) -> SplitData:
-    """Random (unstratified) train/validation/test split, leak check on ``leak_key``, and the
-    data report: counts, bad rows, duplicates, leaks, text lengths (``lengths``: column ->
-    text of a row) and whatever ``described`` adds (the fields, the chat format)."""
-    cfg, source = spec.data, spec.data_source()
-    train, validation, test = split_rows(rows, cfg.split, stratify_key=None)
+    """Random (unstratified) train/validation/test split of ``read.rows``, leak check on
+    ``leak_key``, and the data report: counts (also per source), bad rows, duplicates, leaks,
+    text lengths (``lengths``: column -> text of a row) and whatever ``described`` adds (the
+    fields, the chat format)."""
+    cfg = spec.data
+    train, validation, test = split_rows(read.rows, cfg.split, stratify_key=None)
+    before = train + validation
     leaks = remove_leaks(train, validation, test, key=leak_key)
-    data = SplitData(train, validation, test, source_sha256=raw.sha256)
+    after = {id(r) for r in train + validation}
+    for row in before:
+        if id(row) not in after:
+            read.tallies[row["origin"]].lost["leaked_test"] += 1
+    read.count_kept([train, validation, test])
+    data = SplitData(train, validation, test, source_sha256=read.sha256)
     kept = train + validation + test
     data.report = {
-        "source": source,
-        "source_sha256": raw.sha256,
+        "source": read.sources[0].path,
+        "source_sha256": read.sha256,
         **described,
-        "rows_read": len(raw.records) + len(raw.bad_rows),
+        "rows_read": read.rows_read,
         "rows": {name: len(data.split(name)) for name in ("train", "validation", "test")},
-        "bad_rows": [str(b) for b in bad],
+        "bad_rows": [str(b) for b in read.bad],
         "duplicates_removed": dups,
         "leakage_removed": leaks,
+        "sources": read.report(),
         "length": {
             column: length_stats([text(r) for r in kept]) for column, text in lengths.items()
         },

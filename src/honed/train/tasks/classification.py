@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from honed.data.dataset import SplitData, load_classification
+from honed.data.sources import resolve_sources
 from honed.evals import classification as cls_eval
 from honed.models.heads import load_classifier, resolve_pooling
 from honed.models.resolve import load_kwargs
@@ -12,6 +13,7 @@ from honed.train import common
 from honed.train.methods import get_method
 
 if TYPE_CHECKING:
+    from honed.data.frozen import EvalSet
     from honed.models.resolve import ResolvedModel
     from honed.paths import RunPaths
     from honed.spec import RunSpec
@@ -49,9 +51,12 @@ def _compute_metrics(labels: list[str]):
 class ClassificationTask:
     name = "classification"
     peft_task_type = "SEQ_CLS"
+    #: prepare_data takes ``frozen``: a frozen evaluation set used as the test split.
+    frozen_eval = True
 
-    def prepare_data(self, spec: RunSpec) -> SplitData:
-        return load_classification(spec.data, spec.data_source())
+    def prepare_data(self, spec: RunSpec, frozen: EvalSet | None = None) -> SplitData:
+        sources = resolve_sources(spec.data, spec.base_dir)
+        return load_classification(spec.data, sources=sources, frozen=frozen)
 
     def data_fields(self, spec: RunSpec, first_row: Any) -> dict[str, str]:
         return {spec.data.text_field: "data.text_field", spec.data.label_field: "data.label_field"}

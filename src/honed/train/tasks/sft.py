@@ -31,21 +31,20 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from honed.data.dataset import (
-    SplitData,
-    apply_bad_row_policy,
-)
-from honed.data.loaders import BadRow, RawData, load_raw
+from honed.data.dataset import SplitData
+from honed.data.loaders import BadRow, RawData
 from honed.errors import DataError
 from honed.evals import generative
 from honed.train import common
 from honed.train.methods import get_method
 from honed.train.tasks._shared import (
     base_view,
+    dedup_first,
     generation_settings,
     load_base,
     load_tokenizer,
     load_tuned,
+    read_text_sources,
     split_text_rows,
 )
 
@@ -160,24 +159,24 @@ def _prompt_key(row: Mapping[str, Any]) -> str:
     return "\n".join(m["content"] for m in row["prompt"] if m["role"] != "system")
 
 
-def _dedup(rows: list[dict]) -> tuple[list[dict], int]:
-    seen: dict[str, dict] = {}
-    for row in rows:
-        seen.setdefault(_row_key(row), row)
-    return list(seen.values()), len(rows) - len(seen)
-
-
 def load_chat_data(spec: RunSpec) -> SplitData:
     """Load, convert, deduplicate, split (not stratified) and leak-check chat rows."""
-    cfg, source = spec.data, spec.data_source()
-    raw = load_raw(source, cfg)
-    rows, bad, fmt = chat_rows(raw, getattr(cfg, "chat_format", "auto"))
-    apply_bad_row_policy(bad, cfg, source)
-    rows, dups = _dedup(rows) if cfg.dedup else (rows, 0)
-    if len(rows) < 5:
-        raise DataError(f"{source}: {len(rows)} usable row(s); sft needs at least 5 to split")
+    formats: list[str] = []
+
+    def parse(raw: RawData, src: Any) -> tuple[list[dict], list[BadRow]]:
+        rows, bad, fmt = chat_rows(raw, getattr(src.cfg, "chat_format", "auto"))
+        formats.append(fmt)
+        return rows, bad
+
+    read = read_text_sources(spec, parse)
+    dups = dedup_first(read, _row_key) if spec.data.dedup else 0
+    if len(read.rows) < 5:
+        raise DataError(
+            f"{read.label}: {len(read.rows)} usable row(s); sft needs at least 5 to split"
+        )
     lengths = {"prompt": _prompt_key, "completion": lambda r: r["completion"][0]["content"]}
-    return split_text_rows(rows, spec, raw, bad, dups, _prompt_key, lengths, chat_format=fmt)
+    fmt = formats[0] if len(set(formats)) == 1 else formats
+    return split_text_rows(read, spec, dups, _prompt_key, lengths, chat_format=fmt)
 
 
 # ---------------------------------------------------------------- models
