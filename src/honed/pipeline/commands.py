@@ -103,7 +103,7 @@ def _print_result(result) -> None:
         )
         figures = "  ".join(f"{k} {v:.4f}" for k, v in list(shown.items())[:3])
         print(f"  baseline {name:15s} {figures}")
-    lines = summary_lines(result.data_report or {})
+    lines = summary_lines(getattr(result, "data_report", None) or {})
     if lines:
         print("data sources:")
         print("\n".join(lines))
