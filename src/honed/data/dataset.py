@@ -209,9 +209,10 @@ def _feedback_labels_known(read: SourceRead, declared: list[str] | None) -> None
     keep = []
     for row in read.rows:
         if kinds[row["origin"]] == "feedback" and row["label"] not in known:
-            read.tallies[row["origin"]].lost["bad_row"] += 1
+            tally = read.tallies[row["origin"]]
+            tally.lost["bad_row"] += 1
             reason = f"unknown label {row['label']!r} (the data has {sorted(known)})"
-            read.bad.append(BadRow(f"[{row['origin']}]", row["line"], reason))
+            read.bad.append(BadRow(f"[{tally.name}] {tally.path}", row["line"], reason))
         else:
             keep.append(row)
     read.rows = keep

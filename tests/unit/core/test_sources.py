@@ -176,7 +176,8 @@ def test_bad_feedback_label_names_the_source_and_line(tmp_path):
     undeclared = DataConfig(sources=sources, split=SPLIT, on_bad_rows="skip")
     data = _load(tmp_path, undeclared)
     assert data.labels == LABELS
-    assert any("banana" in b and "fb.jsonl" in b for b in data.report["bad_rows"])
+    (bad,) = data.report["bad_rows"]
+    assert bad.startswith("[fb.jsonl] ") and "fb.jsonl:2: unknown label 'banana'" in bad
     assert _by_name(data.report)["fb.jsonl"]["lost_by_reason"] == {"bad_row": 1}
     _check_accounting(data.report)
 
