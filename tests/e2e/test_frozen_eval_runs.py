@@ -88,6 +88,8 @@ def test_second_run_reuses_the_frozen_set_and_applies_corrections(
     sources = {s["name"]: s for s in report["sources"]}
     assert sources["phrases"]["lost_by_reason"]["overridden"] == 5
     assert sources["phrases"]["lost_by_reason"]["leaked_frozen"] == len(held_out)
+    for name in ("data_report.json", "lineage.json", "spec.yaml", "eval/frozen_test.meta.json"):
+        assert str(tmp_path) not in (run2 / name).read_text(), name  # portable run folder
     # The run folder's spec runs again as written (sources relative to the folder).
     rerun = yaml.safe_load((run2 / "spec.yaml").read_text())
     assert rerun["data"]["source"] is None and len(rerun["data"]["sources"]) == 2

@@ -137,5 +137,5 @@ def copy_eval_set(found: EvalSet, path: Path, origin: dict[str, Any]) -> dict[st
     path.parent.mkdir(parents=True, exist_ok=True)
     if found.path.resolve() != path.resolve():
         shutil.copyfile(found.path, path)
-    first = found.origin.get("first") or found.origin or {"path": str(found.path)}
+    first = found.origin.get("first") or found.origin or {"file": found.path.name}
     return _write_meta(path, found.sha256, len(found.rows), {**origin, "first": first})

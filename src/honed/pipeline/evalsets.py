@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from honed.data.frozen import EvalSet, copy_eval_set, read_eval_set, write_eval_set
 from honed.errors import RegistryError, SpecError
-from honed.paths import RunPaths
+from honed.paths import RunPaths, portable_path
 
 if TYPE_CHECKING:
     from honed.data.dataset import SplitData
@@ -112,7 +112,7 @@ def write_eval_sets(spec: RunSpec, paths: RunPaths, data: SplitData, sets: EvalS
     """The run's frozen set (the reused one byte for byte, else its new test split) and the
     golden file, each with a sidecar saying where it came from."""
     if sets.frozen is not None:
-        origin = {"kind": "reused", "ref": sets.frozen.ref, "run": spec.name}
+        origin = {"kind": "reused", "ref": _portable(sets.frozen, paths), "run": spec.name}
         copy_eval_set(sets.frozen, paths.frozen_eval, origin)
     else:
         origin = {
@@ -124,4 +124,11 @@ def write_eval_sets(spec: RunSpec, paths: RunPaths, data: SplitData, sets: EvalS
         write_eval_set(data.test, paths.frozen_eval, origin)
     if sets.golden is not None:
         kind = "given" if spec.eval.golden else "inherited"
-        copy_eval_set(sets.golden, paths.golden, {"kind": kind, "ref": sets.golden.ref})
+        origin = {"kind": kind, "ref": _portable(sets.golden, paths)}
+        copy_eval_set(sets.golden, paths.golden, origin)
+
+
+def _portable(found: EvalSet, paths: RunPaths) -> str:
+    """A file given by path, relative to the run folder (run folders hold no absolute path);
+    a champion's set by its registry reference."""
+    return portable_path(found.ref, paths.root) if found.ref == str(found.path) else found.ref

@@ -108,10 +108,19 @@ def base_record(base: ResolvedModel, root: Path | None) -> dict[str, Any]:
 
 
 def portable_report(report: dict[str, Any], root: Path) -> dict[str, Any]:
-    """data_report.json with its data source relative to the run folder."""
-    if "source" not in report:
-        return report
-    return {**report, "source": portable_path(report["source"], root)}
+    """data_report.json with its data sources (and a reused frozen set) relative to the run
+    folder."""
+    out = dict(report)
+    if "source" in out:
+        out["source"] = portable_path(out["source"], root)
+    if out.get("sources"):
+        out["sources"] = [{**s, "path": portable_path(s["path"], root)} for s in out["sources"]]
+    frozen = out.get("frozen_eval") or {}
+    if frozen.get("path"):
+        moved = portable_path(frozen["path"], root)
+        same = frozen.get("from") == frozen["path"]
+        out["frozen_eval"] = {**frozen, "path": moved, **({"from": moved} if same else {})}
+    return out
 
 
 def _pooling(spec: RunSpec, base: ResolvedModel) -> str | None:
