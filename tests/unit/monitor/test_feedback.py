@@ -15,12 +15,24 @@ from honed.monitor.feedback import (
 )
 from honed.monitor.requestlog import RequestLogger, make_engine
 
+LABELS = ["negative", "neutral", "positive"]
+
 
 @pytest.fixture
 def logged(db_url):
     engine = make_engine(db_url)
     logger = RequestLogger(engine=engine)
-    logger.submit({"id": "c1", "input_text": "Profit fell 5 %", "predicted_label": "positive"})
+    logger.record_model("sent", "classify", "sent/1", "d1", LABELS)
+    logger.submit(
+        {
+            "id": "c1",
+            "model": "sent",
+            "digest": "d1",
+            "route": "classify",
+            "input_text": "Profit fell 5 %",
+            "predicted_label": "positive",
+        }
+    )
     logger.submit({"id": "g1", "input_text": "Summarise: X", "output_text": "bad summary"})
     logger.submit({"id": "g2", "input_text": "Say hi", "output_text": "hi"})
     logger.flush()

@@ -98,8 +98,9 @@ async def _internal_error(send: Send) -> None:
 def _record_refusal(scope: Scope, route: str, prefix: str, status: int, started: float) -> None:
     """Metrics and a request-log row for an inference request no Tracker recorded."""
     try:
+        rid = scope["state"]["request_id"]  # the id the client saw
         tracker = Tracker(Request(scope), route, "", prefix)
-        tracker.id = scope["state"]["request_id"]  # the id the client saw
+        tracker.id = scope["state"]["request_id"] = rid
         tracker.started = started
         tracker.finish(status, str(status))
     except Exception:  # recording is an add-on: it must never break serving
