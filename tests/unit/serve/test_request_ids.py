@@ -200,3 +200,15 @@ def test_registry_version_is_logged_and_feedback_is_checked(tiny, tmp_path, monk
 
     stored = FeedbackStore(settings.request_log_url).joined()
     assert [(f["item"], f["correction"]) for f in stored] == [(1, "neutral")]
+
+
+def test_a_folder_has_no_registry_version(tiny):
+    from honed.registry.store import resolve_ref_version
+    from honed.serve.engine import loading
+
+    folder = tiny["clf"]
+    assert resolve_ref_version(str(folder)) == (folder.resolve(), None)
+    ref = loading.parse_entry(f"sent={folder}")
+    assert (ref.version, ref.kind) == (None, "classify")
+    stamped = loading.stamp(type("M", (), {})(), ref)
+    assert stamped.version is None and stamped.digest == loading.folder_digest(folder)[:16]
