@@ -8,7 +8,8 @@ training data.
   a label of the model version that answered it, or one of a generation is empty text. The
   labels come from the request log's ``honed_model_versions`` table (written by the server the
   first time a version answers, so they outlive that version being unloaded), else from the
-  serving engine.
+  serving engine, else (requests logged before label sets were recorded) from the labels that
+  model predicted in the log.
 - Implicit signals the server sees: ``regenerate`` (the same caller sent the same prompt to
   the same model again soon after; recorded on the earlier request) and ``abandoned`` (a
   stream whose client left before the final chunk). The server queues them through its
@@ -154,6 +155,13 @@ class FeedbackStore:
             return list(found["labels"])
         return self.fallback_labels(model, digest) if self.fallback_labels else None
 
+    def allowed_labels(self, model: str | None, digest: str | None) -> list[str] | None:
+        """What a correction of ``model``'s answer may be: :meth:`labels_of`, else (requests
+        logged before label sets were recorded) the labels that model predicted in the log;
+        None when neither is known."""
+        found = self.labels_of(model, digest)
+        return found if found is not None else self.observed_labels(model) or None
+
     def observed_labels(self, model: str | None) -> list[str]:
         """The labels ``model`` predicted in the log: for rows logged before label sets were."""
         query = select(distinct(RequestRow.predicted_label)).where(
@@ -181,7 +189,7 @@ class FeedbackStore:
             return fb
         if not texts:
             return fb
-        labels = self.labels_of(row["model"], row["digest"])
+        labels = self.allowed_labels(row["model"], row["digest"])
         return fb.model_copy(update={f: self._label(f, v, labels, row) for f, v in texts.items()})
 
     @staticmethod
@@ -413,8 +421,7 @@ def export_training_data(
     corrections that are not labels of the model that answered (checked again here, for rows
     stored before feedback was checked) and feedback whose request is not in the log.
 
-    The allowed labels of a request: its version's recorded label set, else (rows logged
-    before label sets were recorded) the labels that model predicted in the log."""
+    The allowed labels of a request: :meth:`FeedbackStore.allowed_labels`."""
     out = Path(out)
     skipped = Counter() if skipped is None else skipped
     by_kind = training_rows(store.joined(since), _export_labels(store), skipped)
@@ -445,8 +452,7 @@ def _export_labels(store: FeedbackStore) -> Callable[[dict[str, Any]], list[str]
     def allowed(fb: dict[str, Any]) -> list[str] | None:
         key = (fb["req_model"], fb.get("req_digest"))
         if key not in cache:
-            found = store.labels_of(*key)
-            cache[key] = found if found is not None else store.observed_labels(key[0]) or None
+            cache[key] = store.allowed_labels(*key)
         return cache[key]
 
     return allowed
