@@ -336,9 +336,15 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _feedback_export(args: argparse.Namespace) -> int:
+    from collections import Counter
+
     from honed.monitor.feedback import FeedbackStore, export_training_data
 
-    written = export_training_data(FeedbackStore(args.db), args.out, args.kind, _since(args.since))
+    skipped: Counter = Counter()
+    store = FeedbackStore(args.db)
+    written = export_training_data(store, args.out, args.kind, _since(args.since), skipped)
     for kind, (path, n) in written.items():
         print(f"{kind}: {n} rows -> {path}")
+    for why, n in sorted(skipped.items()):
+        print(f"skipped {n} feedback rows: {why}")
     return 0

@@ -1,15 +1,24 @@
 """User feedback: store it next to the request log, accept it over HTTP, turn it into
 training data.
 
-- ``POST /v1/feedback``: ``{"request_id", "rating": "up"|"down", "correction", "preferred",
-  "comment"}``; 404 when the request id is unknown.
+- ``POST /v1/feedback``: ``{"request_id", "item", "rating": "up"|"down", "correction",
+  "preferred", "comment"}``. Checked against the request it names, never stored as an orphan:
+  404 when the request id is unknown, 422 when ``item`` is beyond the request's items, and 422
+  naming the allowed values when a correction (or preferred answer) of a classification is not
+  a label of the model version that answered it, or one of a generation is empty text. The
+  labels come from the request log's ``honed_model_versions`` table (written by the server the
+  first time a version answers, so they outlive that version being unloaded), else from the
+  serving engine, else (requests logged before label sets were recorded) from the labels that
+  model predicted in the log.
 - Implicit signals the server sees: ``regenerate`` (the same caller sent the same prompt to
   the same model again soon after; recorded on the earlier request) and ``abandoned`` (a
   stream whose client left before the final chunk). The server queues them through its
   request logger (:meth:`~honed.monitor.requestlog.RequestLogger.submit_feedback`); other
   code can use :meth:`FeedbackStore.add_signal`. :func:`feedback_summary` counts them apart
   from explicit feedback.
-- Export: corrections of a classifier's label -> classification rows ``{text, label}``;
+- Export: corrections of a classifier's label -> classification rows ``{text, label}`` (labels
+  checked again, so rows stored before feedback was checked cannot poison training data: bad
+  ones are skipped and counted);
   corrections / preferred answers of a generator -> SFT rows ``{prompt, completion}`` and DPO
   pairs ``{prompt, chosen, rejected}`` (the logged answer is the rejected one). Rows are
   de-duplicated (latest feedback wins) and carry ``request_id`` / ``feedback_id`` provenance.
@@ -20,14 +29,16 @@ training data.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import Request  # module level: route annotations are resolved from globals
 from pydantic import BaseModel, Field, model_validator
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, distinct, func, insert, select
 
 from honed.errors import HonedError
 from honed.monitor.requestlog import (
@@ -35,6 +46,7 @@ from honed.monitor.requestlog import (
     RequestLogger,
     RequestRow,
     as_utc,
+    latest_model_version,
     make_engine,
     utcnow,
 )
@@ -48,6 +60,26 @@ _MAX_TEXT = 100_000
 
 class UnknownRequestError(HonedError):
     """Feedback names a request id that the request log does not hold."""
+
+
+class InvalidFeedbackError(HonedError):
+    """Feedback that does not fit the request it names (HTTP 422): an item beyond the
+    request's items, a correction that is not a label of the model that answered, empty text."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+# (model, digest) -> that version's labels, or None when not known.
+LabelSource = Callable[[str | None, str | None], list[str] | None]
+# Rows logged by a canary's shadow arm share the request id but never answered the client.
+_ANSWERED = (RequestRow.arm.is_(None)) | (RequestRow.arm != "shadow")
+
+
+def is_classification(row: dict[str, Any]) -> bool:
+    """A request-log row (its ``route`` / ``predicted_label``) of a classification."""
+    return row.get("route") == "classify" or row.get("predicted_label") is not None
 
 
 class FeedbackIn(BaseModel):
@@ -85,32 +117,109 @@ class FeedbackStore:
         *,
         engine: Engine | None = None,
         logger: RequestLogger | None = None,
+        labels: LabelSource | None = None,
     ):
         self.engine = engine or (logger.engine if logger else make_engine(url))
         # With a logger, a miss flushes it once: the request may still sit in its queue.
         self.logger = logger
+        # Where labels come from when the versions table lacks them (the serving engine).
+        self.fallback_labels = labels
 
     def request_exists(self, request_id: str) -> bool:
-        if self._exists(request_id):
-            return True
-        if self.logger is not None:
-            self.logger.flush(timeout=5.0)
-            return self._exists(request_id)
-        return False
+        return bool(self.request_rows(request_id))
 
-    def _exists(self, request_id: str) -> bool:
+    def request_rows(self, request_id: str) -> list[dict[str, Any]]:
+        """The request's logged rows (one per item; a shadow arm's excluded), oldest first;
+        [] when the request is unknown."""
+        rows = self._rows(request_id)
+        if not rows and self.logger is not None:
+            self.logger.flush(timeout=5.0)
+            rows = self._rows(request_id)
+        return rows
+
+    def _rows(self, request_id: str) -> list[dict[str, Any]]:
+        cols = ("item", "model", "digest", "version", "route", "predicted_label")
+        query = (
+            select(*(getattr(RequestRow, c) for c in cols))
+            .where((RequestRow.id == request_id) & _ANSWERED)
+            .order_by(RequestRow.pk)
+        )
         with self.engine.connect() as conn:
-            query = select(RequestRow.id).where(RequestRow.id == request_id)
-            return conn.execute(query).first() is not None
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def labels_of(self, model: str | None, digest: str | None) -> list[str] | None:
+        """The labels of the version ``digest`` of ``model`` (when ``digest`` is None, of its
+        latest recorded version); None when not known."""
+        found = latest_model_version(self.engine, model, digest) if model else None
+        if found is not None and found["labels"]:
+            return list(found["labels"])
+        return self.fallback_labels(model, digest) if self.fallback_labels else None
+
+    def allowed_labels(self, model: str | None, digest: str | None) -> list[str] | None:
+        """What a correction of ``model``'s answer may be: :meth:`labels_of`, else (requests
+        logged before label sets were recorded) the labels that model predicted in the log;
+        None when neither is known."""
+        found = self.labels_of(model, digest)
+        return found if found is not None else self.observed_labels(model) or None
+
+    def observed_labels(self, model: str | None) -> list[str]:
+        """The labels ``model`` predicted in the log: for rows logged before label sets were."""
+        query = select(distinct(RequestRow.predicted_label)).where(
+            (RequestRow.model == model) & RequestRow.predicted_label.is_not(None)
+        )
+        with self.engine.connect() as conn:
+            return sorted(r[0] for r in conn.execute(query))
+
+    def check(self, fb: FeedbackIn, rows: list[dict[str, Any]]) -> FeedbackIn:
+        """``fb`` checked against the request's ``rows`` (InvalidFeedbackError when it does
+        not fit); a label correction comes back stripped."""
+        items = {r["item"] for r in rows}
+        if fb.item not in items:
+            raise InvalidFeedbackError(
+                f"item {fb.item} is out of range: request {fb.request_id!r} had "
+                f"{len(items)} item(s), numbered from 0",
+                "item",
+            )
+        row = [r for r in rows if r["item"] == fb.item][-1]
+        texts = {f: v for f in ("correction", "preferred") if (v := getattr(fb, f)) is not None}
+        if not is_classification(row):
+            for field, value in texts.items():
+                if not value.strip():
+                    raise InvalidFeedbackError(f"{field} must be non-empty text", field)
+            return fb
+        if not texts:
+            return fb
+        labels = self.allowed_labels(row["model"], row["digest"])
+        return fb.model_copy(update={f: self._label(f, v, labels, row) for f, v in texts.items()})
+
+    @staticmethod
+    def _label(field: str, value: str, labels: list[str] | None, row: dict[str, Any]) -> str:
+        who = f"model {row['model']!r}" + (f" ({row['version']})" if row.get("version") else "")
+        if labels is None:
+            raise InvalidFeedbackError(
+                f"{field} cannot be checked: the labels of {who} that answered are not known",
+                field,
+            )
+        if value.strip() not in labels:
+            allowed = ", ".join(repr(x) for x in labels)
+            raise InvalidFeedbackError(
+                f"{field} {value[:100]!r} is not a label of {who}, which answered this "
+                f"request; allowed values: {allowed}",
+                field,
+            )
+        return value.strip()
 
     def add(
         self, feedback: FeedbackIn | dict[str, Any], detail: dict[str, Any] | None = None
     ) -> int:
         """Store one feedback (``detail``: what the server saw with an implicit signal);
-        raises UnknownRequestError for an unknown request id."""
+        raises UnknownRequestError for an unknown request id, InvalidFeedbackError for
+        feedback that does not fit the request (see :meth:`check`)."""
         fb = feedback if isinstance(feedback, FeedbackIn) else FeedbackIn(**feedback)
-        if not self.request_exists(fb.request_id):
+        rows = self.request_rows(fb.request_id)
+        if not rows:
             raise UnknownRequestError(f"unknown request id {fb.request_id!r}")
+        fb = self.check(fb, rows)
         row = {
             "request_id": fb.request_id,
             "item": fb.item,
@@ -145,10 +254,15 @@ class FeedbackStore:
                 RequestRow.output_text.label("req_output"),
                 RequestRow.predicted_label.label("req_label"),
                 RequestRow.model.label("req_model"),
+                RequestRow.route.label("req_route"),
+                RequestRow.digest.label("req_digest"),
+                RequestRow.version.label("req_version"),
             )
             .join(
                 RequestRow,
-                (RequestRow.id == FeedbackRow.request_id) & (RequestRow.item == FeedbackRow.item),
+                (RequestRow.id == FeedbackRow.request_id)
+                & (RequestRow.item == FeedbackRow.item)
+                & _ANSWERED,
             )
             .order_by(FeedbackRow.created_at, FeedbackRow.id)
         )
@@ -158,14 +272,25 @@ class FeedbackStore:
             rows = conn.execute(query).all()
         return [dict(r._mapping) for r in rows]
 
+    def orphans(self) -> int:
+        """Feedback rows whose request (and item) the log does not hold (stored before
+        feedback was checked); never exported."""
+        matched = select(RequestRow.pk).where(
+            (RequestRow.id == FeedbackRow.request_id) & (RequestRow.item == FeedbackRow.item)
+        )
+        query = select(func.count()).select_from(FeedbackRow).where(~matched.exists())
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
 
 def build_feedback_router(
     store: FeedbackStore | None = None, auth_dependency: Callable | None = None
 ):
     """A FastAPI router with ``POST /v1/feedback`` (201 with the feedback id; 404 for an
-    unknown request id; 422 for a malformed body). Without ``store``, the app's request
-    logger (``app.state.request_logger``, when it is a :class:`RequestLogger`) decides the
-    database, else the default one; the store is made on first use."""
+    unknown request id; 422 for a malformed body or feedback that does not fit its request).
+    Without ``store``, the app's request logger (``app.state.request_logger``, when it is a
+    :class:`RequestLogger`) decides the database, else the default one; the store is made on
+    first use and falls back on the serving engine's label sets."""
     from fastapi import APIRouter, Depends, HTTPException
 
     deps = [Depends(auth_dependency)] if auth_dependency is not None else []
@@ -180,6 +305,8 @@ def build_feedback_router(
             feedback_id = target.add(body)
         except UnknownRequestError as err:
             raise HTTPException(status_code=404, detail=str(err)) from None
+        except InvalidFeedbackError as err:
+            raise HTTPException(status_code=422, detail=str(err)) from None
         return {"id": feedback_id, "request_id": body.request_id, "item": body.item}
 
     return router
@@ -189,9 +316,21 @@ def _app_store(state: Any) -> FeedbackStore:
     found = getattr(state, "feedback_store", None)
     if found is None:
         logger = getattr(state, "request_logger", None)
-        found = FeedbackStore(logger=logger if isinstance(logger, RequestLogger) else None)
+        found = FeedbackStore(
+            logger=logger if isinstance(logger, RequestLogger) else None,
+            labels=partial(_engine_labels, state),
+        )
         state.feedback_store = found
     return found
+
+
+def _engine_labels(state: Any, model: str | None, digest: str | None) -> list[str] | None:
+    """The labels of a loaded classifier ``model`` (of version ``digest`` when given)."""
+    for m in getattr(getattr(state, "engine", None), "models", None) or []:
+        same = digest is None or getattr(m, "digest", None) == digest
+        if m.name == model and getattr(m, "labels", None) and same:
+            return list(m.labels)
+    return None
 
 
 # --- summary ---------------------------------------------------------------------------------
@@ -231,9 +370,18 @@ def feedback_summary(feedback: list[dict[str, Any]], n_requests: int) -> dict[st
 # --- export ----------------------------------------------------------------------------------
 
 
-def training_rows(feedback: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Feedback (from :meth:`FeedbackStore.joined`) -> rows per kind, de-duplicated."""
+def training_rows(
+    feedback: list[dict[str, Any]],
+    labels: Callable[[dict[str, Any]], list[str] | None] | None = None,
+    skipped: Counter | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Feedback (from :meth:`FeedbackStore.joined`) -> rows per kind, de-duplicated.
+
+    ``labels``: the allowed labels of the model that answered a feedback row's request (None:
+    not known); a classification correction outside them is skipped and counted in
+    ``skipped`` (reason -> rows). Without ``labels`` corrections are not checked."""
     rows: dict[str, dict[tuple, dict[str, Any]]] = {k: {} for k in KINDS}
+    skipped = Counter() if skipped is None else skipped
     # oldest first: a later row with the same key replaces the earlier
     for fb in progress(feedback, "exporting", unit="row"):
         prompt = fb["req_input"]
@@ -241,9 +389,13 @@ def training_rows(feedback: list[dict[str, Any]]) -> dict[str, list[dict[str, An
             continue  # implicit signals are weak: never training data
         prov = {"request_id": fb["request_id"], "feedback_id": fb["id"], "model": fb["req_model"]}
         better = (fb["preferred"] or fb["correction"] or "").strip()
-        if fb["req_label"] is not None:  # a classifier's request: the correction is a label
-            if fb["correction"]:
-                label = fb["correction"].strip()
+        request = {"route": fb.get("req_route"), "predicted_label": fb["req_label"]}
+        if is_classification(request):  # a classifier's request: the correction is a label
+            label = (fb["correction"] or fb["preferred"] or "").strip()
+            allowed = labels(fb) if labels is not None and label else None
+            if label and allowed is not None and label not in allowed:
+                skipped["not a label of the model that answered"] += 1
+            elif label:
                 rows["classification"][(prompt,)] = {"text": prompt, "label": label, **prov}
             continue
         if not better:
@@ -261,15 +413,27 @@ def export_training_data(
     out: str | Path,
     kind: Literal["auto", "classification", "sft", "dpo"] = "auto",
     since: datetime | None = None,
+    skipped: Counter | None = None,
 ) -> dict[str, tuple[Path, int]]:
     """Write jsonl training data from feedback. One kind: to ``out``. ``auto``: every kind
     that has rows, to ``out`` when only one does, else ``<out stem>.<kind>.jsonl``.
-    Returns kind -> (path, rows)."""
+    Returns kind -> (path, rows); ``skipped`` gets the rows left out, by reason: label
+    corrections that are not labels of the model that answered (checked again here, for rows
+    stored before feedback was checked) and feedback whose request is not in the log.
+
+    The allowed labels of a request: :meth:`FeedbackStore.allowed_labels`."""
     out = Path(out)
-    by_kind = training_rows(store.joined(since))
+    skipped = Counter() if skipped is None else skipped
+    by_kind = training_rows(store.joined(since), _export_labels(store), skipped)
+    if orphans := store.orphans():
+        skipped["request not in the log"] += orphans
     wanted = [kind] if kind != "auto" else [k for k in KINDS if by_kind[k]]
     if not wanted:
-        raise HonedError("no feedback with corrections or preferred answers to export")
+        left_out = "; ".join(f"{n} skipped: {why}" for why, n in sorted(skipped.items()))
+        raise HonedError(
+            "no feedback with corrections or preferred answers to export"
+            + (f" ({left_out})" if left_out else "")
+        )
     written = {}
     for k in wanted:
         path = out if len(wanted) == 1 else out.with_name(f"{out.stem}.{k}.jsonl")
@@ -279,3 +443,16 @@ def export_training_data(
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
         written[k] = (path, len(by_kind[k]))
     return written
+
+
+def _export_labels(store: FeedbackStore) -> Callable[[dict[str, Any]], list[str] | None]:
+    """A feedback row -> the labels allowed for it (cached per model version)."""
+    cache: dict[tuple, list[str] | None] = {}
+
+    def allowed(fb: dict[str, Any]) -> list[str] | None:
+        key = (fb["req_model"], fb.get("req_digest"))
+        if key not in cache:
+            cache[key] = store.allowed_labels(*key)
+        return cache[key]
+
+    return allowed

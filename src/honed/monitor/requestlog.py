@@ -120,6 +120,22 @@ class FeedbackRow(Base):
     detail: Mapped[dict | None] = mapped_column(JSON)
 
 
+class ModelVersionRow(Base):
+    """A model version a server answered with: what the request log's ``model`` / ``digest``
+    columns name, and (classifiers) its label set, kept so feedback can be checked against
+    the labels of the version that answered even after that version was unloaded."""
+
+    __tablename__ = "honed_model_versions"
+
+    id: Mapped[int] = mapped_column(_BigInt, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    model: Mapped[str] = mapped_column(String(200), index=True)  # the request rows' ``model``
+    version: Mapped[str | None] = mapped_column(String(200))
+    digest: Mapped[str | None] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(32))  # classify | generate | adapter
+    labels: Mapped[list | None] = mapped_column(JSON)  # classifiers: labels in id order
+
+
 class DriftCheckRow(Base):
     """One drift check (its JSON result), kept for the drift-over-time report."""
 
@@ -133,6 +149,9 @@ class DriftCheckRow(Base):
 
 # Marks a queued implicit-feedback record (RequestLogger.submit_feedback) among requests.
 _FEEDBACK = "__honed_feedback__"
+# Marks a queued model-version record (RequestLogger.record_model).
+_MODEL = "__honed_model__"
+MODEL_FIELDS = ("model", "version", "digest", "kind", "labels")
 REQUEST_FIELDS = frozenset(c.name for c in RequestRow.__table__.columns) - {"pk"}
 # Short names the server's tracker uses (honed.serve.http.tracking) -> columns.
 ALIASES = {
@@ -315,6 +334,22 @@ class RequestLogger:
         with self._count_lock:
             return self._put(record)
 
+    def record_model(
+        self,
+        model: str,
+        kind: str,
+        version: str | None = None,
+        digest: str | None = None,
+        labels: list[str] | None = None,
+    ) -> bool:
+        """Queue a model version the server answers with (see :class:`ModelVersionRow`);
+        never blocks. Queued before the first request it answers, so it is written first.
+        A version already recorded identically is not written twice."""
+        record = {_MODEL: True, "model": model, "kind": kind, "version": version}
+        record.update(digest=digest, labels=list(labels) if labels is not None else None)
+        with self._count_lock:
+            return self._put(record)
+
     def _put(self, record: dict[str, Any]) -> bool:
         # Called with the count lock held.
         try:
@@ -382,16 +417,19 @@ class RequestLogger:
         return batch
 
     def _write(self, batch: list[dict[str, Any]]) -> None:
-        rows, feedback = [], []
+        rows, feedback, models = [], [], []
         for record in batch:
             if record.get(_FEEDBACK):
                 feedback.append({k: v for k, v in record.items() if k != _FEEDBACK})
+                continue
+            if record.get(_MODEL):
+                models.append({k: record[k] for k in MODEL_FIELDS})
                 continue
             try:
                 rows.append(normalise_record(record, self.redact))
             except Exception:  # e.g. a redaction hook raising: drop that record only
                 log.exception("request log: bad record dropped")
-        written = self._insert(rows) + self._insert_feedback(feedback)
+        written = self._insert_models(models) + self._insert(rows) + self._insert_feedback(feedback)
         with self._done:
             self.stats.written += written
             self.stats.failed += len(batch) - written
@@ -412,6 +450,15 @@ class RequestLogger:
                 return 0
         return sum(self._insert([row]) for row in rows)
 
+    def _insert_models(self, rows: list[dict[str, Any]]) -> int:
+        written = 0
+        for row in rows:  # a handful per server start: one by one is fine
+            try:
+                written += save_model_version(self.engine, row)
+            except Exception:  # best effort, like implicit signals: never stop the writer
+                log.exception("request log: recording model version %s failed", row["model"])
+        return written
+
     def _insert_feedback(self, rows: list[dict[str, Any]]) -> int:
         if not rows:
             return 0
@@ -422,6 +469,30 @@ class RequestLogger:
             log.exception("request log: writing %d implicit feedback rows failed", len(rows))
             return 0
         return len(rows)
+
+
+def save_model_version(engine: Engine, row: dict[str, Any]) -> int:
+    """Record a model version (``MODEL_FIELDS``) unless the same is the latest one recorded
+    for its model and digest; 1 (counted as written) either way."""
+    found = latest_model_version(engine, row["model"], row.get("digest"))
+    if found is not None and all(found[k] == row.get(k) for k in MODEL_FIELDS):
+        return 1
+    with engine.begin() as conn:
+        conn.execute(insert(ModelVersionRow), [{**row, "created_at": utcnow()}])
+    return 1
+
+
+def latest_model_version(
+    engine: Engine, model: str | None, digest: str | None
+) -> dict[str, Any] | None:
+    """The latest recorded version of ``model`` with ``digest`` (when ``digest`` is None:
+    the latest version of ``model`` at all, for rows logged before digests were)."""
+    query = select(*ModelVersionRow.__table__.columns).where(ModelVersionRow.model == model)
+    if digest is not None:
+        query = query.where(ModelVersionRow.digest == digest)
+    with engine.connect() as conn:
+        row = conn.execute(query.order_by(ModelVersionRow.id.desc()).limit(1)).first()
+    return dict(row._mapping) if row else None
 
 
 class RequestStore:

@@ -427,9 +427,15 @@ def _first(err: Exception) -> str:
 
 def resolve_ref(ref: str, cfg: RegistryConfig | None = None) -> Path:
     """A model reference (folder, NAME@ALIAS or NAME/VERSION) -> a local model folder."""
+    return resolve_ref_version(ref, cfg)[0]
+
+
+def resolve_ref_version(ref: str, cfg: RegistryConfig | None = None) -> tuple[Path, str | None]:
+    """(local model folder, registry version "NAME/3") of a model reference; the version is
+    None for a plain folder. An alias resolves to the version it points at now."""
     path = Path(ref).expanduser()
     if path.is_dir():
-        return path.resolve()
+        return path.resolve(), None
     if "/" in ref and not re.match(r"^(models:/)?[A-Za-z0-9._-]+/\d+$", ref):
         raise RegistryError(f"{ref}: model folder not found")
     registry = Registry(cfg)
@@ -437,4 +443,4 @@ def resolve_ref(ref: str, cfg: RegistryConfig | None = None) -> Path:
     folder = registry.local_folder(version)
     if not folder.is_dir():
         raise RegistryError(f"{ref}: registered, but its model folder is missing at {folder}")
-    return folder
+    return folder, f"{version.name}/{version.version}"

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 from fastapi import FastAPI, Header, HTTPException
@@ -15,12 +16,24 @@ from honed.monitor.feedback import (
 )
 from honed.monitor.requestlog import RequestLogger, make_engine
 
+LABELS = ["negative", "neutral", "positive"]
+
 
 @pytest.fixture
 def logged(db_url):
     engine = make_engine(db_url)
     logger = RequestLogger(engine=engine)
-    logger.submit({"id": "c1", "input_text": "Profit fell 5 %", "predicted_label": "positive"})
+    logger.record_model("sent", "classify", "sent/1", "d1", LABELS)
+    logger.submit(
+        {
+            "id": "c1",
+            "model": "sent",
+            "digest": "d1",
+            "route": "classify",
+            "input_text": "Profit fell 5 %",
+            "predicted_label": "positive",
+        }
+    )
     logger.submit({"id": "g1", "input_text": "Summarise: X", "output_text": "bad summary"})
     logger.submit({"id": "g2", "input_text": "Say hi", "output_text": "hi"})
     logger.flush()
@@ -195,4 +208,150 @@ def test_existing_database_gains_the_detail_column(tmp_path):
         ("abandoned", {"tokens_sent": 1}),
     ]
     make_engine(f"sqlite:///{path}").dispose()  # a second start finds the column there
+    engine.dispose()
+
+
+def _feedback(store, **body):
+    from honed.monitor.feedback import InvalidFeedbackError
+
+    try:
+        return store.add(body)
+    except InvalidFeedbackError as err:
+        return err
+
+
+def test_corrections_must_be_labels_of_the_version_that_answered(db_url):
+    from honed.monitor.feedback import InvalidFeedbackError
+
+    engine = make_engine(db_url)
+    logger = RequestLogger(engine=engine)
+    # two versions of one model name with different label sets; each answered one request
+    logger.record_model("sent", "classify", "sent/1", "d1", LABELS)
+    logger.record_model("sent", "classify", "sent/2", "d2", ["bad", "good"])
+    for rid, digest in (("r1", "d1"), ("r2", "d2")):
+        for item in (0, 1):
+            row = {"id": rid, "item": item, "model": "sent", "digest": digest}
+            logger.submit({**row, "route": "classify", "input": f"t{item}", "label": "x"})
+    store = FeedbackStore(engine=engine, logger=logger)
+    banana = _feedback(store, request_id="r1", correction="banana")
+    assert isinstance(banana, InvalidFeedbackError) and banana.param == "correction"
+    assert "'banana'" in str(banana) and "'negative', 'neutral', 'positive'" in str(banana)
+    assert isinstance(_feedback(store, request_id="r1", correction="good"), InvalidFeedbackError)
+    assert isinstance(_feedback(store, request_id="r2", preferred="neutral"), InvalidFeedbackError)
+    assert isinstance(_feedback(store, request_id="r1", correction=" "), InvalidFeedbackError)
+    beyond = _feedback(store, request_id="r1", item=2, correction="neutral")
+    assert isinstance(beyond, InvalidFeedbackError) and beyond.param == "item"
+    assert "2 item(s)" in str(beyond)
+    with pytest.raises(UnknownRequestError):
+        store.add({"request_id": "r9", "rating": "up"})
+    assert isinstance(_feedback(store, request_id="r1", item=1, correction=" neutral "), int)
+    assert isinstance(_feedback(store, request_id="r2", correction="good"), int)
+    stored = store.joined()
+    assert [(f["request_id"], f["item"], f["correction"]) for f in stored] == [
+        ("r1", 1, "neutral"),  # stored as the label, stripped
+        ("r2", 0, "good"),
+    ]
+    logger.close()
+    engine.dispose()
+
+
+def test_generator_feedback_needs_text(logged):
+    from honed.monitor.feedback import InvalidFeedbackError
+
+    engine, logger = logged
+    store = FeedbackStore(engine=engine, logger=logger)
+    for field in ("correction", "preferred"):
+        err = _feedback(store, request_id="g1", **{field: " \n\t"})
+        assert isinstance(err, InvalidFeedbackError) and err.param == field
+        assert "non-empty text" in str(err)
+    assert isinstance(_feedback(store, request_id="g1", preferred="a real summary"), int)
+
+
+def test_labels_fall_back_to_the_serving_engine(sqlite_url):
+    engine = make_engine(sqlite_url)
+    logger = RequestLogger(engine=engine)  # a version never recorded in the table
+    logger.submit({"id": "c", "model": "m", "digest": "d", "route": "classify", "label": "a"})
+    seen = []
+
+    def labels(model, digest):
+        seen.append((model, digest))
+        return ["a", "b"] if (model, digest) == ("m", "d") else None
+
+    store = FeedbackStore(engine=engine, logger=logger, labels=labels)
+    assert isinstance(_feedback(store, request_id="c", correction="b"), int)
+    assert "'a', 'b'" in str(_feedback(store, request_id="c", correction="z"))
+    # without either: the labels the model predicted in the log (rows from before label sets)
+    observed = _feedback(FeedbackStore(engine=engine), request_id="c", correction="b")
+    assert "allowed values: 'a'" in str(observed)
+    logger.submit({"id": "e", "model": "m2", "route": "classify", "status": 500})
+    unknown = _feedback(FeedbackStore(engine=engine, logger=logger), request_id="e", correction="b")
+    assert "not known" in str(unknown)
+    assert seen[0] == ("m", "d")
+    logger.close()
+    engine.dispose()
+
+
+def test_shadow_rows_are_not_the_answer(sqlite_url):
+    """A canary's shadow arm logs its own answer under the same id; feedback is about the
+    answer the client saw."""
+    engine = make_engine(sqlite_url)
+    logger = RequestLogger(engine=engine)
+    logger.record_model("sent", "classify", "sent/1", "d1", LABELS)
+    logger.record_model("sent", "classify", "sent/2", "d2", ["bad", "good"])
+    base = {"id": "s", "model": "sent", "route": "classify", "input": "t", "item": 0}
+    logger.submit({**base, "digest": "d1", "arm": "primary", "label": "neutral"})
+    logger.submit({**base, "digest": "d2", "arm": "shadow", "label": "good"})
+    store = FeedbackStore(engine=engine, logger=logger)
+    assert "allowed values: 'negative'" in str(_feedback(store, request_id="s", correction="good"))
+    store.add({"request_id": "s", "correction": "positive"})
+    assert [(f["req_label"], f["correction"]) for f in store.joined()] == [("neutral", "positive")]
+    logger.close()
+    engine.dispose()
+
+
+def test_export_checks_rows_stored_before_feedback_was_checked(sqlite_url, tmp_path):
+    from sqlalchemy import insert
+
+    from honed.monitor.requestlog import FeedbackRow, utcnow
+
+    engine = make_engine(sqlite_url)
+    logger = RequestLogger(engine=engine)
+    # an old log: no digests, no recorded label sets; the model predicted these labels
+    for i, label in enumerate(["negative", "positive", "neutral"]):
+        logger.submit({"id": f"o{i}", "model": "sent", "input": f"text {i}", "label": label})
+    logger.close()
+    old = [("o0", 0, "positive"), ("o1", 0, "banana"), ("o2", 0, " "), ("gone", 0, "neutral")]
+    old.append(("o2", 5, "neutral"))  # an item the request never had
+    with engine.begin() as conn:
+        conn.execute(
+            insert(FeedbackRow),
+            [
+                {"request_id": r, "item": i, "created_at": utcnow(), "signal": "explicit"}
+                | {"correction": c}
+                for r, i, c in old
+            ],
+        )
+    skipped = Counter()
+    written = export_training_data(
+        FeedbackStore(engine=engine), tmp_path / "fb.jsonl", "auto", None, skipped
+    )
+    rows = [json.loads(x) for x in (tmp_path / "fb.jsonl").read_text().splitlines()]
+    assert written["classification"][1] == 1
+    assert [(r["text"], r["label"]) for r in rows] == [("text 0", "positive")]
+    assert skipped == {"not a label of the model that answered": 1, "request not in the log": 2}
+    # with the version's label set recorded, that set decides
+    RequestLogger(engine=engine).close()
+    from honed.monitor.requestlog import save_model_version
+
+    row = {"model": "sent", "version": "sent/1", "digest": None, "kind": "classify"}
+    save_model_version(engine, {**row, "labels": ["negative", "positive", "neutral", "banana"]})
+    skipped = Counter()
+    export_training_data(FeedbackStore(engine=engine), tmp_path / "b.jsonl", skipped=skipped)
+    labels = [json.loads(x)["label"] for x in (tmp_path / "b.jsonl").read_text().splitlines()]
+    assert labels == ["positive", "banana"] and skipped == {"request not in the log": 2}
+    with engine.begin() as conn:
+        conn.execute(FeedbackRow.__table__.delete().where(FeedbackRow.correction != "banana"))
+    save_model_version(engine, {**row, "labels": LABELS})
+    with pytest.raises(HonedError, match="1 skipped: not a label"):
+        export_training_data(FeedbackStore(engine=engine), tmp_path / "c.jsonl")
     engine.dispose()

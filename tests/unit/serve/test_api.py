@@ -186,15 +186,21 @@ def test_health_ready_metrics(tiny):
         await c.post("/v1/chat/completions", json=chat_body("a0"))
         await c.post("/v1/chat/completions", json=chat_body("nope"))
         text = (await c.get("/metrics")).text
+        gen = app.state.engine.generator
+        # `version`: the registry version, else the weights digest (these are folders)
+        a0, base = gen.adapters["a0"].sha256[:16], gen.digest
+        assert len(base) == 16 and a0 != base
         assert (
-            'honed_requests_total{adapter="a0",model="base",route="chat",status="200"} 1.0' in text
+            f'honed_requests_total{{adapter="a0",model="base",route="chat",status="200",'
+            f'version="{a0}"}} 1.0' in text
         )
         assert (
-            'honed_errors_total{adapter="",model="unknown",route="chat",type="not_found"}' in text
+            'honed_errors_total{adapter="",model="unknown",route="chat",type="not_found",'
+            'version=""}' in text
         )
         assert "honed_completion_tokens_total" in text
-        assert 'honed_batch_size_count{model="base"}' in text
-        assert 'honed_queue_depth{model="base"} 0.0' in text
+        assert f'honed_batch_size_count{{model="base",version="{base}"}}' in text
+        assert f'honed_queue_depth{{model="base",version="{base}"}} 0.0' in text
 
     run_app(settings_for(tiny), go)
 

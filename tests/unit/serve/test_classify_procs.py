@@ -73,7 +73,10 @@ def test_api_request_survives_a_worker_crash(tiny):
         assert len(r.json()["data"]) == len(TEXTS)
         assert procs.restarts == 1
         metrics = (await c.get("/metrics")).text
-        assert 'honed_classifier_worker_restarts{model="sent"} 1.0' in metrics
+        version = app.state.engine.classifiers["sent"].digest
+        assert (
+            f'honed_classifier_worker_restarts{{model="sent",version="{version}"}} 1.0' in metrics
+        )
         return procs
 
     procs = run_app(settings, go)

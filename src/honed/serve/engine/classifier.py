@@ -44,6 +44,12 @@ class ClassifierModel:
     """A sequence classifier; texts of many requests go through one padded forward pass."""
 
     kind = "classify"
+    # Which version answers (set by honed.serve.engine.loading.stamp when loaded): the
+    # registry version ("NAME/3", None for a folder), the weights digest (16 hex), and the
+    # traffic arm ("primary" unless a canary router says otherwise). `labels`: in id order.
+    version: str | None = None
+    digest: str | None = None
+    arm: str = "primary"
 
     def __init__(
         self,

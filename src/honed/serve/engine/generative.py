@@ -35,12 +35,20 @@ class AdapterSlot:
     internal: str  # the peft adapter name (never reused, so a swap can load beside the old one)
     source: str
     sha256: str
+    version: str | None = None  # the registry version ("NAME/3") when loaded from a registry ref
 
 
 class GenerativeModel:
     """A causal LM with hot-swappable LoRA adapters behind one micro-batching queue."""
 
     kind = "generate"
+    # Which version answers (set by honed.serve.engine.loading.stamp when loaded; an adapter
+    # id answers with its AdapterSlot's version and sha256 instead): the registry version
+    # ("NAME/3", None for a folder), the weights digest (16 hex), the traffic arm.
+    version: str | None = None
+    digest: str | None = None
+    arm: str = "primary"
+    labels: list[str] | None = None  # a generator has no label set
 
     def __init__(
         self,
@@ -252,12 +260,12 @@ class GenerativeModel:
         if name == self.name:
             raise Conflict(f"{name!r} is the base model's id", code="name_taken", param="name")
         async with self._locks[name]:
-            path, digest = await self._check_adapter(source, sha256)
+            path, digest, version = await self._check_adapter(source, sha256)
             internal = f"honed_{next(self._ids)}"
             assert self.batcher is not None
             await self.batcher.between(self._attach, path, internal)
             old = self.adapters.get(name)
-            slot = AdapterSlot(internal, source, digest)
+            slot = AdapterSlot(internal, source, digest, version)
             self.adapters[name] = slot  # new requests go to the new weights from here on
             if old is not None:
                 await self._drain_and_detach(old.internal)
@@ -277,9 +285,10 @@ class GenerativeModel:
             await self._released.wait()
         await self.batcher.between(self._detach, internal)
 
-    async def _check_adapter(self, source: str, sha256: str | None) -> tuple[Path, str]:
+    async def _check_adapter(self, source: str, sha256: str | None) -> tuple[Path, str, str | None]:
+        """(folder, sha256 of the weights, registry version or None) of an adapter to load."""
         try:
-            path = await asyncio.to_thread(loading.resolve_folder, source)
+            path, version = await asyncio.to_thread(loading.resolve, source)
             if loading.detect_kind(path) != "adapter":
                 raise InvalidRequest(f"{source!r} is not a causal-LM LoRA adapter", param="source")
             digest = await asyncio.to_thread(loading.adapter_digest, path)
@@ -298,7 +307,7 @@ class GenerativeModel:
                 code="digest_mismatch",
                 param="sha256",
             )
-        return path, digest
+        return path, digest, version
 
     async def base_digest(self) -> str | None:
         if self._base_digest is None:

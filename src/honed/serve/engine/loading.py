@@ -25,29 +25,40 @@ class ModelRef:
     ref: str
     path: Path
     kind: str  # "generate" | "adapter" | "classify" | "classify-adapter"
+    version: str | None = None  # the registry version ("NAME/3"); None for a folder
+
+
+# How many hex digits of a weights sha256 identify a model version in logs and metrics.
+DIGEST_CHARS = 16
 
 
 def resolve_folder(ref: str) -> Path:
     """A folder path, `packaged:NAME`, or a registry ref (NAME@ALIAS, NAME/VERSION) -> folder."""
+    return resolve(ref)[0]
+
+
+def resolve(ref: str) -> tuple[Path, str | None]:
+    """(folder, registry version "NAME/3" or None) of a folder path, `packaged:NAME` or a
+    registry ref; an alias resolves to the version it points at now."""
     if ref.startswith("packaged:"):
         from honed.models.packaged import packaged_path
 
-        return packaged_path(ref.removeprefix("packaged:"))
+        return packaged_path(ref.removeprefix("packaged:")), None
     local = _as_dir(ref)
     if local is not None:
-        return local
+        return local, None
     if not _REGISTRY_REF.match(ref):
         raise ModelError(f"{ref[:200]!r}: not a folder, NAME@ALIAS, NAME/VERSION or packaged:NAME")
     try:
-        from honed.registry.store import resolve_ref
+        from honed.registry.store import resolve_ref_version
     except ImportError:
         raise ModelError(
             f"{ref!r}: no such folder (and the model registry is not available)"
         ) from None
-    path = Path(resolve_ref(ref))
-    if not path.is_dir():
+    path, version = resolve_ref_version(ref)
+    if not Path(path).is_dir():
         raise ModelError(f"{ref!r}: the registry points at {path}, which is not a folder")
-    return path
+    return Path(path), version
 
 
 def _as_dir(ref: str) -> Path | None:
@@ -91,11 +102,27 @@ def parse_entry(entry: str) -> ModelRef:
     ref = ref.strip()
     if not ref:
         raise ModelError(f"model entry {entry!r}: empty reference")
-    path = resolve_folder(ref)
+    path, version = resolve(ref)
     default = path.name if _as_dir(ref) is not None else ref.split("@")[0].split("/")[0]
     if ref.startswith("packaged:"):
         default = ref.removeprefix("packaged:")
-    return ModelRef(name=name.strip() or default, ref=ref, path=path, kind=detect_kind(path))
+    kind = detect_kind(path)
+    return ModelRef(name=name.strip() or default, ref=ref, path=path, kind=kind, version=version)
+
+
+def weights_digest(path: Path, kind: str) -> str:
+    """The version identity of a model folder: sha256 of its weights (an adapter's own
+    weights for adapters), first DIGEST_CHARS hex digits."""
+    full = adapter_digest(path) if kind in {"adapter", "classify-adapter"} else folder_digest(path)
+    return full[:DIGEST_CHARS]
+
+
+def stamp(model: Any, ref: ModelRef, digest: str | None = None) -> Any:
+    """Set which version a loaded engine model is (``version``, ``digest``; ``arm`` stays the
+    class default "primary"): what the request log and metrics record for its answers."""
+    model.version = ref.version
+    model.digest = (digest or weights_digest(ref.path, ref.kind))[:DIGEST_CHARS]
+    return model
 
 
 def adapter_digest(path: Path) -> str:

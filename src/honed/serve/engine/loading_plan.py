@@ -42,11 +42,13 @@ def _build_classifier(settings: ServeSettings, entry: ModelRef, device: str, dty
 
         spec = WorkerSpec(entry, settings, device, str(dtype).removeprefix("torch."))
         procs = ClassifierProcesses(spec, settings.classify_processes)
-        return ClassifierModel.in_processes(entry.name, procs, settings)
+        return loading.stamp(ClassifierModel.in_processes(entry.name, procs, settings), entry)
     model = loading.load_classifier(
         entry, device, dtype, settings.classify_quantization, settings.classify_packing
     )
-    return ClassifierModel(entry.name, *model, settings=settings, device=device)
+    return loading.stamp(
+        ClassifierModel(entry.name, *model, settings=settings, device=device), entry
+    )
 
 
 def _check_unique(names: list[str]) -> None:
@@ -61,7 +63,7 @@ def _base_entry(settings: ServeSettings, entries: list[ModelRef]) -> ModelRef | 
     if len(bases) > 1:
         raise ModelError("one generative base per server: got " + ", ".join(e.ref for e in bases))
     if settings.base:
-        path = loading.resolve_folder(settings.base)
+        path, version = loading.resolve(settings.base)
         if loading.detect_kind(path) != "generate":
             raise ModelError(f"base {settings.base!r} is not a causal language model")
         if bases and bases[0].path != path:
@@ -71,13 +73,13 @@ def _base_entry(settings: ServeSettings, entries: list[ModelRef]) -> ModelRef | 
             if settings.base.startswith("packaged:")
             else path.name
         )
-        return ModelRef(name, settings.base, path, "generate")
+        return ModelRef(name, settings.base, path, "generate", version)
     if bases:
         return bases[0]
     if adapters:
         ref = loading.adapter_base_ref(adapters[0].path)
-        path = loading.resolve_folder(ref)
-        return ModelRef(path.name, ref, path, "generate")
+        path, version = loading.resolve(ref)
+        return ModelRef(path.name, ref, path, "generate", version)
     return None
 
 
@@ -98,11 +100,14 @@ def _build_generator(
         from peft import PeftModel
 
         merged = PeftModel.from_pretrained(model, str(adapters[0].path)).merge_and_unload()
-        return GenerativeModel(name, merged.eval(), tokenizer, settings, device, adapters[0].name)
+        gen = GenerativeModel(name, merged.eval(), tokenizer, settings, device, adapters[0].name)
+        return loading.stamp(gen, adapters[0])  # the merged adapter's version answers
     gen = GenerativeModel(name, model, tokenizer, settings, device, base_digest=base_digest)
+    loading.stamp(gen, base, base_digest)
     for i, a in enumerate(adapters):
         gen._attach(a.path, f"honed_init_{i}")
-        gen.adapters[a.name] = AdapterSlot(f"honed_init_{i}", a.ref, loading.adapter_digest(a.path))
+        digest = loading.adapter_digest(a.path)
+        gen.adapters[a.name] = AdapterSlot(f"honed_init_{i}", a.ref, digest, a.version)
     return gen
 
 

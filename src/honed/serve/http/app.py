@@ -26,7 +26,8 @@ from honed.serve.engine.loading_plan import build_engine
 from honed.serve.http.auth import AccessMiddleware, KeyStore
 from honed.serve.http.errors import ERROR_RESPONSES, install_error_handlers
 from honed.serve.http.json_body import JsonBodyMiddleware
-from honed.serve.http.metrics import Metrics
+from honed.serve.http.metrics import Metrics, version_label
+from honed.serve.http.request_ids import RequestIdMiddleware
 from honed.serve.http.routes import (
     adapters,
     chat,
@@ -82,6 +83,7 @@ def create_app(settings: ServeSettings | None = None, engine: Engine | None = No
         max_body=settings.max_body_bytes,
         retry_after=settings.retry_after_s,
     )
+    app.add_middleware(RequestIdMiddleware)  # outermost: its header is on every response
     return app
 
 
@@ -142,8 +144,9 @@ async def _start(app: FastAPI, engine: Engine | None) -> None:
 
 def _wire_metrics(metrics: Metrics, engine: Engine) -> None:
     for m in engine.models:
-        m.on_batch = metrics.batch_size.labels(m.name).observe
-        metrics.queue_depth.labels(m.name).set_function(lambda m=m: m.queue_depth)
+        labels = (m.name, version_label(m))
+        m.on_batch = metrics.batch_size.labels(*labels).observe
+        metrics.queue_depth.labels(*labels).set_function(lambda m=m: m.queue_depth)
         if getattr(m, "processes", None) is not None:
-            restarts = metrics.worker_restarts.labels(m.name)
+            restarts = metrics.worker_restarts.labels(*labels)
             restarts.set_function(lambda m=m: m.processes.restarts if m.processes else 0)

@@ -65,7 +65,7 @@ async def run(
     call = _CALLS[type(body)](body)
     tracker = Tracker(request, call.route, body.model, call.prefix)
     try:
-        ctx, work = _admit(request, call, engine, settings, key)
+        ctx, work = _admit(request, call, engine, settings, key, tracker)
     except (APIError, EngineError) as err:
         raise _refused(tracker, err, settings) from None
     tracker.records = [{"input": text} for text in call.inputs]
@@ -90,10 +90,17 @@ async def run(
 
 
 def _admit(
-    request: Request, call: _Call, engine: Engine, settings: ServeSettings, key: ApiKey | None
+    request: Request,
+    call: _Call,
+    engine: Engine,
+    settings: ServeSettings,
+    key: ApiKey | None,
+    tracker: Tracker,
 ) -> tuple[GuardContext, Any]:
-    """Pick the model, run the input guards, submit: (guard context, the engine's job(s))."""
+    """Pick the model (the tracker records which version answers), run the input guards,
+    submit: (guard context, the engine's job(s))."""
     model = call.model_for(engine, settings)
+    tracker.answered_by(model, call.body.model)
     ctx = GuardContext(call.route, call.body.model, call.texts, key.name if key else None)
     run_input_guards(request.app.state.input_guards, ctx)
     return ctx, call.submit(model, settings)
@@ -327,7 +334,13 @@ class _Classify:
             for t, d in zip(self.texts, data, strict=True)
         ]
         usage = {"prompt_tokens": job.prompt_tokens, "total_tokens": job.prompt_tokens}
-        return {"object": "list", "model": self.body.model, "data": data, "usage": usage}
+        return {
+            "id": tracker.id,
+            "object": "list",
+            "model": self.body.model,
+            "data": data,
+            "usage": usage,
+        }
 
 
 _Call = _Chat | _Completion | _Classify

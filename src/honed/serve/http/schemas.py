@@ -279,6 +279,7 @@ class ClassifyUsage(BaseModel):
 
 
 class ClassifyResponse(BaseModel):
+    id: str = Field(..., description="The request id (also in X-Request-Id); feedback names it.")
     object: Literal["list"] = "list"
     model: str
     data: list[Classification]

@@ -1,9 +1,15 @@
 """Per-request bookkeeping: metrics, and the optional request logger (`app.state.request_logger`).
 
-The logger is any object with `.submit(record: dict)`; records carry id, model, adapter, route,
-latency_ms, prompt_tokens, completion_tokens, input, output, label, score, status. A failing
-logger never fails a request. A logger that also has `.submit_feedback(...)` receives the
-implicit feedback signals below.
+The logger is any object with `.submit(record: dict)`; records carry id, model, adapter,
+version, digest, arm, route, latency_ms, prompt_tokens, completion_tokens, input, output, label,
+score, status. A failing logger never fails a request. A logger that also has
+`.record_model(...)` is told once per model version what answered (its labels, for checking
+feedback later); one that also has `.submit_feedback(...)` receives the implicit feedback
+signals below.
+
+Request ids: a request's id is the client's `X-Request-Id` when it sent a usable one
+(`client_request_id`), else `<prefix>-<24 hex>`; the tracker stores it on the request's state,
+where honed.serve.http.request_ids puts it in the response's `X-Request-Id` header.
 
 Implicit feedback the server sees: regenerated prompts and abandoned streams.
 
@@ -23,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import threading
 import time
 import uuid
@@ -33,8 +40,33 @@ from typing import Any
 from fastapi import Request
 
 from honed.serve.engine.core import Engine
+from honed.serve.engine.loading import DIGEST_CHARS
 
 log = logging.getLogger("honed.serve")
+
+REQUEST_ID_HEADER = "X-Request-Id"
+# A client's id is kept when it is 1-64 printable ASCII characters without spaces (it fits the
+# request log's id column and is safe in a header and a log line); otherwise a fresh one.
+_CLIENT_ID = re.compile(r"[\x21-\x7e]{1,64}")
+
+
+def client_request_id(value: str | None) -> str | None:
+    """A client-sent X-Request-Id when usable (see _CLIENT_ID), else None."""
+    return value if value and _CLIENT_ID.fullmatch(value) else None
+
+
+def new_request_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def identity_of(model: Any, model_id: str) -> tuple[str | None, str | None, str]:
+    """(version, digest, arm) of the engine model that answers ``model_id``: an adapter id
+    answers with its adapter slot's version and digest."""
+    arm = getattr(model, "arm", None) or "primary"
+    slot = (getattr(model, "adapters", None) or {}).get(model_id)
+    if slot is not None:
+        return getattr(slot, "version", None), slot.sha256[:DIGEST_CHARS], arm
+    return getattr(model, "version", None), getattr(model, "digest", None), arm
 
 
 def labels_for(engine: Engine | None, model_id: str) -> tuple[str, str]:
@@ -52,10 +84,16 @@ class Tracker:
 
     def __init__(self, request: Request, route: str, model_id: str, prefix: str) -> None:
         self.state = request.app.state
+        self.request_state = request.state  # per request: the id and whether it was logged
         self.route = route
         self.model_id = model_id
-        self.id = f"{prefix}-{uuid.uuid4().hex[:24]}"
+        client = getattr(request.state, "client_request_id", None)
+        self.id = client or new_request_id(prefix)
+        request.state.request_id = self.id
         self.model, self.adapter = labels_for(self.state.engine, model_id)
+        self.version: str | None = None  # of the model that answered (answered_by)
+        self.digest: str | None = None
+        self.arm: str | None = None
         self.started = time.perf_counter()
         self.done = False
         self.prompt_tokens = 0
@@ -64,6 +102,32 @@ class Tracker:
         self.tokens_sent: int | None = None  # streamed content chunks delivered; None: no stream
         self._prompt_key: bytes | None = None
         self._memory: PromptMemory | None = None
+
+    def answered_by(self, model: Any, model_id: str) -> None:
+        """Record which version answers: ``model`` is whatever the engine returned (any arm);
+        the logger learns that version (with its labels) the first time it answers."""
+        self.version, self.digest, self.arm = identity_of(model, model_id)
+        key = (self.model, self.adapter, self.version, self.digest)
+        seen = getattr(self.state, "versions_recorded", None)
+        if seen is None:
+            seen = self.state.versions_recorded = set()
+        if key in seen:
+            return
+        seen.add(key)
+        record = getattr(getattr(self.state, "request_logger", None), "record_model", None)
+        if record is None:
+            return
+        kind = "adapter" if self.adapter else getattr(model, "kind", "generate")
+        try:
+            record(self.model, kind, self.version, self.digest, getattr(model, "labels", None))
+        except Exception:  # the logger is an add-on: it must never break serving
+            log.exception("request logger failed to record model %s", self.model)
+
+    @property
+    def version_label(self) -> str:
+        """The metrics' `version` label: the registry version, else the weights digest (both
+        come from the loaded models only, so the label's values stay few)."""
+        return self.version or self.digest or ""
 
     def watch_regenerate(self, caller: str, payload: Any) -> None:
         """Record a ``regenerate`` on the earlier request when ``caller`` sent the same
@@ -92,15 +156,16 @@ class Tracker:
         if self.done:
             return
         self.done = True
+        self.request_state.logged = True
         elapsed = time.perf_counter() - self.started
         m = self.state.metrics
-        labels = (self.route, self.model, self.adapter)
+        labels = (self.route, self.model, self.version_label, self.adapter)
         m.requests.labels(*labels, str(status)).inc()
         m.latency.labels(*labels).observe(elapsed)
         if error_type is not None or status >= 400:
             m.errors.labels(*labels, error_type or str(status)).inc()
-        m.tokens_in.labels(self.model, self.adapter).inc(self.prompt_tokens)
-        m.tokens_out.labels(self.model, self.adapter).inc(self.completion_tokens)
+        m.tokens_in.labels(*labels[1:]).inc(self.prompt_tokens)
+        m.tokens_out.labels(*labels[1:]).inc(self.completion_tokens)
         self._log(status, elapsed)
         # Only an answer the caller saw (complete, or partly streamed) can be regenerated; a
         # retry after an error or a timeout is not a judgement of an answer.
@@ -116,6 +181,9 @@ class Tracker:
             "id": self.id,
             "model": self.model,
             "adapter": self.adapter or None,
+            "version": self.version,
+            "digest": self.digest,
+            "arm": self.arm,
             "route": self.route,
             "latency_ms": round(elapsed * 1000, 3),
             "status": status,
