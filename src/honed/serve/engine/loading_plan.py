@@ -32,7 +32,36 @@ def build_engine(settings: ServeSettings) -> Engine:
         if e.kind in {"classify", "classify-adapter"}
     ]
     generator = _build_generator(settings, entries, device, dtype)
-    return Engine(generator, classifiers)
+    engine = Engine(generator, classifiers)
+    _prepare_rollouts(engine, settings, entries, device, dtype)
+    return engine
+
+
+def _prepare_rollouts(
+    engine: Engine, settings: ServeSettings, entries: list[ModelRef], device: str, dtype
+) -> None:
+    """What canaries and alias following need: the refs served, their registry versions,
+    and a loader for challengers (honed.serve.engine.rollout)."""
+    from honed.serve.engine.loading_aliases import describe, registry_version
+
+    engine.refs = {e.name: e.ref for e in entries if e.kind != "generate"}
+    engine.alias_poll_s = settings.alias_poll_seconds
+    engine.request_timeout_s = settings.request_timeout_s
+    for e in entries:
+        if e.name in engine.classifiers:
+            describe(engine.classifiers[e.name], e.ref, e.path, e.kind)
+        elif e.kind == "adapter":
+            engine.traffic.versions[e.name] = registry_version(e.ref)
+
+    def load(name: str, ref: str) -> ClassifierModel:
+        entry = loading.parse_entry(f"{name}={ref}")
+        if entry.kind not in {"classify", "classify-adapter"}:
+            raise ModelError(f"{ref!r} holds a {entry.kind} model, not a classifier")
+        clf = _build_classifier(settings, entry, device, dtype)
+        describe(clf, entry.ref, entry.path, entry.kind)
+        return clf
+
+    engine.loader = load
 
 
 def _build_classifier(settings: ServeSettings, entry: ModelRef, device: str, dtype):

@@ -29,6 +29,7 @@ from honed.serve.http.json_body import JsonBodyMiddleware
 from honed.serve.http.metrics import Metrics
 from honed.serve.http.routes import (
     adapters,
+    canary,
     chat,
     classify,
     completions,
@@ -72,6 +73,7 @@ def create_app(settings: ServeSettings | None = None, engine: Engine | None = No
         app.include_router(module.router)
     if settings.enable_admin:
         app.include_router(adapters.router)
+        app.include_router(canary.router)
     if settings.sagemaker:
         app.include_router(sagemaker.router)
     _include_feedback(app)
@@ -141,9 +143,29 @@ async def _start(app: FastAPI, engine: Engine | None) -> None:
 
 
 def _wire_metrics(metrics: Metrics, engine: Engine) -> None:
+    def routed(model: str, arm: str, version: str) -> None:
+        metrics.arm_requests.labels(model, arm, version).inc()
+
+    engine.traffic.on_route = routed
+    engine.on_load = lambda m: _wire_model(metrics, engine, m)  # canary challengers
     for m in engine.models:
-        m.on_batch = metrics.batch_size.labels(m.name).observe
-        metrics.queue_depth.labels(m.name).set_function(lambda m=m: m.queue_depth)
-        if getattr(m, "processes", None) is not None:
-            restarts = metrics.worker_restarts.labels(m.name)
-            restarts.set_function(lambda m=m: m.processes.restarts if m.processes else 0)
+        _wire_model(metrics, engine, m)
+
+
+def _wire_model(metrics: Metrics, engine: Engine, m) -> None:
+    m.on_batch = metrics.batch_size.labels(m.name).observe
+    # Looked up by name: a promotion or a followed alias replaces the model object.
+    metrics.queue_depth.labels(m.name).set_function(lambda n=m.name: _current(engine, n, "depth"))
+    if getattr(m, "processes", None) is not None:
+        restarts = metrics.worker_restarts.labels(m.name)
+        restarts.set_function(lambda n=m.name: _current(engine, n, "restarts"))
+
+
+def _current(engine: Engine, name: str, what: str) -> int:
+    m = engine.classifiers.get(name) or engine.generator
+    if m is None:
+        return 0
+    if what == "depth":
+        return m.queue_depth
+    procs = getattr(m, "processes", None)
+    return procs.restarts if procs else 0

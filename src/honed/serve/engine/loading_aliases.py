@@ -1,0 +1,98 @@
+"""Registry versions of served models, and following an alias (`NAME@champion`).
+
+A model served from an alias re-resolves it every ``alias_poll_seconds``; when the alias moved
+(a promotion or a rollback in the registry), the new version is loaded beside the old one and
+swapped in without a restart (honed.serve.engine.rollout.replace_primary: no request fails,
+in-flight requests finish on the old weights).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from honed.errors import HonedError
+
+log = logging.getLogger("honed.serve")
+
+# (engine, model id, folder, version) -> whether the primary was replaced
+Swap = Callable[[Any, str, str, str | None], Awaitable[bool]]
+
+_VERSION = re.compile(r"^(?:models:/)?(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)/(?P<v>\d+)$")
+_ALIAS = re.compile(r"^(?:models:/)?[A-Za-z0-9][A-Za-z0-9._-]*@[A-Za-z0-9._-]+$")
+
+
+def is_alias(ref: str) -> bool:
+    return bool(_ALIAS.match(ref)) and not Path(ref).expanduser().is_dir()
+
+
+def registry_version(ref: str) -> str | None:
+    """ "NAME/3" for a registry ref (an alias is looked up); None for a folder or packaged:."""
+    match = _VERSION.match(ref)
+    if match and not Path(ref).expanduser().is_dir():
+        return f"{match['name']}/{match['v']}"
+    if not is_alias(ref):
+        return None
+    return lookup_alias(ref)[0]
+
+
+def lookup_alias(ref: str) -> tuple[str, Path]:
+    """("NAME/VERSION", its local folder) the alias points at now."""
+    from honed.registry.store import Registry
+
+    registry = Registry()
+    version = registry.get_version(ref.removeprefix("models:/"))
+    return f"{version.name}/{version.version}", registry.local_folder(version)
+
+
+class AliasFollower:
+    """Polls the aliases an engine serves from and swaps in the versions they move to."""
+
+    def __init__(self, engine: Any, interval_s: float, swap: Swap) -> None:
+        self.engine = engine
+        self.interval_s = interval_s
+        self.swap = swap  # honed.serve.engine.rollout.replace_primary
+        self.swaps = 0
+        self.failures = 0
+
+    def aliases(self) -> dict[str, str]:
+        return {mid: ref for mid, ref in self.engine.refs.items() if is_alias(ref)}
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            await self.poll()
+
+    async def poll(self) -> list[str]:
+        """One round: the model ids swapped to a new version."""
+        swapped = []
+        for model_id, ref in self.aliases().items():
+            try:
+                version, folder = await asyncio.to_thread(lookup_alias, ref)
+                if await self.swap(self.engine, model_id, str(folder), version):
+                    swapped.append(model_id)
+                    log.info("%s: %s moved to %s; now serving it", model_id, ref, version)
+            except asyncio.CancelledError:
+                raise
+            except (HonedError, Exception) as err:  # keep serving the current version
+                self.failures += 1
+                log.warning("following %s for %s failed: %s", ref, model_id, err)
+        self.swaps += len(swapped)
+        return swapped
+
+
+def describe(model: Any, ref: str, path: Path, kind: str) -> None:
+    """Set ``version``/``digest`` on a loaded model when its loader did not."""
+    from honed.serve.engine import loading
+
+    if getattr(model, "version", None) is None:
+        model.version = registry_version(ref)
+    if getattr(model, "digest", None) is None:
+        if kind.endswith("adapter"):
+            model.digest = loading.adapter_digest(path)[:16]
+        else:
+            model.digest = loading.folder_digest(path)[:16]
