@@ -427,3 +427,31 @@ def test_adapter_base_model_canary_is_refused_with_409(tiny):
     status, err = run_app(settings_for(tiny, request_log=False), go)
     assert status == 409 and err["code"] == "canary_unsupported"
     assert "base model" in err["message"]
+
+
+def test_adapter_shadow_is_logged_not_returned(tiny):
+    a = tiny["adapters"]
+
+    async def go(client, app):
+        first = await client.post("/v1/chat/completions", json=chat_body("a0"))
+        r = await client.post(
+            "/admin/canary", json={"model": "a0", "challenger": str(a[1]), "mode": "shadow"}
+        )
+        assert r.status_code == 201, r.text
+        second = await client.post("/v1/chat/completions", json=chat_body("a0"))
+        for _ in range(500):
+            if not app.state.engine.traffic._shadows:
+                break
+            await asyncio.sleep(0.01)
+        rolled_back = await client.delete("/admin/canary/a0")
+        return first.json(), second.json(), app.state.request_logger.records, rolled_back
+
+    first, second, records, rolled_back = run_app(
+        settings_for(tiny, request_log=False), go, setup=with_recorder
+    )
+    text = first["choices"][0]["message"]["content"]
+    assert second["choices"][0]["message"]["content"] == text  # the primary answered
+    shadow = [r for r in records if r.get("arm") == "shadow"]
+    assert len(shadow) == 1 and shadow[0]["id"] == second["id"] and shadow[0]["status"] == 200
+    assert shadow[0]["output"] != text  # a1's answer, only in the log
+    assert rolled_back.status_code == 200 and rolled_back.json()["canary"] is None
