@@ -455,3 +455,34 @@ def test_adapter_shadow_is_logged_not_returned(tiny):
     assert len(shadow) == 1 and shadow[0]["id"] == second["id"] and shadow[0]["status"] == 200
     assert shadow[0]["output"] != text  # a1's answer, only in the log
     assert rolled_back.status_code == 200 and rolled_back.json()["canary"] is None
+
+
+def test_server_follows_a_real_registry_alias(clfs):
+    """The user's path: serve `fin@champion`, promote version 2 in the registry, and the
+    server answers with version 2's weights within a few polls, no restart, no failure."""
+    from honed.registry.store import Registry
+
+    registry = Registry()
+    for i, folder in enumerate((clfs["v1"], clfs["v2"])):
+        run_id, uri = registry.log_run("canary-test", f"v{i + 1}", folder, {}, {}, {})
+        registry.register("fin", uri, run_id, {}, "champion" if i == 0 else None)
+    settings = clf_settings(clfs, models=["sent=fin@champion"], alias_poll_seconds=0.2)
+
+    async def go(client, app):
+        engine = app.state.engine
+        before = (await score(client), engine.classifiers["sent"].version)
+
+        async def promote():
+            await asyncio.to_thread(registry.promote, "fin", "2")
+            for _ in range(300):
+                if engine.classifiers["sent"].version == "fin/2":
+                    return True
+                await asyncio.sleep(0.05)
+            return False
+
+        moved, statuses = await under_load(client, promote)
+        return before, moved, statuses, await score(client)
+
+    (score1, version1), moved, statuses, score2 = run_app(settings, go)
+    assert version1 == "fin/1" and moved and score1 != score2
+    assert statuses and set(statuses) == {200}

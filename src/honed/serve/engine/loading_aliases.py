@@ -15,8 +15,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from honed.errors import HonedError
-
 log = logging.getLogger("honed.serve")
 
 # (engine, model id, folder, version) -> whether the primary was replaced
@@ -78,7 +76,7 @@ class AliasFollower:
                     log.info("%s: %s moved to %s; now serving it", model_id, ref, version)
             except asyncio.CancelledError:
                 raise
-            except (HonedError, Exception) as err:  # keep serving the current version
+            except Exception as err:  # keep serving the current version (logged, counted)
                 self.failures += 1
                 log.warning("following %s for %s failed: %s", ref, model_id, err)
         self.swaps += len(swapped)
