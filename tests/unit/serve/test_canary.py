@@ -340,6 +340,8 @@ def test_bad_canary_requests_are_refused_clearly(clfs):
         )
         out["no_canary_promote"] = await client.post("/admin/canary/sent/promote", json={})
         out["no_canary_delete"] = await client.delete("/admin/canary/sent")
+        out["method"] = await client.put("/admin/canary", json={})
+        assert out["method"].headers["allow"] == "GET, POST"
         assert (await start(client, clfs["v2"])).status_code == 201
         out["twice"] = await start(client, clfs["v3"])
         return {k: (r.status_code, r.json()["error"]) for k, r in out.items()}
@@ -354,6 +356,7 @@ def test_bad_canary_requests_are_refused_clearly(clfs):
         "unknown": 404,
         "no_canary_promote": 404,
         "no_canary_delete": 404,
+        "method": 405,
         "twice": 409,
     }
     assert got["weight"][1]["param"] == "weight"

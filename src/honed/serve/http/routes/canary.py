@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from honed.serve.engine import rollout
 from honed.serve.engine.canary import STICKY
 from honed.serve.http.deps import AdminKey, ReadyEngine
-from honed.serve.http.errors import ERROR_RESPONSES
+from honed.serve.http.errors import ERROR_RESPONSES, APIError
 
 router = APIRouter(tags=["admin"])
 
@@ -124,3 +124,11 @@ async def promote_canary(engine: ReadyEngine, key: AdminKey, model: str = ModelI
 async def rollback_canary(engine: ReadyEngine, key: AdminKey, model: str = ModelId) -> ModelRollout:
     await rollout.rollback(engine, model)
     return _one(engine, model)
+
+
+@router.api_route(
+    "/admin/canary", methods=["PUT", "PATCH", "DELETE", "OPTIONS"], include_in_schema=False
+)
+async def other_methods() -> None:
+    # Two routes share the path; without this, a 405 would list only the first one's method.
+    raise APIError(405, "Method Not Allowed", headers={"Allow": "GET, POST"})
