@@ -489,3 +489,33 @@ def test_server_follows_a_real_registry_alias(clfs):
     (score1, version1), moved, statuses, score2 = run_app(settings, go)
     assert version1 == "fin/1" and moved and score1 != score2
     assert statuses and set(statuses) == {200}
+
+
+def test_alias_follower_failures_keep_the_current_version(clfs, monkeypatch, tmp_path):
+    points: dict[str, Any] = {"now": ("fin/1", clfs["v1"])}
+    monkeypatch.setattr("honed.registry.store.resolve_ref", lambda ref, cfg=None: clfs["v1"])
+
+    def lookup(ref):
+        if isinstance(points["now"], Exception):
+            raise points["now"]
+        return points["now"]
+
+    monkeypatch.setattr(loading_aliases, "lookup_alias", lookup)
+    settings = clf_settings(clfs, models=["sent=fin@champion"], alias_poll_seconds=0)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+
+    async def go(client, app):
+        engine = app.state.engine
+        follower = loading_aliases.AliasFollower(engine, 1.0, replace_primary)
+        before = await score(client)
+        points["now"] = RuntimeError("registry down")
+        down = await follower.poll()
+        points["now"] = ("fin/2", broken)  # moved to a version that does not load
+        bad = [await follower.poll(), await follower.poll()]
+        return before, down, bad, follower.failures, await score(client), engine
+
+    before, down, bad, failures, after, engine = run_app(settings, go)
+    assert down == [] and bad == [[], []] and failures == 2  # the broken one is tried once
+    assert before == after and engine.classifiers["sent"].version == "fin/1"

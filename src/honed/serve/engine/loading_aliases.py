@@ -56,6 +56,7 @@ class AliasFollower:
         self.swap = swap  # honed.serve.engine.rollout.replace_primary
         self.swaps = 0
         self.failures = 0
+        self.seen: dict[str, str] = {}  # model id -> the alias's version at the last poll
 
     def aliases(self) -> dict[str, str]:
         return {mid: ref for mid, ref in self.engine.refs.items() if is_alias(ref)}
@@ -70,17 +71,27 @@ class AliasFollower:
         swapped = []
         for model_id, ref in self.aliases().items():
             try:
-                version, folder = await asyncio.to_thread(lookup_alias, ref)
-                if await self.swap(self.engine, model_id, str(folder), version):
+                if await self._follow(model_id, ref):
                     swapped.append(model_id)
-                    log.info("%s: %s moved to %s; now serving it", model_id, ref, version)
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # keep serving the current version (logged, counted)
                 self.failures += 1
-                log.warning("following %s for %s failed: %s", ref, model_id, err)
+                log.error("following %s for %s failed: %s", ref, model_id, err)
         self.swaps += len(swapped)
         return swapped
+
+    async def _follow(self, model_id: str, ref: str) -> bool:
+        version, folder = await asyncio.to_thread(lookup_alias, ref)
+        if self.seen.get(model_id) == version:
+            return False
+        # Marked before the swap: a version that fails to load is not retried every poll
+        # (a registry that failed to answer, above, is).
+        self.seen[model_id] = version
+        if not await self.swap(self.engine, model_id, str(folder), version):
+            return False
+        log.info("%s: %s moved to %s; now serving it", model_id, ref, version)
+        return True
 
 
 def describe(model: Any, ref: str, path: Path, kind: str) -> None:
