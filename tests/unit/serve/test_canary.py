@@ -519,3 +519,21 @@ def test_alias_follower_failures_keep_the_current_version(clfs, monkeypatch, tmp
     before, down, bad, failures, after, engine = run_app(settings, go)
     assert down == [] and bad == [[], []] and failures == 2  # the broken one is tried once
     assert before == after and engine.classifiers["sent"].version == "fin/1"
+
+
+def test_adapter_state_reports_the_adapter_weights(tiny):
+    from honed.serve.engine.loading import adapter_digest
+
+    a = tiny["adapters"]
+
+    async def go(client, app):
+        r = await client.post(
+            "/admin/canary", json={"model": "a0", "challenger": str(a[1]), "weight": 0.0}
+        )
+        assert r.status_code == 201, r.text
+        return (await client.get("/admin/canary")).json()["data"]
+
+    data = {m["model"]: m for m in run_app(settings_for(tiny, request_log=False), go)}
+    assert data["a0"]["primary"]["digest"] == adapter_digest(a[0])[:16]
+    assert data["a0"]["canary"]["digest"] == adapter_digest(a[1])[:16]
+    assert data["a1"]["canary"] is None and data["sent"]["kind"] == "classify"

@@ -165,11 +165,11 @@ class Traffic:
                 canary.challenger, "canary", self, canary.version, canary.digest, canary.submit_as
             )
         else:
-            chosen = Arm(primary, "primary", self, *self._adapter_identity(primary, model_id))
+            chosen = Arm(primary, "primary", self, *self.adapter_identity(primary, model_id))
         self.count(model_id, arm, chosen.version)
         return chosen
 
-    def _adapter_identity(self, primary: Any, model_id: str) -> tuple[str | None, str | None]:
+    def adapter_identity(self, primary: Any, model_id: str) -> tuple[str | None, str | None]:
         """(version, digest) of an adapter id on a generative model (None: the model's own)."""
         slot = (getattr(primary, "adapters", None) or {}).get(model_id)
         if slot is None:

@@ -192,7 +192,7 @@ def state(engine: Any) -> list[dict[str, Any]]:
     """Per model id: the primary, the canary (if any) and requests routed per arm."""
     traffic = engine.traffic
     out = []
-    for model_id, kind, primary in _served(engine):
+    for model_id, kind, (version, digest) in _served(engine):
         served = traffic.served.get(model_id, {})
         canary = traffic.canaries.get(model_id)
         out.append(
@@ -200,8 +200,8 @@ def state(engine: Any) -> list[dict[str, Any]]:
                 "model": model_id,
                 "kind": kind,
                 "primary": {
-                    "version": _version_of(traffic, model_id, primary),
-                    "digest": getattr(primary, "digest", None),
+                    "version": version,
+                    "digest": digest,
                     "requests": served.get("primary", 0),
                 },
                 "canary": None if canary is None else _canary_state(canary, served),
@@ -210,18 +210,18 @@ def state(engine: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _served(engine: Any) -> list[tuple[str, str, Any]]:
-    rows = [(name, "classify", clf) for name, clf in engine.classifiers.items()]
+def _served(engine: Any) -> list[tuple[str, str, tuple[str | None, str | None]]]:
+    """(model id, kind, (version, digest)) of the classifiers and adapter ids."""
+    rows = [
+        (name, "classify", (getattr(clf, "version", None), getattr(clf, "digest", None)))
+        for name, clf in engine.classifiers.items()
+    ]
     gen = engine.generator
     if gen is not None:
-        rows += [(mid, kind, gen) for mid, kind, _ in engine.ids() if kind in {"adapter"}]
+        for mid, kind, _ in engine.ids():
+            if kind == "adapter" and mid in gen.adapters:
+                rows.append((mid, kind, engine.traffic.adapter_identity(gen, mid)))
     return rows
-
-
-def _version_of(traffic: Any, model_id: str, model: Any) -> str | None:
-    if model_id in traffic.versions:
-        return traffic.versions[model_id]
-    return getattr(model, "version", None)
 
 
 def _canary_state(canary: Canary, served: Any) -> dict[str, Any]:
