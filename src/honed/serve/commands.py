@@ -29,6 +29,12 @@ _SERVE_FLAGS = (  # (flag, settings field, type, help)
     ),
     ("--classify-quantization", "classify_quantization", str, "none or int8 (CPU)"),
     (
+        "--alias-poll-seconds",
+        "alias_poll_seconds",
+        float,
+        "models served as NAME@ALIAS follow the alias this often (default 30; 0: off)",
+    ),
+    (
         "--classify-token-budget",
         "classify_token_budget",
         int,

@@ -78,6 +78,13 @@ class ServeSettings(BaseSettings):
         "(AVX512-BF16/AMX) about doubles batched classification throughput.",
     )
     torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads at start.")
+    alias_poll_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="Models served from a registry alias (NAME@champion) re-resolve it this "
+        "often and swap to the version it moved to without a restart (in-flight requests "
+        "finish on the old weights). Classifiers and LoRA adapters; 0 turns it off.",
+    )
     # -- operate (monitor stage) ------------------------------------------------------------
     request_log: bool = Field(
         True, description="Log every request/response for drift and quality monitoring."
@@ -176,7 +183,9 @@ class ServeSettings(BaseSettings):
         None, gt=0, description="Default per-key requests/second (token bucket); None = no limit."
     )
     rate_limit_burst: int = Field(20, ge=1, description="Token-bucket size per key.")
-    enable_admin: bool = Field(True, description="Expose POST/DELETE /v1/adapters.")
+    enable_admin: bool = Field(
+        True, description="Expose the admin routes: POST/DELETE /v1/adapters, /admin/canary."
+    )
     sagemaker: bool = Field(
         False, description="Also answer SageMaker's GET /ping and POST /invocations."
     )

@@ -32,7 +32,30 @@ def build_engine(settings: ServeSettings) -> Engine:
         if e.kind in {"classify", "classify-adapter"}
     ]
     generator = _build_generator(settings, entries, device, dtype)
-    return Engine(generator, classifiers)
+    engine = Engine(generator, classifiers)
+    _prepare_rollouts(engine, settings, entries, device, dtype)
+    return engine
+
+
+def _prepare_rollouts(
+    engine: Engine, settings: ServeSettings, entries: list[ModelRef], device: str, dtype
+) -> None:
+    """What canaries and alias following need: the refs served, their registry versions,
+    and a loader for challengers (honed.serve.engine.rollout)."""
+    engine.refs = {e.name: e.ref for e in entries if e.kind != "generate"}
+    engine.alias_poll_s = settings.alias_poll_seconds
+    engine.request_timeout_s = settings.request_timeout_s
+    for e in entries:
+        if e.kind == "adapter":
+            engine.traffic.versions[e.name] = e.version
+
+    def load(name: str, ref: str) -> ClassifierModel:
+        entry = loading.parse_entry(f"{name}={ref}")
+        if entry.kind not in {"classify", "classify-adapter"}:
+            raise ModelError(f"{ref!r} holds a {entry.kind} model, not a classifier")
+        return _build_classifier(settings, entry, device, dtype)
+
+    engine.loader = load
 
 
 def _build_classifier(settings: ServeSettings, entry: ModelRef, device: str, dtype):

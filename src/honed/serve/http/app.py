@@ -30,6 +30,7 @@ from honed.serve.http.metrics import Metrics, version_label
 from honed.serve.http.request_ids import RequestIdMiddleware
 from honed.serve.http.routes import (
     adapters,
+    canary,
     chat,
     classify,
     completions,
@@ -73,6 +74,7 @@ def create_app(settings: ServeSettings | None = None, engine: Engine | None = No
         app.include_router(module.router)
     if settings.enable_admin:
         app.include_router(adapters.router)
+        app.include_router(canary.router)
     if settings.sagemaker:
         app.include_router(sagemaker.router)
     _include_feedback(app)
@@ -143,10 +145,21 @@ async def _start(app: FastAPI, engine: Engine | None) -> None:
 
 
 def _wire_metrics(metrics: Metrics, engine: Engine) -> None:
+    def routed(model: str, arm: str, version: str) -> None:
+        metrics.arm_requests.labels(model, arm, version).inc()
+
+    engine.traffic.on_route = routed
+    engine.on_load = lambda m: _wire_model(metrics, m)  # canary challengers
     for m in engine.models:
-        labels = (m.name, version_label(m))
-        m.on_batch = metrics.batch_size.labels(*labels).observe
-        metrics.queue_depth.labels(*labels).set_function(lambda m=m: m.queue_depth)
-        if getattr(m, "processes", None) is not None:
-            restarts = metrics.worker_restarts.labels(*labels)
-            restarts.set_function(lambda m=m: m.processes.restarts if m.processes else 0)
+        _wire_model(metrics, m)
+
+
+def _wire_model(metrics: Metrics, m) -> None:
+    # Series per model object and version: a canary challenger (or a promotion's new primary)
+    # gets its own, so the two arms' queues and batches are told apart.
+    labels = (m.name, version_label(m))
+    m.on_batch = metrics.batch_size.labels(*labels).observe
+    metrics.queue_depth.labels(*labels).set_function(lambda m=m: m.queue_depth)
+    if getattr(m, "processes", None) is not None:
+        restarts = metrics.worker_restarts.labels(*labels)
+        restarts.set_function(lambda m=m: m.processes.restarts if m.processes else 0)

@@ -60,6 +60,14 @@ class Metrics:
         self.queue_depth = Gauge(
             "honed_queue_depth", "Queued requests.", ["model", "version"], registry=r
         )
+        # Which weights answered: `arm` primary | canary | shadow, `version` the registry
+        # version ("NAME/3"; "" for a folder). Bounded: models x 3 arms x versions loaded.
+        self.arm_requests = Counter(
+            "honed_arm_requests",
+            "Requests routed per model, traffic arm and model version.",
+            ["model", "arm", "version"],
+            registry=r,
+        )
         self.worker_restarts = Gauge(
             "honed_classifier_worker_restarts",
             "Classifier worker processes replaced after dying (classify_processes > 0).",

@@ -28,6 +28,7 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.types import Send
 
+from honed.serve.engine.canary import route_key
 from honed.serve.engine.classifier import ClassifierModel, ClassifyJob
 from honed.serve.engine.core import Engine
 from honed.serve.engine.errors import EngineError
@@ -86,6 +87,7 @@ async def run(
         raise
     answer = call.answer(work, guard or _unguarded, tracker)
     tracker.finish(200)
+    _shadow(request, engine, call, work, tracker)
     return answer
 
 
@@ -99,6 +101,8 @@ def _admit(
 ) -> tuple[GuardContext, Any]:
     """Pick the model (the tracker records which version answers), run the input guards,
     submit: (guard context, the engine's job(s))."""
+    caller = caller_of(request, key.name if key else None)
+    call.route_key = route_key(engine.traffic, call.body.model, caller, request.headers)
     model = call.model_for(engine, settings)
     tracker.answered_by(model, call.body.model)
     ctx = GuardContext(call.route, call.body.model, call.texts, key.name if key else None)
@@ -118,6 +122,15 @@ def _unguarded(text: str) -> str:
     return text
 
 
+def _shadow(request: Request, engine: Engine, call: _Call, work: Any, tracker: Tracker) -> None:
+    """A copy to the model's shadow challenger, if one runs (never waits, never raises)."""
+    inputs = [r.get("input") for r in tracker.records]
+    logger = request.app.state.request_logger
+    engine.traffic.shadow(
+        call.body.model, call.route, work, tracker.id, inputs, logger, call.route_key
+    )
+
+
 class _Generate:
     """Chat and text completions: prompts -> generation jobs -> choices."""
 
@@ -126,6 +139,7 @@ class _Generate:
     object: str  # the response's `object`
     chunk_object: str  # a streamed chunk's `object`
     include_usage = False  # a last streamed chunk with the token usage
+    route_key: str | None = None  # what a sticky canary splits on (set when admitted)
 
     def __init__(self, body: _Sampling, texts: list[str], inputs: list[str], regenerate: Any):
         self.body = body
@@ -136,7 +150,7 @@ class _Generate:
         self.gen: GenerativeModel | None = None  # set by model_for; its tokenizer shapes logprobs
 
     def model_for(self, engine: Engine, settings: ServeSettings) -> GenerativeModel:
-        self.gen = engine.generator_for(self.body.model)
+        self.gen = engine.generator_for(self.body.model, self.route_key)
         return self.gen
 
     def prompts(
@@ -299,6 +313,7 @@ class _Classify:
 
     route, prefix = "classify", "cls"
     regenerate = None
+    route_key: str | None = None  # what a sticky canary splits on (set when admitted)
     inputs: tuple[str, ...] = ()  # records are written with the answers (`answer`)
 
     def __init__(self, body: ClassifyRequest) -> None:
@@ -312,7 +327,7 @@ class _Classify:
                 f"{len(self.texts)} inputs; this server's limit is {settings.max_classify_inputs}",
                 param="input",
             )
-        return engine.classifier_for(self.body.model)
+        return engine.classifier_for(self.body.model, self.route_key)
 
     def submit(self, clf: ClassifierModel, settings: ServeSettings) -> ClassifyJob:
         return clf.submit(self.texts)
