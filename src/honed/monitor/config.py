@@ -10,11 +10,13 @@ COMPONENTS = (
     "embedding_cells",
     "embedding_pca",
     "domain_classifier",
+    "novelty",
     "text_length",
     "oov_rate",
     "language",
     "predictions",
     "confidence",
+    "traffic",
 )
 
 
@@ -46,7 +48,14 @@ class ObjectivesConfig(StrictModel):
 class DriftConfig(StrictModel):
     """Thresholds and knobs of a drift check. A component is ``warn`` at or above its warn
     threshold and ``alert`` at or above its alert threshold; the check's status is the worst
-    component status."""
+    component status.
+
+    The fixed thresholds below are the smallest change worth reporting (an effect size). With
+    ``calibrate`` on (default) each is raised to what in-domain windows of the checked size
+    reach by chance: the high quantile of the component's null distribution, drawn from
+    in-domain texts held out of the reference profile, at ``false_alarm_rate`` (alert) or
+    ``warn_rate`` (warn) shared out over the components (Bonferroni), so an in-domain window
+    of any accepted size alerts with probability at most ``false_alarm_rate``."""
 
     psi_warn: float = Field(0.1, gt=0, description="PSI warn threshold (convention: 0.1).")
     psi_alert: float = Field(0.2, gt=0, description="PSI alert threshold (convention: 0.2).")
@@ -67,7 +76,59 @@ class DriftConfig(StrictModel):
     )
     confidence_alert: float = Field(0.1, gt=0, le=1, description="Alert on this confidence drop.")
     min_window: int = Field(
-        50, ge=2, description="Fewer window requests than this: status 'insufficient_data'."
+        50,
+        ge=10,
+        description="Fewer window requests than this: status 'insufficient_data', never an "
+        "alert. At the default (50) a 30% mix of off-domain text is still detected.",
+    )
+    expect_traffic: bool = Field(
+        False,
+        description="An empty window is an alert of its own (component 'traffic'): the model "
+        "should be receiving requests. Off: an empty window is 'insufficient_data'.",
+    )
+    calibrate: bool = Field(
+        True,
+        description="Calibrate the thresholds for the window's size (see above). Off: the "
+        "fixed thresholds alone, which alarm often on small windows.",
+    )
+    false_alarm_rate: float = Field(
+        0.001,
+        gt=0,
+        lt=0.5,
+        description="Family-wise chance that an in-domain window alerts (any component), "
+        "shared out over the components (Bonferroni).",
+    )
+    warn_rate: float = Field(
+        0.01,
+        gt=0,
+        lt=0.5,
+        description="Family-wise chance that an in-domain window warns; >= false_alarm_rate.",
+    )
+    calibration_draws: int = Field(
+        200,
+        ge=20,
+        le=10_000,
+        description="Null windows drawn per window size (cached per profile and size).",
+    )
+    classifier_draws: int = Field(
+        60,
+        ge=20,
+        le=10_000,
+        description="Of those, how many also fit the domain classifier (5 logistic "
+        "regressions each, ~0.03-0.1 s on 2 cores; the other statistics cost ~1 ms).",
+    )
+    novelty_quantile: float = Field(
+        0.05,
+        gt=0,
+        lt=0.5,
+        description="A text is novel when its nearest reference text is less similar than "
+        "for this share of held-out in-domain texts (so about this share is novel in domain).",
+    )
+    novelty_warn: float = Field(
+        0.1, gt=0, le=1, description="Warn when at least this share of the window is novel."
+    )
+    novelty_alert: float = Field(
+        0.15, gt=0, le=1, description="Alert when at least this share of the window is novel."
     )
     classifier_max_samples: int = Field(
         1000, ge=20, description="Per side (reference, window) rows fed to the domain classifier."
@@ -99,10 +160,15 @@ class DriftConfig(StrictModel):
 
     @model_validator(mode="after")
     def _ordered(self) -> DriftConfig:
-        for name in ("psi", "auc", "oov", "language", "confidence"):
+        for name in ("psi", "auc", "oov", "language", "confidence", "novelty"):
             warn, alert = getattr(self, f"{name}_warn"), getattr(self, f"{name}_alert")
             if alert < warn:
                 raise ValueError(f"{name}_alert ({alert}) must be >= {name}_warn ({warn})")
+        if self.warn_rate < self.false_alarm_rate:
+            raise ValueError(
+                f"warn_rate ({self.warn_rate}) must be >= false_alarm_rate "
+                f"({self.false_alarm_rate})"
+            )
         unknown = set(self.ignore) - set(COMPONENTS)
         if unknown:
             raise ValueError(f"ignore: unknown components {sorted(unknown)}; known: {COMPONENTS}")

@@ -1,0 +1,320 @@
+"""Drift thresholds calibrated for the window's size.
+
+A drift statistic on a small window is noisy: the PSI of 50 in-domain texts over 10 bins
+averages about 9 / 50 = 0.18 by chance alone, and a domain classifier trained on 50 + 50 rows
+reaches an AUC of 0.6 often enough. Fixed thresholds therefore alarm on small windows and
+miss on large ones. Here each component's threshold comes from its null distribution at the
+window's size:
+
+- Null windows are drawn with replacement (bootstrap) from the profile's calibration sample:
+  in-domain texts held out of the reference when it was built
+  (:func:`honed.evals.profile.calibration_sample`), measured by the same code as the live
+  window (the caller passes it in as ``measure``).
+- Predictions and confidences are simulated: multinomial draws from the reference's
+  prediction shares, normal draws with the reference's confidence sd; the draw size counts the
+  reference's own sampling noise (``1 / (1/n + 1/m)`` for a window of n, a reference of m).
+- A tail is fitted to the draws (gamma for the non-negative, skewed statistics such as PSI and
+  total variation; normal for differences such as the AUC or an OOV-rate rise) and read at
+  ``rate / K`` for K components (Bonferroni): the chance that *any* component of an in-domain
+  window alerts is at most ``false_alarm_rate``, however the components correlate. The
+  threshold is never below the largest null draw.
+- Sizes are rounded down to a grid (``min_window * 2**(k/2)``): windows of similar size share
+  one null (cached on the profile object), and the rounding errs towards higher thresholds.
+  Windows larger than the calibration sample use the null at the sample's size, scaled
+  (PSI ~ 1/n; AUC, OOV and share deviations and total variation ~ 1/sqrt(n)).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from honed.evals import textstats
+from honed.evals.profile import ReferenceProfile
+from honed.monitor.config import DriftConfig
+
+
+@dataclass
+class Sample:
+    """What the components measure on one window (live or null); None: not measured."""
+
+    emb: np.ndarray | None = None
+    lengths: np.ndarray | None = None  # words per text (n,)
+    oov_rate: float | None = None
+    languages: dict[str, float] | None = None
+    predictions: Sequence[Any] | None = None
+    confidences: np.ndarray | None = None
+    classifier: bool = True  # fit the domain classifier (the one costly component)
+    similarity: np.ndarray | None = None  # max_similarity(emb), when known already
+
+
+Measure = Callable[[Sample], dict[str, float]]
+
+# component -> (tail, how its null scales from the calibration size to a larger window)
+TAILS: dict[str, tuple[str, str]] = {
+    "embedding_cells": ("gamma", "inverse"),
+    "embedding_pca": ("gamma", "inverse"),
+    "domain_classifier": ("normal", "sqrt"),
+    "novelty": ("gamma", "sqrt"),
+    "text_length": ("gamma", "inverse"),
+    "oov_rate": ("normal", "sqrt"),
+    "language": ("gamma", "sqrt_value"),
+    "predictions": ("gamma", "none"),
+    "confidence": ("normal", "none"),
+}
+_EMBEDDING = ("embedding_cells", "embedding_pca", "domain_classifier", "novelty")
+_TEXT = ("text_length", "oov_rate", "language")
+
+
+@dataclass
+class Threshold:
+    """Calibrated warn / alert levels of one component and its null, for p-values."""
+
+    warn: float
+    alert: float
+    tail: str
+    params: tuple[float, float]  # gamma (shape, scale) or normal (mean, sd)
+    null_mean: float
+
+    def p_value(self, value: float) -> float:
+        from scipy import stats
+
+        a, b = self.params
+        if b <= 0:
+            return 0.0 if value > self.null_mean else 1.0
+        dist = stats.gamma(a, scale=b) if self.tail == "gamma" else stats.norm(a, b)
+        return float(dist.sf(value))
+
+
+@dataclass
+class Calibration:
+    thresholds: dict[str, Threshold] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def has_sample(profile: ReferenceProfile) -> bool:
+    return "calibration_embeddings" in profile.arrays and len(profile.calibration_embeddings) > 1
+
+
+def _cache(profile: ReferenceProfile) -> dict:
+    return profile.__dict__.setdefault("_calibration_cache", {})
+
+
+def max_similarity(profile: ReferenceProfile, emb: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of ``emb`` (n, d) to its nearest reference sample row."""
+    cache = _cache(profile)
+    if "unit_sample" not in cache:
+        cache["unit_sample"] = _unit(profile.embedding_sample.astype(np.float32))
+    ref = cache["unit_sample"]
+    out = np.empty(len(emb), dtype=np.float32)
+    for start in range(0, len(emb), 4096):  # bounded (4096, m) blocks on large windows
+        block = _unit(np.asarray(emb[start : start + 4096], dtype=np.float32))
+        out[start : start + 4096] = (block @ ref.T).max(1)
+    return out
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def novelty_cutoff(profile: ReferenceProfile, quantile: float) -> float | None:
+    """Similarity below which a text counts as novel: the ``quantile`` of the held-out
+    texts' nearest-reference similarities (so about that share of in-domain texts is novel).
+    None without a calibration sample."""
+    if not has_sample(profile):
+        return None
+    return float(np.quantile(_pool(profile)["similarity"], quantile))
+
+
+def null_size(n: int, cfg: DriftConfig) -> int:
+    """``n`` rounded down to the grid ``min_window * 2**(k/2)``."""
+    k = math.floor(2 * math.log2(max(n, cfg.min_window) / cfg.min_window) + 1e-9)
+    return max(cfg.min_window, int(cfg.min_window * 2 ** (k / 2)))
+
+
+def calibrate(
+    profile: ReferenceProfile,
+    n: int,
+    components: Sequence[str],
+    cfg: DriftConfig,
+    measure: Measure,
+    n_predictions: int = 0,
+    n_confidences: int = 0,
+) -> Calibration:
+    """Thresholds for ``components`` (those measured on the live window, less the ignored)
+    on a window of ``n`` texts (``n_predictions`` / ``n_confidences`` of them with outputs)."""
+    k = max(len(components), 1)
+    draws: dict[str, np.ndarray] = {}
+    info: dict[str, Any] = {
+        "method": "bootstrap null from held-out reference texts; gamma/normal tail; "
+        "Bonferroni over components",
+        "false_alarm_rate": cfg.false_alarm_rate,
+        "warn_rate": cfg.warn_rate,
+        "components": k,
+        "draws": cfg.calibration_draws,
+        "classifier_draws": min(cfg.classifier_draws, cfg.calibration_draws),
+    }
+    sampled = [c for c in components if c in _EMBEDDING or c in _TEXT]
+    if sampled and has_sample(profile):
+        grid = null_size(n, cfg)
+        pool = len(profile.calibration_embeddings)
+        size = min(grid, pool)
+        raw = _bootstrap_null(profile, size, tuple(sampled), cfg, measure)
+        draws.update({c: _scale(raw[c], TAILS[c][1], size / grid) for c in sampled if c in raw})
+        info.update(null_window=grid, drawn_at=size, pool=pool)
+    draws.update(_simulated_null(profile, components, cfg, measure, n_predictions, n_confidences))
+    thresholds = {
+        c: _threshold(v, TAILS[c][0], cfg.warn_rate / k, cfg.false_alarm_rate / k)
+        for c, v in draws.items()
+        if c in components
+    }
+    info["calibrated"] = sorted(thresholds)
+    return Calibration(thresholds, info)
+
+
+def _bootstrap_null(
+    profile: ReferenceProfile,
+    size: int,
+    components: tuple[str, ...],
+    cfg: DriftConfig,
+    measure: Measure,
+) -> dict[str, np.ndarray]:
+    key = ("bootstrap", size, components, cfg.calibration_draws, cfg.classifier_draws)
+    key += _measure_key(cfg)
+    cache = _cache(profile)
+    if key not in cache:
+        rng = np.random.default_rng([cfg.seed, size])
+        pool = _pool(profile)
+        wants_text = any(c in _TEXT for c in components)
+        rows = []
+        for i in range(cfg.calibration_draws):
+            idx = rng.integers(0, len(pool["emb"]), size)
+            sample = _pool_sample(profile, pool, idx, wants_text)
+            sample.classifier = i < cfg.classifier_draws
+            rows.append(measure(sample))
+        cache[key] = {c: np.array([r[c] for r in rows if c in r]) for c in components}
+    return cache[key]
+
+
+def _measure_key(cfg: DriftConfig) -> tuple:
+    # The settings that change what a component measures (not its thresholds).
+    return (
+        cfg.epsilon,
+        cfg.classifier_max_samples,
+        cfg.cv_folds,
+        cfg.classifier_c,
+        cfg.novelty_quantile,
+        cfg.seed,
+    )
+
+
+def _pool(profile: ReferenceProfile) -> dict[str, np.ndarray]:
+    cache = _cache(profile)
+    if "pool" not in cache:
+        cache["pool"] = {
+            "emb": profile.calibration_embeddings.astype(np.float32),
+            "words": profile.calibration_words.astype(np.float64),
+            "unknown": profile.calibration_unknown.astype(np.float64),
+            "languages": profile.calibration_languages.astype(np.int64),
+        }
+        cache["pool"]["similarity"] = max_similarity(profile, cache["pool"]["emb"])
+    return cache["pool"]
+
+
+def _pool_sample(
+    profile: ReferenceProfile, pool: dict[str, np.ndarray], idx: np.ndarray, text: bool
+) -> Sample:
+    if not text:
+        return Sample(emb=pool["emb"][idx], similarity=pool["similarity"][idx])
+    words, unknown = pool["words"][idx], pool["unknown"][idx]
+    counts = np.bincount(pool["languages"][idx], minlength=len(textstats.LANGUAGES))
+    return Sample(
+        emb=pool["emb"][idx],
+        similarity=pool["similarity"][idx],
+        lengths=words,
+        oov_rate=float(unknown.sum() / words.sum()) if words.sum() else 0.0,
+        languages={lang: c / len(idx) for lang, c in zip(textstats.LANGUAGES, counts, strict=True)},
+    )
+
+
+def _simulated_null(
+    profile: ReferenceProfile,
+    components: Sequence[str],
+    cfg: DriftConfig,
+    measure: Measure,
+    n_predictions: int,
+    n_confidences: int,
+) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    rng = np.random.default_rng([cfg.seed, n_predictions, n_confidences])
+    reference = profile.predictions or profile.labels
+    if "predictions" in components and reference and n_predictions:
+        size = _effective(n_predictions, profile.meta.get("predictions_n"))
+        labels, p = list(reference), np.array(list(reference.values()), dtype=np.float64)
+        out["predictions"] = np.array(
+            [
+                measure(Sample(predictions=_multinomial(labels, p, size, rng)))["predictions"]
+                for _ in range(cfg.calibration_draws)
+            ]
+        )
+    if "confidence" in components and profile.confidence and n_confidences:
+        ref = profile.confidence
+        size = _effective(n_confidences, ref.get("n"))
+        sd = ref.get("sd", _hist_sd(ref))
+        means = ref["mean"] + sd * rng.standard_normal((cfg.calibration_draws, size))
+        out["confidence"] = np.array([measure(Sample(confidences=m))["confidence"] for m in means])
+    return out
+
+
+def _effective(n: int, m: int | None) -> int:
+    """Window size whose sampling noise equals that of the window (n) and the reference (m)
+    together (the variance of a difference of two shares adds up)."""
+    return max(2, round(1 / (1 / n + 1 / m))) if m else n
+
+
+def _multinomial(labels: list[str], p: np.ndarray, size: int, rng: np.random.Generator):
+    counts = rng.multinomial(size, p / p.sum())
+    return [label for label, c in zip(labels, counts, strict=True) for _ in range(c)]
+
+
+def _hist_sd(summary: dict[str, Any]) -> float:
+    """Sd of confidences from the histogram (profiles written before ``sd`` was stored)."""
+    edges, hist = np.asarray(summary["edges"]), np.asarray(summary["hist"])
+    mid = (edges[:-1] + edges[1:]) / 2
+    mean = float((mid * hist).sum())
+    return float(np.sqrt(max((hist * (mid - mean) ** 2).sum(), 0.0)))
+
+
+def _scale(values: np.ndarray, how: str, ratio: float) -> np.ndarray:
+    """Null draws at size s -> at size s / ratio (ratio <= 1)."""
+    if ratio >= 1 or how == "none":
+        return values
+    if how == "inverse":
+        return values * ratio
+    if how == "sqrt_value":
+        return values * math.sqrt(ratio)
+    center = values.mean()
+    return center + (values - center) * math.sqrt(ratio)
+
+
+def _threshold(values: np.ndarray, tail: str, warn_alpha: float, alert_alpha: float):
+    from scipy import stats
+
+    values = values[np.isfinite(values)]
+    mean, sd = float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    top = float(values.max())
+    if sd <= 1e-12:
+        return Threshold(top, top, tail, (mean, 0.0), mean)
+    if tail == "gamma" and mean > 0:
+        shape, scale = mean**2 / sd**2, sd**2 / mean
+        warn, alert = stats.gamma.isf([warn_alpha, alert_alpha], shape, scale=scale)
+        params = (shape, scale)
+    else:
+        tail = "normal"
+        warn, alert = stats.norm.isf([warn_alpha, alert_alpha], mean, sd)
+        params = (mean, sd)
+    return Threshold(max(float(warn), top), max(float(alert), top), tail, params, mean)
