@@ -15,8 +15,10 @@ window's size:
   reference's own sampling noise (``1 / (1/n + 1/m)`` for a window of n, a reference of m).
 - A tail is fitted to the draws (gamma for the non-negative, skewed statistics such as PSI and
   total variation; normal for differences such as the AUC or an OOV-rate rise) and read at
-  ``rate / K`` for K components (Bonferroni): the chance that *any* component of an in-domain
-  window alerts is at most ``false_alarm_rate``, however the components correlate. The
+  ``rate * share`` (weighted Bonferroni: the shares of the K components sum to 1; novelty, the
+  detector of a mix of other texts, gets ``novelty_rate_share``, the others split the rest):
+  the chance that *any* component of an in-domain window alerts is at most
+  ``false_alarm_rate``, however the components correlate. The
   threshold is never below the largest null draw.
 - Sizes are rounded down to a grid (``min_window * 2**(k/2)``): windows of similar size share
   one null (cached on the profile object), and the rounding errs towards higher thresholds.
@@ -49,7 +51,7 @@ class Sample:
     predictions: Sequence[Any] | None = None
     confidences: np.ndarray | None = None
     classifier: bool = True  # fit the domain classifier (the one costly component)
-    similarity: np.ndarray | None = None  # max_similarity(emb), when known already
+    novel: np.ndarray | None = None  # per row: novel or not, when known already (null)
 
 
 Measure = Callable[[Sample], dict[str, float]]
@@ -104,16 +106,24 @@ def _cache(profile: ReferenceProfile) -> dict:
     return profile.__dict__.setdefault("_calibration_cache", {})
 
 
+# Neighbours averaged by max_similarity: on PhraseBank vs Alpaca (MiniLM), 10 make 88% of
+# Alpaca texts novel at the 5% in-domain cutoff, against 83% with the single nearest.
+NEIGHBOURS = 10
+
+
 def max_similarity(profile: ReferenceProfile, emb: np.ndarray) -> np.ndarray:
-    """Cosine similarity of each row of ``emb`` (n, d) to its nearest reference sample row."""
+    """Mean cosine similarity of each row of ``emb`` (n, d) to its ``NEIGHBOURS`` nearest
+    reference sample rows (n,)."""
     cache = _cache(profile)
     if "unit_sample" not in cache:
         cache["unit_sample"] = _unit(profile.embedding_sample.astype(np.float32))
     ref = cache["unit_sample"]
+    k = min(NEIGHBOURS, len(ref))
     out = np.empty(len(emb), dtype=np.float32)
     for start in range(0, len(emb), 4096):  # bounded (4096, m) blocks on large windows
         block = _unit(np.asarray(emb[start : start + 4096], dtype=np.float32))
-        out[start : start + 4096] = (block @ ref.T).max(1)
+        sims = block @ ref.T
+        out[start : start + 4096] = np.partition(sims, -k, axis=1)[:, -k:].mean(1)
     return out
 
 
@@ -128,6 +138,18 @@ def novelty_cutoff(profile: ReferenceProfile, quantile: float) -> float | None:
     if not has_sample(profile):
         return None
     return float(np.quantile(_pool(profile)["similarity"], quantile))
+
+
+def _cross_fitted_novelty(similarity: np.ndarray, quantile: float) -> np.ndarray:
+    """Novel flags of the pool rows, each judged by the cutoff of the *other* half: a cutoff
+    read off the same rows would make exactly ``quantile`` of them novel, fewer than of new
+    in-domain texts (measured on PhraseBank: 5% in the pool, 7% of unseen sentences)."""
+    halves = np.arange(len(similarity)) % 2
+    novel = np.zeros(len(similarity), dtype=bool)
+    for half in (0, 1):
+        cutoff = np.quantile(similarity[halves != half], quantile)
+        novel[halves == half] = similarity[halves == half] < cutoff
+    return novel
 
 
 def null_size(n: int, cfg: DriftConfig) -> int:
@@ -167,13 +189,24 @@ def calibrate(
         draws.update({c: _scale(raw[c], TAILS[c][1], size / grid) for c in sampled if c in raw})
         info.update(null_window=grid, drawn_at=size, pool=pool)
     draws.update(_simulated_null(profile, components, cfg, measure, n_predictions, n_confidences))
+    share = _alpha_shares(components, cfg)
     thresholds = {
-        c: _threshold(v, TAILS[c][0], cfg.warn_rate / k, cfg.false_alarm_rate / k)
+        c: _threshold(v, TAILS[c][0], cfg.warn_rate * share[c], cfg.false_alarm_rate * share[c])
         for c, v in draws.items()
         if c in components
     }
+    info["alpha_share"] = share
     info["calibrated"] = sorted(thresholds)
     return Calibration(thresholds, info)
+
+
+def _alpha_shares(components: Sequence[str], cfg: DriftConfig) -> dict[str, float]:
+    """Each component's share of the family's false-alarm rate (weighted Bonferroni: the
+    shares sum to 1): ``novelty_rate_share`` to novelty, the rest split evenly."""
+    if "novelty" not in components or len(components) == 1:
+        return dict.fromkeys(components, 1 / max(len(components), 1))
+    rest = (1 - cfg.novelty_rate_share) / (len(components) - 1)
+    return {c: cfg.novelty_rate_share if c == "novelty" else rest for c in components}
 
 
 def _bootstrap_null(
@@ -189,6 +222,7 @@ def _bootstrap_null(
     if key not in cache:
         rng = np.random.default_rng([cfg.seed, size])
         pool = _pool(profile)
+        pool["novel"] = _cross_fitted_novelty(pool["similarity"], cfg.novelty_quantile)
         wants_text = any(c in _TEXT for c in components)
         rows = []
         for i in range(cfg.calibration_draws):
@@ -229,12 +263,12 @@ def _pool_sample(
     profile: ReferenceProfile, pool: dict[str, np.ndarray], idx: np.ndarray, text: bool
 ) -> Sample:
     if not text:
-        return Sample(emb=pool["emb"][idx], similarity=pool["similarity"][idx])
+        return Sample(emb=pool["emb"][idx], novel=pool["novel"][idx])
     words, unknown = pool["words"][idx], pool["unknown"][idx]
     counts = np.bincount(pool["languages"][idx], minlength=len(textstats.LANGUAGES))
     return Sample(
         emb=pool["emb"][idx],
-        similarity=pool["similarity"][idx],
+        novel=pool["novel"][idx],
         lengths=words,
         oov_rate=float(unknown.sum() / words.sum()) if words.sum() else 0.0,
         languages={lang: c / len(idx) for lang, c in zip(textstats.LANGUAGES, counts, strict=True)},

@@ -54,8 +54,8 @@ class DriftConfig(StrictModel):
     ``calibrate`` on (default) each is raised to what in-domain windows of the checked size
     reach by chance: the high quantile of the component's null distribution, drawn from
     in-domain texts held out of the reference profile, at ``false_alarm_rate`` (alert) or
-    ``warn_rate`` (warn) shared out over the components (Bonferroni), so an in-domain window
-    of any accepted size alerts with probability at most ``false_alarm_rate``."""
+    ``warn_rate`` (warn) shared out over the components (weighted Bonferroni), so an in-domain
+    window of any accepted size alerts with probability at most ``false_alarm_rate``."""
 
     psi_warn: float = Field(0.1, gt=0, description="PSI warn threshold (convention: 0.1).")
     psi_alert: float = Field(0.2, gt=0, description="PSI alert threshold (convention: 0.2).")
@@ -96,7 +96,7 @@ class DriftConfig(StrictModel):
         gt=0,
         lt=0.5,
         description="Family-wise chance that an in-domain window alerts (any component), "
-        "shared out over the components (Bonferroni).",
+        "shared out over the components (weighted Bonferroni, see novelty_rate_share).",
     )
     warn_rate: float = Field(
         0.01,
@@ -123,6 +123,14 @@ class DriftConfig(StrictModel):
         lt=0.5,
         description="A text is novel when its nearest reference text is less similar than "
         "for this share of held-out in-domain texts (so about this share is novel in domain).",
+    )
+    novelty_rate_share: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="Share of false_alarm_rate / warn_rate given to the novelty component (the "
+        "most sensitive to a mix of other texts in a small window); the other components split "
+        "the rest evenly (weighted Bonferroni).",
     )
     novelty_warn: float = Field(
         0.1, gt=0, le=1, description="Warn when at least this share of the window is novel."

@@ -268,10 +268,10 @@ def novelty_drift(
     profile: ReferenceProfile, sample: Sample, cfg: DriftConfig, cutoff: float
 ) -> ComponentResult:
     """Share of window rows less similar to every reference row than ``cutoff``."""
-    similarity = sample.similarity
-    if similarity is None:
-        similarity = calibration.max_similarity(profile, sample.emb)
-    share = float((similarity < cutoff).mean())
+    novel = sample.novel
+    if novel is None:
+        novel = calibration.max_similarity(profile, sample.emb) < cutoff
+    share = float(novel.mean())
     return ComponentResult(
         "novelty",
         "novel_share",
