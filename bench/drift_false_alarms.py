@@ -50,12 +50,18 @@ def main() -> None:
     torch.set_num_threads(2)
     cfg = DriftConfig()
     minimum = cfg.min_window
-    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else [minimum, 2 * minimum, 4 * minimum]
+    sizes = (
+        [int(s) for s in args.sizes.split(",")]
+        if args.sizes
+        else [minimum, 2 * minimum, 4 * minimum]
+    )
     domain, off = load(replay, replay.data_dirs_of(args))
     totals: dict = {"fa": Counter(), "base": Counter(), "det": 0, "det_base": 0, "fired": Counter()}
     for seed in range(args.seeds):
         run_seed(replay, domain, off, seed, sizes, args, totals)
-    print(f"\nover {args.seeds} seed(s), default DriftConfig (false_alarm_rate {cfg.false_alarm_rate})")
+    print(
+        f"\nover {args.seeds} seed(s), default DriftConfig (false_alarm_rate {cfg.false_alarm_rate})"
+    )
     for n in sizes:
         k = args.windows * args.seeds
         print(

@@ -6,15 +6,18 @@ reaches an AUC of 0.6 often enough. Fixed thresholds therefore alarm on small wi
 miss on large ones. Here each component's threshold comes from its null distribution at the
 window's size:
 
-- Null windows are drawn with replacement (bootstrap) from the profile's calibration sample:
-  in-domain texts held out of the reference when it was built
-  (:func:`honed.evals.profile.calibration_sample`), measured by the same code as the live
-  window (the caller passes it in as ``measure``).
-- Predictions and confidences are simulated: multinomial draws from the reference's
-  prediction shares, normal draws with the reference's confidence sd; the draw size counts the
-  reference's own sampling noise (``1 / (1/n + 1/m)`` for a window of n, a reference of m).
-- A tail is fitted to the draws (gamma for the non-negative, skewed statistics such as PSI and
-  total variation; normal for differences such as the AUC or an OOV-rate rise) and read at
+- The null comes from the profile's calibration sample: in-domain texts held out of the
+  reference when it was built (:func:`honed.evals.profile.calibration_sample`).
+- Share statistics (k-means cells, word-length bins, languages, novel or not; predicted
+  labels against the reference's shares) are multinomial: 100,000 windows' counts are drawn
+  directly (shares ~ Dirichlet(held-out counts + 1/2), so the sample's own noise counts) and
+  the threshold is read off them empirically: their tails are lumpy (an empty cell adds
+  ~0.3 to a small window's PSI) and a fitted curve under-reads them.
+- The others (PCA PSI, domain-classifier AUC, OOV rise) are measured on windows drawn with
+  replacement (bootstrap) from the held-out texts by the same code as the live window (the
+  caller passes it in as ``measure``); the confidence drop on normal draws with the reference's
+  sd, sized ``1 / (1/n + 1/m)`` for a window of n and a reference of m. A tail is fitted to
+  those draws (gamma for PCA PSI; normal for the AUC, OOV rise and confidence drop) and read at
   ``rate * share`` (weighted Bonferroni: the shares of the K components sum to 1; novelty, the
   detector of a mix of other texts, gets ``novelty_rate_share``, the others split the rest):
   the chance that *any* component of an in-domain window alerts is at most
@@ -56,7 +59,8 @@ class Sample:
 
 Measure = Callable[[Sample], dict[str, float]]
 
-# component -> (tail, how its null scales from the calibration size to a larger window)
+# bootstrapped / simulated component -> (tail, how its null scales from the calibration size
+# to a larger window); the share statistics (COUNT_BASED) are drawn at the window's size.
 TAILS: dict[str, tuple[str, str]] = {
     "embedding_cells": ("gamma", "inverse"),
     "embedding_pca": ("gamma", "inverse"),
@@ -68,8 +72,16 @@ TAILS: dict[str, tuple[str, str]] = {
     "predictions": ("gamma", "none"),
     "confidence": ("normal", "none"),
 }
-_EMBEDDING = ("embedding_cells", "embedding_pca", "domain_classifier", "novelty")
-_TEXT = ("text_length", "oov_rate", "language")
+_BOOTSTRAPPED = ("embedding_pca", "domain_classifier", "oov_rate")
+_TEXT = ("oov_rate",)
+
+
+# Statistics of shares of categories (cells, length bins, languages, novel or not, labels):
+# a window's counts are a multinomial draw, so their null is drawn directly, hundreds of
+# thousands of times, and read off empirically: their tails are too lumpy for a fitted curve
+# (one empty cell adds ~0.3 to a small window's PSI; a gamma fit under-reads the 1e-4 tail).
+COUNT_BASED = ("embedding_cells", "text_length", "language", "novelty", "predictions")
+COUNT_DRAWS = 100_000
 
 
 @dataclass
@@ -81,10 +93,14 @@ class Threshold:
     tail: str
     params: tuple[float, float]  # gamma (shape, scale) or normal (mean, sd)
     null_mean: float
+    draws: np.ndarray | None = None  # sorted null draws (empirical tail)
 
     def p_value(self, value: float) -> float:
         from scipy import stats
 
+        if self.draws is not None:
+            above = len(self.draws) - np.searchsorted(self.draws, value, side="left")
+            return float((above + 1) / (len(self.draws) + 1))
         a, b = self.params
         if b <= 0:
             return 0.0 if value > self.null_mean else 1.0
@@ -180,7 +196,17 @@ def calibrate(
         "draws": cfg.calibration_draws,
         "classifier_draws": min(cfg.classifier_draws, cfg.calibration_draws),
     }
-    sampled = [c for c in components if c in _EMBEDDING or c in _TEXT]
+    share = _alpha_shares(components, cfg)
+    thresholds: dict[str, Threshold] = {}
+    sizes = {"predictions": n_predictions}
+    for c in components:
+        draws = _count_null(profile, c, sizes.get(c, n), cfg)
+        if draws is not None:
+            thresholds[c] = _empirical(
+                draws, cfg.warn_rate * share[c], cfg.false_alarm_rate * share[c]
+            )
+    draws: dict[str, np.ndarray] = {}
+    sampled = [c for c in components if c in _BOOTSTRAPPED]
     if sampled and has_sample(profile):
         grid = null_size(n, cfg)
         pool = len(profile.calibration_embeddings)
@@ -188,13 +214,12 @@ def calibrate(
         raw = _bootstrap_null(profile, size, tuple(sampled), cfg, measure)
         draws.update({c: _scale(raw[c], TAILS[c][1], size / grid) for c in sampled if c in raw})
         info.update(null_window=grid, drawn_at=size, pool=pool)
-    draws.update(_simulated_null(profile, components, cfg, measure, n_predictions, n_confidences))
-    share = _alpha_shares(components, cfg)
-    thresholds = {
-        c: _threshold(v, TAILS[c][0], cfg.warn_rate * share[c], cfg.false_alarm_rate * share[c])
-        for c, v in draws.items()
-        if c in components
-    }
+    draws.update(_simulated_null(profile, components, cfg, measure, n_confidences))
+    for c, v in draws.items():
+        if c in components:
+            thresholds[c] = _threshold(
+                v, TAILS[c][0], cfg.warn_rate * share[c], cfg.false_alarm_rate * share[c]
+            )
     info["alpha_share"] = share
     info["calibrated"] = sorted(thresholds)
     return Calibration(thresholds, info)
@@ -222,7 +247,6 @@ def _bootstrap_null(
     if key not in cache:
         rng = np.random.default_rng([cfg.seed, size])
         pool = _pool(profile)
-        pool["novel"] = _cross_fitted_novelty(pool["similarity"], cfg.novelty_quantile)
         wants_text = any(c in _TEXT for c in components)
         rows = []
         for i in range(cfg.calibration_draws):
@@ -262,13 +286,14 @@ def _pool(profile: ReferenceProfile) -> dict[str, np.ndarray]:
 def _pool_sample(
     profile: ReferenceProfile, pool: dict[str, np.ndarray], idx: np.ndarray, text: bool
 ) -> Sample:
+    skip = np.zeros(len(idx), dtype=bool)  # novelty's null is drawn apart (_count_null)
     if not text:
-        return Sample(emb=pool["emb"][idx], novel=pool["novel"][idx])
+        return Sample(emb=pool["emb"][idx], novel=skip)
     words, unknown = pool["words"][idx], pool["unknown"][idx]
     counts = np.bincount(pool["languages"][idx], minlength=len(textstats.LANGUAGES))
     return Sample(
         emb=pool["emb"][idx],
-        novel=pool["novel"][idx],
+        novel=skip,
         lengths=words,
         oov_rate=float(unknown.sum() / words.sum()) if words.sum() else 0.0,
         languages={lang: c / len(idx) for lang, c in zip(textstats.LANGUAGES, counts, strict=True)},
@@ -280,21 +305,10 @@ def _simulated_null(
     components: Sequence[str],
     cfg: DriftConfig,
     measure: Measure,
-    n_predictions: int,
     n_confidences: int,
 ) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
-    rng = np.random.default_rng([cfg.seed, n_predictions, n_confidences])
-    reference = profile.predictions or profile.labels
-    if "predictions" in components and reference and n_predictions:
-        size = _effective(n_predictions, profile.meta.get("predictions_n"))
-        labels, p = list(reference), np.array(list(reference.values()), dtype=np.float64)
-        out["predictions"] = np.array(
-            [
-                measure(Sample(predictions=_multinomial(labels, p, size, rng)))["predictions"]
-                for _ in range(cfg.calibration_draws)
-            ]
-        )
+    rng = np.random.default_rng([cfg.seed, n_confidences])
     if "confidence" in components and profile.confidence and n_confidences:
         ref = profile.confidence
         size = _effective(n_confidences, ref.get("n"))
@@ -304,15 +318,103 @@ def _simulated_null(
     return out
 
 
+def _count_null(
+    profile: ReferenceProfile, component: str, n: int, cfg: DriftConfig
+) -> np.ndarray | None:
+    """Sorted null draws of a share statistic on a window of ``n``: counts ~ Multinomial(n,
+    p), p ~ Dirichlet(the pool's counts + 1/2) (the pool's own sampling noise included), for
+    the held-out pool's categories; for predictions, the reference's shares and size."""
+    if component not in COUNT_BASED or n < 1:
+        return None
+    key = ("counts", component, n, cfg.epsilon, cfg.novelty_quantile, cfg.seed)
+    cache = _cache(profile)
+    if key not in cache:
+        found = _categories(profile, component, cfg)
+        if found is None:
+            return None
+        reference, counts = found
+        rng = np.random.default_rng([cfg.seed, n, COUNT_BASED.index(component)])
+        stat = _tvd if component == "language" else _share if component == "novelty" else _psi
+        eps = max(cfg.epsilon, 0.5 / n)
+        parts = []
+        for _ in range(COUNT_DRAWS // 50_000):
+            parts.append(stat(reference, _dirichlet_multinomial(rng, counts, n) / n, eps))
+        cache[key] = np.sort(np.concatenate(parts))
+    return cache[key]
+
+
+def _categories(profile: ReferenceProfile, component: str, cfg: DriftConfig):
+    """(reference shares, counts the null draws from) of a share statistic, or None."""
+    if component == "predictions":
+        reference = profile.predictions or profile.labels
+        if not reference:
+            return None
+        shares = np.array(list(reference.values()), dtype=np.float64)
+        m = profile.meta.get("predictions_n") or 100_000  # unknown: a precise reference
+        return shares, shares * m
+    if not has_sample(profile):
+        return None
+    pool = _pool(profile)
+    if component == "novelty":
+        novel = _cross_fitted_novelty(pool["similarity"], cfg.novelty_quantile)
+        return np.array([0.0, 1.0]), np.bincount(novel.astype(int), minlength=2).astype(float)
+    if component == "language":
+        k = len(textstats.LANGUAGES)
+        ref = np.array([profile.text["languages"].get(x, 0.0) for x in textstats.LANGUAGES])
+        return ref, np.bincount(pool["languages"], minlength=k).astype(float)
+    if component == "embedding_cells":
+        centroids = profile.centroids.astype(np.float32)
+        cells = (-2.0 * pool["emb"] @ centroids.T + (centroids**2).sum(1)).argmin(1)
+        return profile.cell_shares, np.bincount(cells, minlength=len(centroids)).astype(float)
+    edges = profile.length_edges  # text_length
+    bins = np.searchsorted(edges, pool["words"], side="right")
+    ref = np.asarray(profile.text["length_shares"], dtype=np.float64)
+    return ref, np.bincount(bins, minlength=len(edges) + 1).astype(float)
+
+
+def _dirichlet_multinomial(rng: np.random.Generator, counts: np.ndarray, n: int) -> np.ndarray:
+    """(50,000, k) window counts: shares ~ Dirichlet(counts + 1/2), then Multinomial(n) as
+    conditional binomials (4x faster than ``Generator.multinomial`` with per-row shares)."""
+    g = rng.standard_gamma(counts + 0.5, size=(50_000, len(counts)))
+    p = g / g.sum(1, keepdims=True)
+    out = np.zeros_like(p, dtype=np.int64)
+    left = np.full(len(p), n, dtype=np.int64)
+    rest = np.ones(len(p))
+    for j in range(len(counts) - 1):
+        out[:, j] = rng.binomial(left, np.clip(p[:, j] / np.maximum(rest, 1e-12), 0, 1))
+        left -= out[:, j]
+        rest -= p[:, j]
+    out[:, -1] = left
+    return out
+
+
+def _psi(reference: np.ndarray, window: np.ndarray, eps: float) -> np.ndarray:
+    """PSI of each row of ``window`` (d, k) against ``reference`` (k,), as drift.psi."""
+    r = np.clip(reference, eps, None)
+    r = r / r.sum()
+    w = np.clip(window, eps, None)
+    w = w / w.sum(1, keepdims=True)
+    return ((w - r) * np.log(w / r)).sum(1)
+
+
+def _tvd(reference: np.ndarray, window: np.ndarray, _eps: float) -> np.ndarray:
+    return 0.5 * np.abs(window - reference).sum(1)
+
+
+def _share(_reference: np.ndarray, window: np.ndarray, _eps: float) -> np.ndarray:
+    return window[:, 1]  # share of novel rows
+
+
+def _empirical(draws: np.ndarray, warn_alpha: float, alert_alpha: float) -> Threshold:
+    warn, alert = np.quantile(draws, [1 - warn_alpha, 1 - alert_alpha])
+    mean = float(draws.mean())
+    return Threshold(float(warn), float(alert), "empirical", (mean, 0.0), mean, draws)
+
+
 def _effective(n: int, m: int | None) -> int:
     """Window size whose sampling noise equals that of the window (n) and the reference (m)
     together (the variance of a difference of two shares adds up)."""
     return max(2, round(1 / (1 / n + 1 / m))) if m else n
-
-
-def _multinomial(labels: list[str], p: np.ndarray, size: int, rng: np.random.Generator):
-    counts = rng.multinomial(size, p / p.sum())
-    return [label for label, c in zip(labels, counts, strict=True) for _ in range(c)]
 
 
 def _hist_sd(summary: dict[str, Any]) -> float:

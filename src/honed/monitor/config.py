@@ -181,3 +181,65 @@ class DriftConfig(StrictModel):
         if unknown:
             raise ValueError(f"ignore: unknown components {sorted(unknown)}; known: {COMPONENTS}")
         return self
+
+
+class CanaryConfig(StrictModel):
+    """Canary analysis (``honed monitor canary``, the loop's canary step): the challenger's arm
+    (``canary``: a share of live traffic; ``shadow``: a copy of it, answers never returned)
+    against the primary over a window of the request log. The decision is ``wait`` until each
+    arm has ``min_requests``; then ``rollback`` when any guard below fails, else ``promote``."""
+
+    window: str = Field(
+        "1h",
+        pattern=r"^\s*\d+(\.\d+)?\s*[smhdw]\s*$",
+        description="Window analysed when no start is given (e.g. 30m, 1h, 1d): back from now.",
+    )
+    min_requests: int = Field(
+        200,
+        ge=1,
+        description="Requests each arm needs before anything is decided (decision 'wait').",
+    )
+    max_error_rate_increase: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Largest rise of the challenger's error rate (status >= 500) over the "
+        "primary's, absolute (0.01 = one point).",
+    )
+    max_latency_p95_ratio: float = Field(
+        1.5, ge=1, description="Largest challenger / primary ratio of p95 latency."
+    )
+    latency_slack_ms: float = Field(
+        10.0,
+        ge=0,
+        description="A p95 difference below this many ms never fails the latency guard (on a "
+        "fast model a ratio of tiny numbers is noise).",
+    )
+    max_prediction_shift: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="Largest total variation distance between the arms' predicted-label "
+        "distributions (0: same shares, 1: disjoint). A better model trained on drifted data "
+        "moves some predictions; a broken one moves many.",
+    )
+    min_agreement: float = Field(
+        0.7,
+        ge=0,
+        le=1,
+        description="Smallest share of paired requests on which the arms give the same label "
+        "(shadow mode: the same request answered by both; canary mode: identical inputs).",
+    )
+    min_agreement_pairs: int = Field(
+        50, ge=1, description="Fewer pairs than this: agreement is reported, not judged."
+    )
+    feedback_margin: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="The challenger's negative-feedback rate (thumbs down, a correction that "
+        "differs from its label, a regenerate or abandoned stream, per request) may exceed the "
+        "primary's by this much; the guard fails when a one-sided two-proportion z-test says "
+        "it exceeds it by more (significance: alpha).",
+    )
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="Significance of the feedback test.")
