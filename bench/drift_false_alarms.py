@@ -60,7 +60,8 @@ def main() -> None:
     for seed in range(args.seeds):
         run_seed(replay, domain, off, seed, sizes, args, totals)
     print(
-        f"\nover {args.seeds} seed(s), default DriftConfig (false_alarm_rate {cfg.false_alarm_rate})"
+        f"\nover {args.seeds} seed(s), default DriftConfig "
+        f"(false_alarm_rate {cfg.false_alarm_rate})"
     )
     for n in sizes:
         k = args.windows * args.seeds
