@@ -7,12 +7,36 @@ import pytest
 
 from honed.evals.profile import ProfileConfig, ReferenceProfile, build_reference_profile
 from honed.monitor import calibration
-from honed.monitor.drift import ALERT, INSUFFICIENT, OK, DriftReport, check_drift, psi
 from honed.monitor.config import DriftConfig
+from honed.monitor.drift import ALERT, INSUFFICIENT, OK, DriftReport, check_drift, psi
 
 DIM = 16
-WORDS = "profit sales rose fell the company said net quarter shares bank results".split()
-OFF_WORDS = "write poem ocean bake bread explain recipe story moon flour".split()
+WORDS = [
+    "profit",
+    "sales",
+    "rose",
+    "fell",
+    "the",
+    "company",
+    "said",
+    "net",
+    "quarter",
+    "shares",
+    "bank",
+    "results",
+]
+OFF_WORDS = [
+    "write",
+    "poem",
+    "ocean",
+    "bake",
+    "bread",
+    "explain",
+    "recipe",
+    "story",
+    "moon",
+    "flour",
+]
 # Fewer null draws than the defaults: same code, a faster test.
 FAST = {"calibration_draws": 40, "classifier_draws": 20}
 
@@ -36,9 +60,7 @@ class World:
         else:
             emb = self.centers[self.rng.integers(0, 4, n)] + self.rng.standard_normal((n, DIM))
             words = WORDS
-        texts = [
-            " ".join(self.rng.choice(words, self.rng.integers(6, 14))) for _ in range(n)
-        ]
+        texts = [" ".join(self.rng.choice(words, self.rng.integers(6, 14))) for _ in range(n)]
         return texts, _unit(emb)
 
 
