@@ -315,7 +315,7 @@ def _drift(args: argparse.Namespace) -> int:
     if not args.no_save:
         store.save_drift_check(report.to_dict())
     doc = {**report.to_dict(), "combined_status": report.combined_status}
-    print(json.dumps(doc, indent=2) if args.json else _table(report))
+    print(json.dumps(doc, indent=2) if args.json else _table(report, config))
     _send_alerts(report, args)
     return 1 if report.combined_status == ALERT else 0
 
@@ -366,16 +366,46 @@ class _LazyEmbedder:
         return self.model.encode(texts)
 
 
-def _table(report) -> str:
+def _table(report, config=None) -> str:
     lines = [f"drift: {report.status} ({report.window_size} requests)"]
+    if report.status == "insufficient_data" and config is not None:
+        lines[0] += f": fewer than min_window {config.min_window}, nothing judged"
     for c in report.components.values():
         value = "-" if c.value is None else f"{c.value:.3f}"
+        null = c.details.get("null")
+        p = f"  p {null['p_value']:.2g}" if null else ""
         lines.append(
-            f"  {c.name:<18} {c.metric:<9} {value:>8}  warn {c.warn}  alert {c.alert}  {c.status}"
+            f"  {c.name:<18} {c.metric:<11} {value:>8}  warn {_num(c.warn)}  alert "
+            f"{_num(c.alert)}  {c.status}{p}"
         )
+    lines += _calibration_lines(report.calibration)
     if report.objectives:
         lines += _objectives_table(report.objectives)
     return "\n".join(lines)
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _calibration_lines(info: dict | None) -> list[str]:
+    """How the thresholds above were set (calibrated for the window size, or why not)."""
+    if not info:
+        return []
+    lines = []
+    if info.get("calibrated"):
+        where = (
+            f"; bootstrap windows of {info['drawn_at']} from {info['pool']} held-out texts"
+            if "pool" in info
+            else ""
+        )
+        lines.append(
+            f"  thresholds calibrated for this window size ({len(info['calibrated'])} "
+            f"components, family-wise false-alarm rate {info['false_alarm_rate']}{where})"
+        )
+    if info.get("reason"):
+        lines.append(f"  note: {info['reason']}")
+    return lines
 
 
 def _objectives_table(service: dict) -> list[str]:
