@@ -95,6 +95,8 @@ class ReferenceProfile:
     predictions: dict[str, float] | None = None
     confidence: dict[str, Any] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # Where it was saved / loaded from (drift calibration caches its null draws there).
+    folder: Path | None = None
 
     def __getattr__(self, name: str) -> np.ndarray:
         arrays = self.__dict__.get("arrays", {})
@@ -119,6 +121,7 @@ class ReferenceProfile:
             "confidence": self.confidence,
         }
         (folder / PROFILE_JSON).write_text(json.dumps(doc, indent=2), encoding="utf-8")
+        self.folder = folder
         return folder
 
     @classmethod
@@ -145,6 +148,7 @@ class ReferenceProfile:
             predictions=doc.get("predictions"),
             confidence=doc.get("confidence"),
             meta=doc.get("meta", {}),
+            folder=folder,
         )
 
 

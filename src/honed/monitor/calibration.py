@@ -245,6 +245,8 @@ def _bootstrap_null(
     key += _measure_key(cfg)
     cache = _cache(profile)
     if key not in cache:
+        cache[key] = _read_disk(profile, key, components)
+    if cache[key] is None:
         rng = np.random.default_rng([cfg.seed, size])
         pool = _pool(profile)
         wants_text = any(c in _TEXT for c in components)
@@ -255,7 +257,49 @@ def _bootstrap_null(
             sample.classifier = i < cfg.classifier_draws
             rows.append(measure(sample))
         cache[key] = {c: np.array([r[c] for r in rows if c in r]) for c in components}
+        _write_disk(profile, key, cache[key])
     return cache[key]
+
+
+# Bootstrapped nulls are kept beside a saved profile (``<profile>/calibration_cache/``), so
+# the hourly `honed monitor drift` fits its null classifiers once per window size, not per run.
+CACHE_DIRNAME = "calibration_cache"
+
+
+def _disk_path(profile: ReferenceProfile, key: tuple):
+    import hashlib
+
+    if profile.folder is None:
+        return None
+    # created_at: a profile rebuilt into the same folder never reads the old one's draws
+    stamp = (profile.meta.get("created_at"), profile.meta.get("calibration_n"))
+    digest = hashlib.sha256(repr((stamp, key)).encode()).hexdigest()[:20]
+    return profile.folder / CACHE_DIRNAME / f"{digest}.npz"
+
+
+def _read_disk(profile: ReferenceProfile, key: tuple, components: tuple[str, ...]):
+    path = _disk_path(profile, key)
+    if path is None or not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            found = {c: npz[c] for c in npz.files}
+    except (OSError, ValueError):  # a torn or foreign file: recompute
+        return None
+    return found if set(found) == set(components) else None
+
+
+def _write_disk(profile: ReferenceProfile, key: tuple, draws: dict[str, np.ndarray]) -> None:
+    path = _disk_path(profile, key)
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **draws)
+        tmp.replace(path)  # atomic: a concurrent check reads the old file or the new one
+    except OSError:  # a read-only model folder: the in-memory cache still serves this run
+        pass
 
 
 def _measure_key(cfg: DriftConfig) -> tuple:

@@ -96,6 +96,15 @@ def test_profile_keeps_a_held_out_calibration_sample(profile, tmp_path):
     assert calibration.has_sample(loaded)
 
 
+def test_null_draws_are_cached_beside_a_saved_profile(profile, world, tmp_path):
+    texts, emb = world.rows(70)
+    folder = profile.save(tmp_path / "saved")
+    first = _check(ReferenceProfile.load(folder), texts, emb)
+    assert len(list((folder / calibration.CACHE_DIRNAME).glob("*.npz"))) == 1
+    again = _check(ReferenceProfile.load(folder), texts, emb)  # a later run: read back
+    assert again.to_dict()["components"] == first.to_dict()["components"]
+
+
 def test_in_domain_windows_of_the_minimum_size_do_not_alarm(profile, world):
     calibrated = fixed = 0
     for _ in range(12):
