@@ -81,6 +81,11 @@ def _add_drift(msub: argparse._SubParsersAction) -> None:
     _add_profile(drift)
     drift.add_argument("--served-model", help="Only requests logged for this served model id.")
     drift.add_argument("--thresholds", help="YAML/JSON file of DriftConfig fields.")
+    drift.add_argument(
+        "--expect-traffic",
+        action="store_true",
+        help="An empty window is an alert (the model should be receiving requests).",
+    )
     _add_objective_flags(drift)
     drift.add_argument("--webhook", help="POST alerts to this URL.")
     drift.add_argument(
@@ -306,6 +311,8 @@ def _drift(args: argparse.Namespace) -> int:
 
     profile = _load_profile(args)
     config = _with_objective_flags(_drift_config(args.thresholds, args), args)
+    if args.expect_traffic:
+        config = config.model_copy(update={"expect_traffic": True})
     store = RequestStore(args.db)
     since = _since(args.since)
     lazy = _LazyEmbedder(Embedder)
