@@ -186,10 +186,10 @@ def calibrate(
     """Thresholds for ``components`` (those measured on the live window, less the ignored)
     on a window of ``n`` texts (``n_predictions`` / ``n_confidences`` of them with outputs)."""
     k = max(len(components), 1)
-    draws: dict[str, np.ndarray] = {}
     info: dict[str, Any] = {
-        "method": "bootstrap null from held-out reference texts; gamma/normal tail; "
-        "Bonferroni over components",
+        "method": "null windows from held-out reference texts: share statistics drawn as a "
+        "Dirichlet-multinomial (empirical tail), the others bootstrapped (gamma/normal tail); "
+        "weighted Bonferroni over components",
         "false_alarm_rate": cfg.false_alarm_rate,
         "warn_rate": cfg.warn_rate,
         "components": k,
@@ -197,29 +197,28 @@ def calibrate(
         "classifier_draws": min(cfg.classifier_draws, cfg.calibration_draws),
     }
     share = _alpha_shares(components, cfg)
-    thresholds: dict[str, Threshold] = {}
     sizes = {"predictions": n_predictions}
+    thresholds: dict[str, Threshold] = {}
     for c in components:
-        draws = _count_null(profile, c, sizes.get(c, n), cfg)
-        if draws is not None:
+        counted = _count_null(profile, c, sizes.get(c, n), cfg)
+        if counted is not None:
             thresholds[c] = _empirical(
-                draws, cfg.warn_rate * share[c], cfg.false_alarm_rate * share[c]
+                counted, cfg.warn_rate * share[c], cfg.false_alarm_rate * share[c]
             )
-    draws: dict[str, np.ndarray] = {}
+    fitted: dict[str, np.ndarray] = {}
     sampled = [c for c in components if c in _BOOTSTRAPPED]
     if sampled and has_sample(profile):
         grid = null_size(n, cfg)
         pool = len(profile.calibration_embeddings)
         size = min(grid, pool)
         raw = _bootstrap_null(profile, size, tuple(sampled), cfg, measure)
-        draws.update({c: _scale(raw[c], TAILS[c][1], size / grid) for c in sampled if c in raw})
+        fitted.update({c: _scale(raw[c], TAILS[c][1], size / grid) for c in sampled if c in raw})
         info.update(null_window=grid, drawn_at=size, pool=pool)
-    draws.update(_simulated_null(profile, components, cfg, measure, n_confidences))
-    for c, v in draws.items():
-        if c in components:
-            thresholds[c] = _threshold(
-                v, TAILS[c][0], cfg.warn_rate * share[c], cfg.false_alarm_rate * share[c]
-            )
+    fitted.update(_simulated_null(profile, components, cfg, measure, n_confidences))
+    for c, values in fitted.items():
+        thresholds[c] = _threshold(
+            values, TAILS[c][0], cfg.warn_rate * share[c], cfg.false_alarm_rate * share[c]
+        )
     info["alpha_share"] = share
     info["calibrated"] = sorted(thresholds)
     return Calibration(thresholds, info)
