@@ -24,7 +24,7 @@ from pathlib import Path
 
 #: Where the data sets are by default: this repository's data/ and the shared checkout's.
 REPO = Path(__file__).resolve().parents[1]
-EMBEDDING_COMPONENTS = ("embedding_cells", "embedding_pca", "domain_classifier")
+EMBEDDING_COMPONENTS = ("embedding_cells", "embedding_pca", "domain_classifier", "novelty")
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from honed.data.config import DataConfig
 from honed.errors import SpecError
 from honed.evals.config import EvalConfig
 from honed.models.config import ModelConfig
-from honed.monitor.config import DriftConfig
+from honed.monitor.config import CanaryConfig, DriftConfig
 from honed.registry.config import RegistryConfig
 from honed.train.config import MethodConfig, TrainingConfig
 
@@ -66,6 +66,7 @@ class RunSpec(StrictModel):
         default_factory=DriftConfig,
         description="Drift thresholds used by `honed monitor drift --model` for this model.",
     )
+    canary: CanaryConfig = Field(default_factory=CanaryConfig, description="Canary analysis.")
     card: CardConfig = Field(default_factory=CardConfig)
 
     _path: Path | None = PrivateAttr(None)

@@ -8,7 +8,10 @@ traffic by :mod:`honed.monitor.drift`. Holds:
   sample of raw embeddings for the domain classifier;
 - text statistics: word-length bins, out-of-vocabulary rate against the reference vocabulary,
   language shares (stopword heuristic), character-length quantiles;
-- the label distribution, the prediction distribution and confidence histogram on eval data.
+- the label distribution, the prediction distribution and confidence histogram on eval data;
+- a calibration sample: in-domain texts held out of everything above (their embeddings,
+  word counts, out-of-vocabulary counts and languages), from which drift checks draw null
+  windows to calibrate their thresholds for the window's size (``honed.monitor.calibration``).
 
 Saved as ``profile.json`` + ``arrays.npz`` (no pickle: loads are safe on untrusted folders).
 """
@@ -63,6 +66,13 @@ class ProfileConfig(StrictModel):
         2000, ge=50, description="Reference embeddings kept for the domain classifier."
     )
     vocab_size: int = Field(20000, ge=100, description="Words kept for the OOV-rate statistic.")
+    calibration_size: int = Field(
+        500,
+        ge=0,
+        description="Texts held out of the reference (never used to fit it) from which drift "
+        "checks draw in-domain windows to calibrate their thresholds for each window size; at "
+        "most a quarter of the texts. 0: none (drift checks fall back to fixed thresholds).",
+    )
     seed: int = Field(0, description="Seed of k-means, PCA and sampling.")
 
 
@@ -75,7 +85,9 @@ class ReferenceProfile:
     """See the module docstring. Arrays: centroids (k, d), cell_shares (k,), pca_mean (d,),
     pca_components (c, d), pca_explained (c,), pca_edges (c, n_bins - 1) interior quantile
     edges, pca_shares (c, n_bins) reference share per bin, projections (m, c),
-    embedding_sample (m, d) float16, length_edges (n_bins - 1,)."""
+    embedding_sample (m, d) float16, length_edges (n_bins - 1,); optionally the calibration
+    sample (h held-out texts): calibration_embeddings (h, d) float16, calibration_words (h,),
+    calibration_unknown (h,) out-of-vocabulary words, calibration_languages (h,)."""
 
     arrays: dict[str, np.ndarray]
     text: dict[str, Any]
@@ -83,6 +95,8 @@ class ReferenceProfile:
     predictions: dict[str, float] | None = None
     confidence: dict[str, Any] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # Where it was saved / loaded from (drift calibration caches its null draws there).
+    folder: Path | None = None
 
     def __getattr__(self, name: str) -> np.ndarray:
         arrays = self.__dict__.get("arrays", {})
@@ -107,6 +121,7 @@ class ReferenceProfile:
             "confidence": self.confidence,
         }
         (folder / PROFILE_JSON).write_text(json.dumps(doc, indent=2), encoding="utf-8")
+        self.folder = folder
         return folder
 
     @classmethod
@@ -133,6 +148,7 @@ class ReferenceProfile:
             predictions=doc.get("predictions"),
             confidence=doc.get("confidence"),
             meta=doc.get("meta", {}),
+            folder=folder,
         )
 
 
@@ -151,10 +167,13 @@ def bin_shares(values: np.ndarray, interior_edges: np.ndarray) -> np.ndarray:
 
 
 def confidence_summary(confidences: Sequence[float]) -> dict[str, Any]:
-    conf = _check_unit_interval(np.asarray(confidences, dtype=np.float64))
+    conf = check_unit_interval(np.asarray(confidences, dtype=np.float64))
     hist = np.histogram(conf, bins=CONFIDENCE_EDGES)[0] / max(len(conf), 1)
     return {
         "mean": float(conf.mean()) if len(conf) else 0.0,
+        # n and sd size the null of a window's mean confidence (drift calibration)
+        "n": len(conf),
+        "sd": float(conf.std()) if len(conf) else 0.0,
         "quantiles": {str(q): float(np.quantile(conf, q)) for q in (0.05, 0.25, 0.5)}
         if len(conf)
         else {},
@@ -163,7 +182,7 @@ def confidence_summary(confidences: Sequence[float]) -> dict[str, Any]:
     }
 
 
-def _check_unit_interval(conf: np.ndarray) -> np.ndarray:
+def check_unit_interval(conf: np.ndarray) -> np.ndarray:
     if conf.ndim != 1 or (len(conf) and (np.nanmin(conf) < 0 or np.nanmax(conf) > 1)):
         raise ProfileError("confidences must be a flat sequence of numbers in [0, 1]")
     return conf[~np.isnan(conf)]
@@ -260,9 +279,13 @@ def build_reference_profile(
     if not all(isinstance(t, str) for t in texts):
         raise ProfileError("reference texts must all be strings")
     emb = _embeddings(texts, embedder, embeddings)
-    arrays = embedding_summary(emb, cfg)
-    text, length_edges = text_summary(texts, cfg)
+    fit, held = _calibration_split(len(texts), cfg)
+    fit_texts = [texts[i] for i in fit]
+    arrays = embedding_summary(emb[fit], cfg)
+    text, length_edges = text_summary(fit_texts, cfg)
     arrays["length_edges"] = length_edges
+    if len(held):
+        arrays.update(calibration_sample([texts[i] for i in held], emb[held], text["vocab"]))
     return ReferenceProfile(
         arrays=arrays,
         text=text,
@@ -271,12 +294,43 @@ def build_reference_profile(
         confidence=confidence_summary(confidences) if confidences is not None else None,
         meta={
             "n": len(texts),
+            "calibration_n": len(held),
+            "predictions_n": len(predictions) if predictions is not None else None,
             "dim": int(emb.shape[1]),
             "embedder": getattr(embedder, "name", type(embedder).__name__) if embedder else None,
             "config": cfg.model_dump(),
             "created_at": datetime.now(UTC).isoformat(),
         },
     )
+
+
+def _calibration_split(n: int, cfg: ProfileConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (fit, held out): at most a quarter of the rows are held out, none when
+    fewer than 40 rows (the reference needs them more than the calibration does)."""
+    held = min(cfg.calibration_size, n // 4) if n >= 40 else 0
+    order = np.random.default_rng(cfg.seed + 1).permutation(n)
+    return np.sort(order[held:]), np.sort(order[:held])
+
+
+def calibration_sample(
+    texts: Sequence[str], emb: np.ndarray, vocab: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Per held-out text what a drift check measures on a window: embedding, words, words
+    out of the reference vocabulary, language (index into ``textstats.LANGUAGES``)."""
+    known = frozenset(vocab)
+    tokens = [textstats.words(t) for t in texts]
+    languages = [
+        textstats.LANGUAGES.index(textstats.guess_language(t, w))
+        for t, w in zip(texts, tokens, strict=True)
+    ]
+    return {
+        "calibration_embeddings": emb.astype(np.float16),
+        "calibration_words": np.array([len(w) for w in tokens], dtype=np.int32),
+        "calibration_unknown": np.array(
+            [sum(x not in known for x in w) for w in tokens], dtype=np.int32
+        ),
+        "calibration_languages": np.array(languages, dtype=np.int16),
+    }
 
 
 def _embeddings(

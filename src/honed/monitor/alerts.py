@@ -58,7 +58,8 @@ def alerts_from_drift(report: DriftReport, model: str | None = None) -> list[Ale
                 severity=comp.status,
                 value=comp.value,
                 threshold=threshold,
-                message=f"{comp.name} {comp.metric}={comp.value:.3f} >= {threshold} "
+                message=comp.details.get("message")  # e.g. the empty-window alert
+                or f"{comp.name} {comp.metric}={comp.value:.3f} >= {threshold:.3g} "
                 f"({comp.status}; window of {report.window_size} requests)",
                 model=model,
                 created_at=_stamp(),

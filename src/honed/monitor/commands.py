@@ -21,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     msub = monitor.add_subparsers(dest="monitor_command", metavar="SUBCOMMAND")
     monitor.set_defaults(func=lambda _args: monitor.print_help() or 2)
     _add_drift(msub)
+    _add_canary(msub)
     _add_report(msub)
 
     feedback = subparsers.add_parser(
@@ -80,6 +81,11 @@ def _add_drift(msub: argparse._SubParsersAction) -> None:
     _add_profile(drift)
     drift.add_argument("--served-model", help="Only requests logged for this served model id.")
     drift.add_argument("--thresholds", help="YAML/JSON file of DriftConfig fields.")
+    drift.add_argument(
+        "--expect-traffic",
+        action="store_true",
+        help="An empty window is an alert (the model should be receiving requests).",
+    )
     _add_objective_flags(drift)
     drift.add_argument("--webhook", help="POST alerts to this URL.")
     drift.add_argument(
@@ -112,6 +118,80 @@ def _add_objective_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--min-requests", type=int, help="Fewer requests than this: objectives not judged."
     )
+
+
+def _add_canary(msub: argparse._SubParsersAction) -> None:
+    canary = msub.add_parser(
+        "canary",
+        help="Compare the challenger's arm (canary or shadow) with the primary: promote, "
+        "rollback or wait.",
+        description="Reads the request log (and feedback) of one served model over a window, "
+        "per arm: error rate, p95 latency, feedback, predicted labels, agreement. Exit code 0: "
+        "promote; 1: rollback; 75: wait (too few requests yet). Thresholds: the CanaryConfig "
+        "fields (--thresholds FILE, or the spec's canary: section of --spec).",
+    )
+    canary.add_argument("--model", required=True, help="Served model id (the API's model).")
+    canary.add_argument(
+        "--since", help="Window length back from now (e.g. 1h); default: the config's window."
+    )
+    canary.add_argument("--until", help="Window end, back from now (e.g. 10m); default: now.")
+    group = canary.add_mutually_exclusive_group()
+    group.add_argument("--thresholds", help="YAML/JSON file of CanaryConfig fields.")
+    group.add_argument("--spec", help="Run spec whose canary: section to use.")
+    canary.add_argument("--json", action="store_true", help="Print the verdict as JSON.")
+    _add_db(canary)
+    canary.set_defaults(func=_canary)
+
+
+def _canary_config(args: argparse.Namespace):
+    import yaml
+    from pydantic import ValidationError
+
+    from honed.errors import HonedError
+    from honed.monitor.config import CanaryConfig
+
+    path = args.thresholds or args.spec
+    if not path:
+        return CanaryConfig()
+    file = Path(path)
+    if not file.is_file():
+        raise HonedError(f"{file}: file not found")
+    try:
+        doc = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        section = (doc.get("canary") or {}) if args.spec else doc
+        return CanaryConfig.model_validate(section)
+    except (yaml.YAMLError, ValidationError, AttributeError) as err:
+        raise HonedError(f"{file}: invalid canary settings: {err}") from None
+
+
+def _canary(args: argparse.Namespace) -> int:
+    from honed.monitor.canary import PROMOTE, WAIT, analyse_canary
+    from honed.monitor.requestlog import RequestStore
+
+    cfg = _canary_config(args)
+    since = _since(args.since or cfg.window)
+    verdict = analyse_canary(RequestStore(args.db), args.model, since, cfg, _since(args.until))
+    print(json.dumps(verdict.to_dict(), indent=2) if args.json else _canary_table(verdict))
+    return 0 if verdict.decision == PROMOTE else 75 if verdict.decision == WAIT else 1
+
+
+def _canary_table(verdict) -> str:
+    ev = verdict.evidence
+    lines = [f"canary ({ev['mode']} mode, {ev['model']}): {verdict.decision}"]
+    lines += [f"  - {reason}" for reason in verdict.reasons]
+    for arm, s in ev["arms"].items():
+        p95 = s["latency_ms"]["p95"]
+        fb = s["feedback"]
+        lines.append(
+            f"  {arm:<8} {s['requests']:>6} requests  errors {s['error_rate']:.2%}  p95 "
+            f"{'-' if p95 is None else f'{p95:.1f} ms'}  feedback +{fb['up']}/-{fb['down']} "
+            f"corrections {fb['corrections']} implicit {fb['regenerate'] + fb['abandoned']}  "
+            f"versions {', '.join(s['versions']) or '-'}"
+        )
+    for g in ev.get("guards", []):
+        mark = {True: "pass", False: "FAIL", None: "n/a"}[g["passed"]]
+        lines.append(f"  [{mark:>4}] {g['name']:<16} {g['detail']}")
+    return "\n".join(lines)
 
 
 def _add_report(msub: argparse._SubParsersAction) -> None:
@@ -231,6 +311,8 @@ def _drift(args: argparse.Namespace) -> int:
 
     profile = _load_profile(args)
     config = _with_objective_flags(_drift_config(args.thresholds, args), args)
+    if args.expect_traffic:
+        config = config.model_copy(update={"expect_traffic": True})
     store = RequestStore(args.db)
     since = _since(args.since)
     lazy = _LazyEmbedder(Embedder)
@@ -240,7 +322,7 @@ def _drift(args: argparse.Namespace) -> int:
     if not args.no_save:
         store.save_drift_check(report.to_dict())
     doc = {**report.to_dict(), "combined_status": report.combined_status}
-    print(json.dumps(doc, indent=2) if args.json else _table(report))
+    print(json.dumps(doc, indent=2) if args.json else _table(report, config))
     _send_alerts(report, args)
     return 1 if report.combined_status == ALERT else 0
 
@@ -291,16 +373,46 @@ class _LazyEmbedder:
         return self.model.encode(texts)
 
 
-def _table(report) -> str:
+def _table(report, config=None) -> str:
     lines = [f"drift: {report.status} ({report.window_size} requests)"]
+    if report.status == "insufficient_data" and config is not None:
+        lines[0] += f": fewer than min_window {config.min_window}, nothing judged"
     for c in report.components.values():
         value = "-" if c.value is None else f"{c.value:.3f}"
+        null = c.details.get("null")
+        p = f"  p {null['p_value']:.2g}" if null else ""
         lines.append(
-            f"  {c.name:<18} {c.metric:<9} {value:>8}  warn {c.warn}  alert {c.alert}  {c.status}"
+            f"  {c.name:<18} {c.metric:<11} {value:>8}  warn {_num(c.warn)}  alert "
+            f"{_num(c.alert)}  {c.status}{p}"
         )
+    lines += _calibration_lines(report.calibration)
     if report.objectives:
         lines += _objectives_table(report.objectives)
     return "\n".join(lines)
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _calibration_lines(info: dict | None) -> list[str]:
+    """How the thresholds above were set (calibrated for the window size, or why not)."""
+    if not info:
+        return []
+    lines = []
+    if info.get("calibrated"):
+        where = (
+            f"; bootstrap windows of {info['drawn_at']} from {info['pool']} held-out texts"
+            if "pool" in info
+            else ""
+        )
+        lines.append(
+            f"  thresholds calibrated for this window size ({len(info['calibrated'])} "
+            f"components, family-wise false-alarm rate {info['false_alarm_rate']}{where})"
+        )
+    if info.get("reason"):
+        lines.append(f"  note: {info['reason']}")
+    return lines
 
 
 def _objectives_table(service: dict) -> list[str]:

@@ -232,3 +232,13 @@ def test_objective_flags_are_validated_and_gauges_written(setup, tmp_path):
     text = prom.read_text()
     assert 'honed_slo_breached{model="",objective="latency_p95"} 0.0' in text
     assert 'honed_drift_overall_status{model=""} 0.0' in text
+
+
+def test_drift_empty_window_alerts_only_when_traffic_is_expected(setup, capsys):
+    tmp, url = setup
+    base = ["monitor", "drift", "--since", "1s", "--profile", str(tmp / "profile"), "--db", url]
+    assert _run(base) == 0
+    assert "drift: insufficient_data (0 requests)" in capsys.readouterr().out
+    assert _run([*base, "--expect-traffic"]) == 1
+    out = capsys.readouterr().out
+    assert "drift: alert (0 requests)" in out and "traffic" in out
