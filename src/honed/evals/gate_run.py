@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,8 +21,15 @@ import yaml
 
 from honed.errors import HonedError
 from honed.evals.config import GateConfig
-from honed.evals.gate import GateDecision, gate_classifier, gate_generator
+from honed.evals.gate import (
+    GateDecision,
+    floor_checks,
+    gate_classifier,
+    gate_generator,
+    golden_check,
+)
 from honed.paths import RunPaths, read_lineage
+from honed.state import state_dir
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -109,9 +117,11 @@ def gate_folders(
     floors: Mapping[str, float] | None = None,
 ) -> GateDecision:
     """Predict both models on the same frozen set and decide (champion None: floors only)."""
-    path, rows, note = frozen_set(challenger, champion)
     golden = golden_rows(champion, challenger)
     task = _task(challenger)
+    if champion is None and not RunPaths(challenger).frozen_eval.is_file():
+        return _floors_only(challenger, cfg, floors or {}, golden, task)
+    path, rows, note = frozen_set(challenger, champion)
     if task == "classification":
         decision = _gate_classifiers(challenger, champion, rows, golden, cfg, floors)
     else:
@@ -121,6 +131,34 @@ def gate_folders(
     decision.evidence["models"] = {"challenger": str(challenger), "champion": str(champion)}
     decision.evidence["config"] = cfg.model_dump()
     return decision
+
+
+def _floors_only(
+    challenger: Path, cfg: GateConfig, floors: Mapping[str, float], golden: list, task: str
+) -> GateDecision:
+    """The first model, without a frozen set: floors on the test metrics recorded at training
+    (the same test split that becomes the frozen set), golden examples predicted."""
+    metrics_file = RunPaths(challenger).metrics
+    recorded = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    metrics = {
+        k.removeprefix("test_"): v for k, v in recorded.items() if isinstance(v, int | float)
+    }
+    checks = floor_checks(metrics, floors)
+    if golden and cfg.require_golden and task == "classification":
+        from honed.models.predict import Predictor
+
+        golden = _labelled(golden, "golden set")
+        predicted = Predictor.from_folder(challenger).predict([g["text"] for g in golden])
+        checks.append(golden_check(golden, [p["label"] for p in predicted]))
+    evidence = {
+        "note": "first model without a frozen set: the floors checked on its recorded test metrics",
+        "challenger_metrics": metrics,
+        "frozen_set": {"path": None, "examples": 0, "note": "none"},
+        "task": task,
+        "models": {"challenger": str(challenger), "champion": None},
+        "config": cfg.model_dump(),
+    }
+    return GateDecision(all(c["passed"] for c in checks), checks, evidence)
 
 
 def _labelled(rows: list[dict[str, Any]], path: str) -> list[dict[str, Any]]:
@@ -224,7 +262,7 @@ def write_decision(decision: GateDecision, path: Path, **context: Any) -> Path:
 def describe(decision: GateDecision) -> list[str]:
     """Lines for a console: the verdict, then each check (failed first)."""
     evidence: dict[str, Any] = decision.evidence
-    versions = evidence.get("versions") or {}
+    versions = evidence.get("versions") or evidence.get("models") or {}
     frozen = evidence.get("frozen_set") or {}
     head = (
         f"gate {'PASSED' if decision.passed else 'FAILED'}: {versions.get('challenger')} vs "
@@ -233,3 +271,15 @@ def describe(decision: GateDecision) -> list[str]:
     )
     notes = [f"note: {n}" for n in (frozen.get("note"), evidence.get("note")) if n]
     return [head, *notes, *decision.lines()]
+
+
+def default_output(name: str, challenger: str, champion: str | None) -> Path:
+    """$HONED_HOME/gates/NAME/<time>-<challenger>-vs-<champion>.json"""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+    def short(label: str | None) -> str:
+        if label is None:
+            return "none"
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", label.rsplit("/", 1)[-1])[-40:]
+
+    return state_dir() / "gates" / name / f"{stamp}-{short(challenger)}-vs-{short(champion)}.json"

@@ -8,16 +8,19 @@ No champion (the first model of a name): only the spec's metric floors apply.
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime
 from pathlib import Path
 
 from honed.evals.config import GateConfig
 from honed.evals.gate import GateDecision
-from honed.evals.gate_run import describe, gate_folders, gate_settings, write_decision
+from honed.evals.gate_run import (
+    default_output,
+    describe,
+    gate_folders,
+    gate_settings,
+    write_decision,
+)
 from honed.registry.config import RegistryConfig
 from honed.registry.store import Registry, parse_ref, resolve_ref
-from honed.state import state_dir
 
 __all__ = ["GateDecision", "default_output", "describe", "gate_challenger"]
 
@@ -42,18 +45,6 @@ def _champion(
     if not registry.versions(name) or registry.alias_holder(name, "champion") is None:
         return None, None  # the first model of this name
     return _resolve(f"{name}@champion", registry_cfg)
-
-
-def default_output(name: str, challenger: str, champion: str | None) -> Path:
-    """$HONED_HOME/gates/NAME/<time>-<challenger>-vs-<champion>.json"""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-
-    def short(label: str | None) -> str:
-        if label is None:
-            return "none"
-        return re.sub(r"[^A-Za-z0-9._-]+", "_", label.rsplit("/", 1)[-1])[-40:]
-
-    return state_dir() / "gates" / name / f"{stamp}-{short(challenger)}-vs-{short(champion)}.json"
 
 
 def gate_challenger(
