@@ -200,3 +200,30 @@ def test_gate_challenger_first_model_uses_floors_only(gate_models, tmp_path):
 def test_no_frozen_set_anywhere_is_a_clear_error(gate_models):
     with pytest.raises(HonedError, match="no frozen evaluation set"):
         gate_folders(gate_models["bare"], gate_models["bare"], GateConfig())
+
+
+def _tiny_generator(folder: Path) -> Path:
+    import torch
+    from tests.tiny_cases.seq2seq import tiny_llama, tiny_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = tiny_tokenizer()
+    tiny_llama(len(tokenizer)).save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder))
+    (folder / "spec.yaml").write_text("task: sft\n")
+    rows = [{"prompt": "summarize the bill", "completion": "the act amends the law"}] * 4
+    (folder / "eval").mkdir()
+    (folder / "eval" / "frozen_test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    golden = [{"prompt": "summarize the bill", "regex": ".*"}, {"prompt": "help", "json": True}]
+    (folder / "eval" / "golden.jsonl").write_text("".join(json.dumps(g) + "\n" for g in golden))
+    return folder
+
+
+def test_generator_folders_gate_on_loss_and_golden_prompts(tmp_path):
+    champion = _tiny_generator(tmp_path / "champion")
+    decision = gate_folders(champion, champion, GateConfig(margins={"loss": 0.01}))
+    loss = decision.evidence["metrics"]["loss"]
+    assert loss["diff"] == 0.0 and _check(decision, "loss")["passed"]
+    golden = _check(decision, "golden prompts")
+    assert golden["value"] == 1 and golden["failures"][0]["problems"] == ["is not valid JSON"]
+    assert decision.evidence["task"] == "sft" and not decision.passed
