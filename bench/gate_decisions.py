@@ -1,6 +1,6 @@
 """Decision quality of the promotion gate: simulated challengers against a real champion.
 
-    .venv/bin/python bench/gate_decisions.py [--challengers 20] [--size 453] [--reps 40]
+    .venv/bin/python bench/gate_decisions.py [--challengers 20] [--size 453] [--reps 30]
                                              [--sizes 453,906,1812,3624]
 
 Target (issue 12): over >= 20 challengers, half truly better and half truly worse by 1-3
@@ -243,7 +243,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--challengers", type=int, default=20)
     parser.add_argument("--size", type=int, default=453, help="Frozen set size (headline).")
-    parser.add_argument("--reps", type=int, default=40, help="Repetitions per size (rates).")
+    parser.add_argument("--reps", type=int, default=30, help="Repetitions per size (rates).")
     parser.add_argument("--sizes", default="453,906,1812,3624", help="Sizes of the sweep.")
     replay.add_data_dir_option(parser, REPO)
     args = parser.parse_args()
@@ -258,7 +258,8 @@ def main() -> None:
     }
     print_headline(run_once(pop, args.size, args.challengers, 0, configs), args.size)
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    sweep(pop, sizes, args.reps, args.challengers, configs)
+    if args.reps > 0 and sizes:
+        sweep(pop, sizes, args.reps, args.challengers, configs)
 
 
 if __name__ == "__main__":
