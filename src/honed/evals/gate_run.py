@@ -283,3 +283,18 @@ def default_output(name: str, challenger: str, champion: str | None) -> Path:
         return re.sub(r"[^A-Za-z0-9._-]+", "_", label.rsplit("/", 1)[-1])[-40:]
 
     return state_dir() / "gates" / name / f"{stamp}-{short(challenger)}-vs-{short(champion)}.json"
+
+
+def record_decision(
+    decision: GateDecision,
+    name: str,
+    challenger: str,
+    champion: str | None,
+    output: Path | None = None,
+) -> Path:
+    """Name both versions in the evidence and write gate.json (default: under
+    ``$HONED_HOME/gates/NAME/``); ``decision.evidence["path"]`` says where."""
+    decision.evidence["versions"] = {"challenger": challenger, "champion": champion}
+    path = output or default_output(name, challenger, champion)
+    decision.evidence["path"] = str(path)
+    return write_decision(decision, path, name=name, challenger=challenger, champion=champion)

@@ -11,18 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from honed.evals.config import GateConfig
-from honed.evals.gate import GateDecision
-from honed.evals.gate_run import (
-    default_output,
-    describe,
-    gate_folders,
-    gate_settings,
-    write_decision,
-)
+from honed.evals.gate import GateDecision, check
+from honed.evals.gate_run import describe, gate_folders, gate_settings, record_decision
 from honed.registry.config import RegistryConfig
 from honed.registry.store import Registry, parse_ref, resolve_ref
 
-__all__ = ["GateDecision", "default_output", "describe", "gate_challenger"]
+__all__ = ["GateDecision", "describe", "gate_challenger"]
 
 
 def _resolve(ref: str, registry_cfg: RegistryConfig | None) -> tuple[Path, str]:
@@ -67,9 +61,11 @@ def gate_challenger(
     old_folder, old_label = _champion(name, champion, registry_cfg)
     spec_cfg, spec_floors = gate_settings(new_folder)
     cfg = cfg or spec_cfg
-    decision = gate_folders(new_folder, old_folder, cfg, spec_floors if floors is None else floors)
-    decision.evidence["versions"] = {"challenger": new_label, "champion": old_label}
-    path = output or default_output(name, new_label, old_label)
-    decision.evidence["path"] = str(path)
-    write_decision(decision, path, name=name, challenger=new_label, champion=old_label)
+    if cfg.enabled:
+        floors = spec_floors if floors is None else floors
+        decision = gate_folders(new_folder, old_folder, cfg, floors)
+    else:
+        detail = "eval.gate.enabled is false: nothing compared"
+        decision = GateDecision(True, [check("gate disabled", True, None, None, detail)], {})
+    record_decision(decision, name, new_label, old_label, output)
     return decision

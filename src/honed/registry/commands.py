@@ -130,7 +130,7 @@ def _gate(registry, name: str, target: Any, alias: str) -> tuple[Any, str | None
     """(decision or None, error text, champion version): the gate of `target` against the
     alias's holder; None when the spec turns the gate off or the target already holds it."""
     from honed.errors import HonedError
-    from honed.evals.gate_run import default_output, gate_folders, gate_settings, write_decision
+    from honed.evals.gate_run import gate_folders, gate_settings, record_decision
 
     holder = registry.alias_holder(name, alias)
     new_folder = registry.local_folder(target)
@@ -144,11 +144,8 @@ def _gate(registry, name: str, target: Any, alias: str) -> tuple[Any, str | None
         decision = gate_folders(new_folder, old_folder, cfg, floors)
     except HonedError as err:
         return None, str(err), holder
-    labels = {"challenger": f"{name}/{target.version}", "champion": holder and f"{name}/{holder}"}
-    decision.evidence["versions"] = labels
-    path = default_output(name, labels["challenger"], labels["champion"])
-    decision.evidence["path"] = str(path)
-    write_decision(decision, path, name=name, **labels)
+    champion = f"{name}/{holder}" if holder else None
+    record_decision(decision, name, f"{name}/{target.version}", champion)
     return decision, None, holder
 
 

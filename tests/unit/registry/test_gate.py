@@ -227,3 +227,14 @@ def test_generator_folders_gate_on_loss_and_golden_prompts(tmp_path):
     golden = _check(decision, "golden prompts")
     assert golden["value"] == 1 and golden["failures"][0]["problems"] == ["is not valid JSON"]
     assert decision.evidence["task"] == "sft" and not decision.passed
+
+
+def test_a_disabled_gate_passes_and_says_so(gate_models, tmp_path):
+    decision = gate_challenger(
+        "tiny",
+        str(gate_models["broken"]),
+        str(gate_models["champion"]),
+        GateConfig(enabled=False),
+        output=tmp_path / "g.json",
+    )
+    assert decision.passed and decision.checks[0]["name"] == "gate disabled"
