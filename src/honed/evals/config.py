@@ -28,6 +28,69 @@ class GenerationConfig(StrictModel):
     batch_size: int = Field(8, gt=0, description="Prompts per generate call.")
 
 
+GatedMetric = Literal[
+    "accuracy", "macro_f1", "weighted_f1", "loss", "rougeL", "rouge1", "reward_accuracy"
+]
+
+
+class GateConfig(StrictModel):
+    """The promotion gate: a challenger against the champion on the champion's frozen set.
+
+    Every gated metric must be "not worse beyond the margin": the one-sided lower confidence
+    bound of (challenger - champion) must lie above -margin (for loss, lower is better: the
+    upper bound of the difference must lie below +margin). Besides: no class's recall may
+    drop by more than ``max_recall_drop``, and every golden example must keep its label.
+    Without a champion (the first model) only the metric floors (``eval.min_metrics``) apply.
+    """
+
+    enabled: bool = Field(
+        True, description="Run the gate before a promotion (`honed models promote`, the loop)."
+    )
+    metrics: list[GatedMetric] | None = Field(
+        None,
+        description="Metrics that must not get worse. Default: accuracy and macro_f1 for "
+        "classifiers; loss (and rougeL where references exist, reward_accuracy for reward "
+        "models) for generators. Metrics the task cannot measure are reported and skipped.",
+    )
+    margin: float = Field(
+        0.005,
+        ge=0,
+        lt=1,
+        description="Non-inferiority margin in metric units (0.005 = half a point of accuracy): "
+        "the most a challenger may be worse, at the stated confidence, and still pass.",
+    )
+    margins: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-metric margins overriding `margin`, e.g. {loss: 0.02} (nats).",
+    )
+    confidence: float = Field(
+        0.95,
+        gt=0.5,
+        lt=1,
+        description="Level of the one-sided confidence bound: 0.95 means a challenger truly "
+        "worse than the margin passes at most 5% of the time.",
+    )
+    bootstrap_samples: int = Field(
+        2000, ge=200, description="Paired bootstrap resamples (F1, loss, ROUGE, recall)."
+    )
+    seed: int = Field(0, description="Seed of the bootstrap: the same inputs, the same decision.")
+    max_recall_drop: float | None = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Largest allowed drop of any class's recall (observed, challenger vs "
+        "champion). null: not checked.",
+    )
+    require_golden: bool = Field(
+        True,
+        description="Every golden example (eval.golden) must keep its label (classifiers) or "
+        "pass its checks (generators).",
+    )
+
+    def margin_for(self, metric: str) -> float:
+        return self.margins.get(metric, self.margin)
+
+
 class EvalConfig(StrictModel):
     """What the final report measures on the test split."""
 
@@ -78,4 +141,8 @@ class EvalConfig(StrictModel):
         description="jsonl of must-keep examples ({text, label}) the gate checks one by one; "
         "copied into the run folder (eval/golden.jsonl). They may also be trained on. When "
         "unset, a run inherits the champion's golden file.",
+    )
+    gate: GateConfig = Field(
+        default_factory=GateConfig,
+        description="The promotion gate against the champion (paired tests on the frozen set).",
     )

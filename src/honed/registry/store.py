@@ -304,8 +304,10 @@ class Registry:
             version = self.client.create_model_version(
                 name, source=source, run_id=run_id, tags=tags, model_id=model_id
             )
+            previous = self.alias_holder(name, alias) if alias else None
             if alias:
                 self.client.set_registered_model_alias(name, alias, version.version)
+        self._record(name, alias, previous, str(version.version), "register", version=version)
         return str(version.version)
 
     def get_version(self, ref: str | ModelRef) -> Any:
@@ -336,29 +338,104 @@ class Registry:
             return list(self.client.search_registered_models())
 
     def promote(
-        self, name: str, version: str | None, alias: str = "champion"
+        self,
+        name: str,
+        version: str | None,
+        alias: str = "champion",
+        *,
+        reason: str = "",
+        actor: str = "",
+        evidence: dict[str, Any] | None = None,
+        forced: bool = False,
     ) -> tuple[str, str | None]:
-        """Point `alias` at `version` (default: the challenger); returns (new, previous)."""
+        """Point `alias` at `version` (default: the challenger); returns (new, previous).
+
+        The move is recorded in the history (``registry/history.py``) as ``promote``, or
+        ``forced_promote`` when `forced` (a promotion the gate did not pass), with `reason`,
+        `actor` (default user@host) and `evidence` (e.g. the gate's summary).
+        """
         target = self.get_version(
             ModelRef(name, alias="challenger")
             if version is None
             else ModelRef(name, version=version)
         )
-        previous = self._alias_holder(name, alias)
+        new = str(target.version)
+        previous = self.alias_holder(name, alias)
         with _errors(f"{name}@{alias}", self.uri):
-            self.client.set_registered_model_alias(name, alias, target.version)
-            if previous and previous != str(target.version):
-                self.client.set_model_version_tag(
-                    name, target.version, f"replaced_{alias}", str(previous)
-                )
-        return str(target.version), previous
+            self.client.set_registered_model_alias(name, alias, new)
+            if previous and previous != new:
+                self.client.set_model_version_tag(name, new, f"replaced_{alias}", str(previous))
+        if previous != new:
+            action = "forced_promote" if forced else "promote"
+            self._record(name, alias, previous, new, action, reason, actor, evidence, target)
+        return new, previous
+
+    def rollback(
+        self, name: str, alias: str = "champion", *, reason: str = "", actor: str = ""
+    ) -> tuple[str, str]:
+        """Move `alias` back to its previous holder (from the history); returns (new, old)."""
+        from honed.registry.history import read_history, rollback_target
+
+        current = self.alias_holder(name, alias)
+        if current is None:
+            raise RegistryError(f"{name}@{alias}: the alias is not set; nothing to roll back")
+        target = rollback_target(read_history(name, self), alias, current)
+        if target is None:  # history started after this alias moved: the version's own tag
+            target = self.get_version(ModelRef(name, version=current)).tags.get(f"replaced_{alias}")
+        if target is None:
+            raise RegistryError(
+                f"{name}@{alias}: no earlier holder of the alias is recorded; "
+                "`honed models history` shows the moves, `honed models promote` sets a version"
+            )
+        version = self.get_version(ModelRef(name, version=target))
+        with _errors(f"{name}@{alias}", self.uri):
+            self.client.set_registered_model_alias(name, alias, target)
+        self._record(name, alias, current, target, "rollback", reason, actor, None, version)
+        return target, current
+
+    def _record(
+        self,
+        name: str,
+        alias: str | None,
+        previous: str | None,
+        new: str,
+        action: str,
+        reason: str = "",
+        actor: str = "",
+        evidence: dict[str, Any] | None = None,
+        version: Any = None,
+    ) -> None:
+        """One history entry: appended to the state folder's file and tagged on the version."""
+        from honed.registry.history import append_entry, make_entry, tag_of
+
+        metrics = {}
+        if version is not None:
+            metrics = {
+                k: v for k, v in self.run_metrics(version.run_id).items() if k.startswith("test_")
+            }
+        entry = make_entry(
+            name,
+            alias,
+            previous,
+            new,
+            action,
+            reason=reason,
+            actor=actor,
+            metrics=metrics,
+            evidence=evidence,
+        )
+        append_entry(entry)
+        key, value = tag_of(entry)
+        with _errors(f"{name}/{new}", self.uri):
+            self.client.set_model_version_tag(name, new, key, value)
 
     def tag_version(self, version: Any, tags: dict[str, str]) -> None:
         with _errors(f"{version.name}/{version.version}", self.uri):
             for key, value in tags.items():
                 self.client.set_model_version_tag(version.name, version.version, key, value)
 
-    def _alias_holder(self, name: str, alias: str) -> str | None:
+    def alias_holder(self, name: str, alias: str) -> str | None:
+        """The version holding `alias`, or None when the alias is not set."""
         from mlflow.exceptions import MlflowException
 
         with _errors(f"{name}@{alias}", self.uri):
