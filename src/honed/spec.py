@@ -8,6 +8,7 @@ method:   {...}  -> honed.train.config.MethodConfig
 training: {...}  -> honed.train.config.TrainingConfig
 eval:     {...}  -> honed.evals.config.EvalConfig
 registry: {...}  -> honed.registry.config.RegistryConfig
+loop:     {...}  -> honed.pipeline.config.LoopConfig
 card:     {...}  -> CardConfig (model card text)
 """
 
@@ -26,6 +27,7 @@ from honed.errors import SpecError
 from honed.evals.config import EvalConfig
 from honed.models.config import ModelConfig
 from honed.monitor.config import DriftConfig
+from honed.pipeline.config import LoopConfig
 from honed.registry.config import RegistryConfig
 from honed.train.config import MethodConfig, TrainingConfig
 
@@ -67,6 +69,10 @@ class RunSpec(StrictModel):
         description="Drift thresholds used by `honed monitor drift --model` for this model.",
     )
     card: CardConfig = Field(default_factory=CardConfig)
+    loop: LoopConfig = Field(
+        default_factory=LoopConfig,
+        description="The retraining loop (`honed loop run`): triggers, inbox, canary.",
+    )
 
     _path: Path | None = PrivateAttr(None)
 
