@@ -205,6 +205,25 @@ def tag(spec: Any, version: str, tags: dict[str, str]) -> None:
     registry.tag_version(registry.get_version(f"{spec.registered_name()}/{version}"), tags)
 
 
+def registered_run(spec: Any, run_dir: Path) -> str | None:
+    """The version already registered from the finished run in ``run_dir`` (same spec hash,
+    a tag every version carries), or None: makes the training step idempotent."""
+    from honed.paths import read_lineage
+    from honed.registry.store import Registry
+
+    lineage = read_lineage(run_dir)
+    if not (run_dir / "metrics.json").is_file() or not lineage.get("spec_sha256"):
+        return None
+    try:
+        versions = Registry(spec.registry).versions(spec.registered_name())
+    except HonedError:
+        return None
+    for v in versions:
+        if (v.tags or {}).get("spec_sha256") == lineage["spec_sha256"]:
+            return str(v.version)
+    return None
+
+
 def champion_version(spec: Any) -> str | None:
     """The version ``champion`` points at now (None: no champion yet)."""
     from honed.registry.store import Registry

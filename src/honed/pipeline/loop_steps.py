@@ -131,6 +131,7 @@ def round_spec(ctx: RoundContext) -> Any:
 
 def train(ctx: RoundContext) -> StepResult:
     """The challenger, registered with alias `challenger` only; resumes from checkpoints."""
+    from honed.paths import read_lineage
     from honed.pipeline.run import train_and_evaluate
     from honed.train.common import resume_checkpoint
 
@@ -138,15 +139,21 @@ def train(ctx: RoundContext) -> StepResult:
         return StepResult("skipped", {"reason": "nothing new to train on"})
     spec = round_spec(ctx)
     run_dir = Path(spec.output_dir)
-    paths_resume = _has_checkpoint(run_dir, resume_checkpoint)
-    result = train_and_evaluate(spec, output_dir=run_dir, resume=paths_resume, overwrite=True)
-    metrics = {k: v for k, v in (result.lineage.get("metrics") or {}).items()}
-    data = {"run_dir": str(run_dir), "version": result.version, "resumed": paths_resume}
-    evidence = {"metrics": metrics, "floors_failed": result.gate_failures or []}
-    if result.version is None:
-        failed = "; ".join(result.gate_failures or []) or "registry disabled"
+    found = adapters.registered_run(spec, run_dir)
+    if found is not None:  # trained and registered before a crash: never train it again
+        version, lineage, failures = found, read_lineage(run_dir), []
+        resumed = "registered"
+    else:
+        resumed = _has_checkpoint(run_dir, resume_checkpoint)
+        result = train_and_evaluate(spec, output_dir=run_dir, resume=resumed, overwrite=True)
+        version, lineage, failures = result.version, result.lineage, result.gate_failures
+    metrics = dict(lineage.get("metrics") or {})
+    data = {"run_dir": str(run_dir), "version": version, "resumed": resumed}
+    evidence = {"metrics": metrics, "floors_failed": failures or []}
+    if version is None:
+        failed = "; ".join(failures or []) or "registry disabled"
         return StepResult("not_registered", evidence, data, f"not registered: {failed}")
-    data["ref"] = f"{spec.registered_name()}/{result.version}"
+    data["ref"] = f"{spec.registered_name()}/{version}"
     shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())[:3])
     return StepResult("trained", evidence, data, f"{data['ref']} ({shown})")
 
