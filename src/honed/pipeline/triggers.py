@@ -6,12 +6,16 @@ a request log; :func:`check` measures them from the loop's state and the request
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from honed.errors import HonedError
 from honed.pipeline.config import TriggersConfig
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -85,7 +89,10 @@ def measure(spec: Any, rounds: list[dict[str, Any]], now: datetime) -> Measureme
     if cfg.min_feedback is not None:
         m.feedback = count_new_corrections(spec, since)
     if cfg.drift:
-        m.drift, m.drift_alerts = drift_status(spec, since)
+        try:
+            m.drift, m.drift_alerts = drift_status(spec, since)
+        except HonedError as err:  # e.g. no champion yet, or one without a profile
+            logger.warning("drift trigger not checked: %s", err)
     return m
 
 
