@@ -77,16 +77,25 @@ def write_jsonl(path: Path, rows: list[dict[str, str]]) -> Path:
     return path
 
 
-def write_spec(out: Path, data: Path) -> Path:
+#: Sizes of the demo; --quick: a smoke run of the plumbing (decisions not meaningful).
+FULL = {"epochs": 4, "max_length": 64, "seen": None, "round1": 400, "round2": 250, "canary": 300}
+QUICK = {"epochs": 1, "max_length": 32, "seen": 240, "round1": 120, "round2": 110, "canary": 80}
+
+
+def write_spec(out: Path, data: Path, size: dict) -> Path:
     spec = {
         "name": NAME,
         "task": "classification",
         "output_dir": str(out / "champion"),
-        "model": {"base": "packaged:all-minilm-l6-v2", "pooling": "auto", "max_length": 64},
+        "model": {
+            "base": "packaged:all-minilm-l6-v2",
+            "pooling": "auto",
+            "max_length": size["max_length"],
+        },
         "data": {"source": str(data), "labels": LABELS, "split": {"seed": 7}},
         "method": {"name": "full"},
         "training": {
-            "epochs": 4,
+            "epochs": size["epochs"],
             "learning_rate": 8.0e-5,
             "batch_size": 16,
             "label_smoothing": 0.1,
@@ -101,7 +110,7 @@ def write_spec(out: Path, data: Path) -> Path:
         "registry": {"alias_on_register": "challenger"},
         "loop": {
             # Round 1 fires on drift; round 2 on the volume of (wrong) corrections.
-            "triggers": {"drift": True, "min_feedback": 150},
+            "triggers": {"drift": True, "min_feedback": size["round2"] - 10},
             "poll_seconds": 5,
             "request_log_url": f"sqlite:///{out / '.honed' / 'requests.db'}",
             "canary": {"weight": 0.5, "mode": "canary", "timeout": "4m", "poll": "5s"},
@@ -280,6 +289,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0, help="server port (0: a free one)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", type=Path, action="append")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny sizes")
     args = parser.parse_args()
     started = time.perf_counter()
     out = args.out.resolve()
@@ -290,14 +300,16 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)
     data_dirs = args.data_dir or [REPO / "data", REPO.parent / "shared" / "data"]
+    size = QUICK if args.quick else FULL
     parts = split_parts(load_phrasebank(data_dirs), args.seed)
+    parts["seen"] = parts["seen"][: size["seen"]]
     print(
         f"data: {len(parts['seen'])} sentences without figures (the champion's), "
         f"{len(parts['figures'])} with figures (the drift)",
         flush=True,
     )
     port = args.port or free_port()
-    spec = write_spec(out, write_jsonl(out / "data" / "seen.jsonl", parts["seen"]))
+    spec = write_spec(out, write_jsonl(out / "data" / "seen.jsonl", parts["seen"]), size)
     env = env_for(out)
 
     print("\n== the champion: trained on sentences without figures ==", flush=True)
@@ -312,15 +324,15 @@ def main() -> None:
     users = Users(url, out / ".honed" / "requests.db", args.seed)
     try:
         print("\n== round 1: traffic drifts to figures; users correct the answers ==", flush=True)
-        users.correct(mix(parts, 400, 0.8, rng))
+        users.correct(mix(parts, size["round1"], 0.8, rng))
         print(f"users so far: {users.sent}", flush=True)
-        run_round(env, spec, url if canary else None, users, mix(parts, 300, 0.8, rng))
+        run_round(env, spec, url if canary else None, users, mix(parts, size["canary"], 0.8, rng))
         after_1 = champion_version(env)
 
         print("\n== round 2: the corrections are wrong (labels flipped) ==", flush=True)
-        users.correct(mix(parts, 250, 0.8, rng), flip=True)
+        users.correct(mix(parts, size["round2"], 0.8, rng), flip=True)
         print(f"users so far: {users.sent}", flush=True)
-        run_round(env, spec, url if canary else None, users, mix(parts, 300, 0.8, rng))
+        run_round(env, spec, url if canary else None, users, mix(parts, size["canary"], 0.8, rng))
         after_2 = champion_version(env)
     finally:
         server.terminate()
