@@ -405,3 +405,23 @@ def test_collect_takes_new_inbox_files_once_and_builds_the_round_spec(tmp_path) 
     assert loop_steps.train(_ctx(tmp_path, spec, {"collect": _done("nothing_new")})).outcome == (
         "skipped"
     )
+
+
+def test_status_lists_rounds_and_the_unfinished_one(tmp_path, capsys) -> None:
+    spec = _spec(tmp_path)
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(json.dumps(spec.model_dump(mode="json")))
+    home = LoopHome.for_spec(spec)
+    assert main(["loop", "status", str(spec_file)]) == 0
+    assert "no rounds yet" in capsys.readouterr().out
+    _runner(spec, _fake_steps({}, outcomes={"decide": "promoted"}), home).run_once(
+        triggers.manual()
+    )
+    with pytest.raises(Crash):
+        _runner(spec, _fake_steps({}, crash_at="gate"), home).run_once(triggers.manual())
+    assert main(["loop", "status", str(spec_file), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [r["outcome"] for r in doc["rounds"]] == ["promoted", None]
+    assert doc["unfinished"] == 2 and doc["rounds"][1]["steps"]["train"] == "done"
+    assert main(["loop", "status", str(spec_file)]) == 0
+    assert "round 2 is unfinished" in capsys.readouterr().out
