@@ -125,7 +125,7 @@ def drift_status(spec: Any, since: datetime | None) -> tuple[str, list[str]]:
     )
     report = drift_for_window(profile, window, spec.monitor)
     store.save_drift_check(report.to_dict())
-    return report.combined_status, [a.name for a in report.alerts if a.status == "alert"]
+    return report.combined_status, [a.name for a in report.alerts() if a.status == "alert"]
 
 
 class _Lazy:

@@ -11,8 +11,8 @@ import yaml
 from tests.helpers import classification_spec_dict
 
 from honed.cli import main
-from honed.pipeline import loop_steps
-from honed.pipeline.loop import LoopHome
+from honed.pipeline import loop_steps, triggers
+from honed.pipeline.loop import LoopHome, now
 from honed.pipeline.run import train_and_evaluate
 from honed.registry.store import Registry
 from honed.spec import load_spec
@@ -48,6 +48,9 @@ def _registry_state(spec):
 
 
 def test_one_round_by_hand_trains_gates_and_decides(loop_spec, capsys) -> None:
+    spec = load_spec(loop_spec)
+    # the drift trigger reads the champion's profile; an empty request log is no alert
+    assert triggers.measure(spec, [], triggers.Measurements(now()).now).drift == "insufficient_data"
     assert main(["loop", "run", str(loop_spec), "--once"]) == 0
     out = capsys.readouterr().out
     spec = load_spec(loop_spec)
