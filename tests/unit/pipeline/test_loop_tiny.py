@@ -50,7 +50,7 @@ def _registry_state(spec):
 def test_one_round_by_hand_trains_gates_and_decides(loop_spec, capsys) -> None:
     spec = load_spec(loop_spec)
     # the drift trigger reads the champion's profile; an empty request log is no alert
-    assert triggers.measure(spec, [], triggers.Measurements(now()).now).drift == "insufficient_data"
+    assert triggers.measure(spec, [], now()).drift == "insufficient_data"
     assert main(["loop", "run", str(loop_spec), "--once"]) == 0
     out = capsys.readouterr().out
     spec = load_spec(loop_spec)
