@@ -200,7 +200,8 @@ def canary(ctx: RoundContext, sleep: Any = time.sleep) -> StepResult:
     from honed.monitor.window import parse_duration
 
     if ctx.outcome("gate") != "passed":
-        return StepResult("skipped", {"reason": "the gate refused the challenger"})
+        reason = "the gate refused the challenger"
+        return StepResult("skipped", {"reason": reason}, summary=reason)
     server = ctx.progress.get("server") or ctx.server
     if not server:
         reason = "no --server: the gate decides"
