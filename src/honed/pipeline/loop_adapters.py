@@ -31,7 +31,10 @@ def data_with_sources(spec: Any, files: list[dict[str, Any]], folder: Path) -> d
     data = spec.data.model_dump()
     if "sources" in DataConfig.model_fields:
         original = data.get("sources") or [_source_entry(spec, data)]
-        extra = [{"path": f["path"], "format": "jsonl", "kind": f["kind"]} for f in files]
+        extra = [
+            {"path": f["path"], "format": Path(f["path"]).suffix.lstrip("."), "kind": f["kind"]}
+            for f in files
+        ]
         data["sources"] = [*original, *extra]
         data.pop("source", None)
         return data
