@@ -52,7 +52,7 @@ def collect(ctx: RoundContext) -> StepResult:
         return StepResult("nothing_new", evidence, data, "no new feedback or inbox files")
     spec_path = _write_round_spec(ctx, carried + new)
     data["spec"] = str(spec_path)
-    rows = sum(f["rows"] for f in new)
+    rows = sum(f["rows"] or 0 for f in new)
     return StepResult("collected", evidence, data, f"{rows} new rows from {len(new)} file(s)")
 
 
@@ -95,10 +95,19 @@ def _new_inbox_files(
         dest.mkdir(parents=True, exist_ok=True)
         copy = dest / path.name
         shutil.copy2(path, copy)  # the round keeps what it trained on
-        rows = sum(1 for line in copy.read_text(encoding="utf-8").splitlines() if line.strip())
-        found.append({"path": str(copy), "rows": rows, "kind": "data"})
+        found.append({"path": str(copy), "rows": _count_rows(copy), "kind": "data"})
         keys.append(key)
     return found, keys
+
+
+def _count_rows(path: Path) -> int | None:
+    """Rows of a text data file (jsonl lines, csv lines after the header); None: not counted
+    here (json, parquet: the data report counts them)."""
+    if path.suffix not in (".jsonl", ".csv"):
+        return None
+    with path.open("rb") as fh:
+        lines = sum(1 for line in fh if line.strip())
+    return max(lines - (path.suffix == ".csv"), 0)
 
 
 def _write_round_spec(ctx: RoundContext, files: list[dict[str, Any]]) -> Path:
