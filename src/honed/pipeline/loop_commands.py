@@ -34,7 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="only finish the interrupted round (if any), then exit",
     )
-    run.add_argument("--max-rounds", type=int, help="watch mode: stop after this many rounds")
+    run.add_argument(
+        "--max-rounds",
+        type=int,
+        help="watch mode: stop after this many rounds (default: loop.max_rounds)",
+    )
     run.set_defaults(func=cmd_run)
     status = lsub.add_parser(
         "status",
@@ -80,7 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             runner.run_once(triggers.manual())
         else:
             print(f"watching {spec.name}: triggers every {spec.loop.poll_seconds:g}s")
-            runner.watch(args.max_rounds)
+            runner.watch(args.max_rounds or spec.loop.max_rounds)
     return 0
 
 
