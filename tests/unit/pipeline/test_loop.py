@@ -425,3 +425,39 @@ def test_status_lists_rounds_and_the_unfinished_one(tmp_path, capsys) -> None:
     assert doc["unfinished"] == 2 and doc["rounds"][1]["steps"]["train"] == "done"
     assert main(["loop", "status", str(spec_file)]) == 0
     assert "round 2 is unfinished" in capsys.readouterr().out
+
+
+def test_round_data_goes_through_data_sources_when_the_config_has_them(tmp_path, monkeypatch):
+    import honed.data.config as data_config
+    from honed.pipeline import loop_adapters
+
+    class WithSources:  # stands in for the DataConfig with `sources` (data helper)
+        model_fields = {**data_config.DataConfig.model_fields, "sources": None}  # noqa: RUF012
+
+    monkeypatch.setattr(data_config, "DataConfig", WithSources)
+    spec = _spec(tmp_path)
+    files = [
+        {"path": "/r/feedback.jsonl", "kind": "feedback"},
+        {"path": "/r/new.csv", "kind": "data"},
+    ]
+    data = loop_adapters.data_with_sources(spec, files, tmp_path)
+    assert "source" not in data
+    assert data["sources"] == [
+        {"path": spec.data_source(), "kind": "data"},
+        {"path": "/r/feedback.jsonl", "format": "jsonl", "kind": "feedback"},
+        {"path": "/r/new.csv", "format": "csv", "kind": "data"},
+    ]
+
+
+def test_without_data_sources_the_stub_merges_with_later_labels_winning(tmp_path) -> None:
+    from honed.data.config import DataConfig
+    from honed.pipeline import loop_adapters
+
+    if "sources" in DataConfig.model_fields:
+        pytest.skip("data.sources landed: the stub is gone")
+    spec = _spec(tmp_path)
+    fb = tmp_path / "fb.jsonl"
+    fb.write_text(json.dumps({"text": "text 1", "label": "b"}) + "\n")
+    data = loop_adapters.data_with_sources(spec, [{"path": str(fb), "kind": "feedback"}], tmp_path)
+    rows = [json.loads(x) for x in Path(data["source"]).read_text().splitlines()]
+    assert len(rows) == 20 and {"text": "text 1", "label": "b"} in rows
