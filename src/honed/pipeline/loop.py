@@ -270,7 +270,10 @@ class Round:
             ctx.save_progress = self._progress_saver(name, ctx)
             if record.get("status") == "running":
                 ctx.say(f"  {name}: resuming (interrupted at {record.get('started')})")
-            self.record(name, status="running", started=now().isoformat(), ended=None)
+            attempts = int(record.get("attempts") or 0) + 1  # > 1: resumed after a crash
+            self.record(
+                name, status="running", started=now().isoformat(), ended=None, attempts=attempts
+            )
             result = steps[name](ctx)
             self.record(
                 name,

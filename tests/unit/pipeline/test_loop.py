@@ -87,6 +87,7 @@ def test_resume_after_a_crash_never_reruns_a_finished_step(tmp_path, crash_at) -
     assert final["ended"] and final["outcome"] == "done"
     # finished steps ran once; the interrupted one twice (its first run never finished)
     assert calls == {s: 2 if s == crash_at else 1 for s in STEPS}
+    assert {s: r["attempts"] for s, r in final["steps"].items()} == calls
     assert home.unfinished() is None
     assert _runner(spec, steps, home).resume_unfinished() is None  # nothing left to do
     assert calls == {s: 2 if s == crash_at else 1 for s in STEPS}
