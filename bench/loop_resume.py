@@ -219,6 +219,9 @@ def main() -> None:
         "--child", nargs=3, metavar=("SPEC", "JOURNAL", "KILL"), help=argparse.SUPPRESS
     )
     parser.add_argument("--once", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--only", help="comma-separated cases, e.g. train:end,decide:start (default: all)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -231,6 +234,8 @@ def main() -> None:
         work = Path(tmp)
         spec, home = _prepare(work, args.fake)
         kills = ["none"] + [f"{s}:{when}" for s in STEPS for when in ("start", "end")]
+        if args.only:  # the uninterrupted run stays first: the decision to compare with
+            kills = ["none", *[k for k in args.only.split(",") if k != "none"]]
         rows = [_case(work / "cases", spec, home, kill, args.fake) for kill in kills]
     expected = rows[0]["outcome"]  # the uninterrupted run's decision
     mode = "fake steps" if args.fake else "real steps, tiny model, no server"
