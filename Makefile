@@ -8,7 +8,7 @@ BENCH_STAMP := $(BENCH_VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo demo-drift test test-slow lint format bench bench-venv clean
+.PHONY: install demo demo-drift demo-loop test test-slow lint format bench bench-venv clean
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ demo: $(STAMP)
 
 demo-drift: $(STAMP)
 	$(BIN)/python examples/drift_demo.py
+
+# The closed loop, unattended: drift -> retrain -> gate -> canary -> promote, then a round on
+# flipped labels that leaves the champion unchanged (< 15 min on 2 cores; runs/loop-demo/).
+demo-loop: $(STAMP)
+	$(BIN)/python examples/loop/loop_demo.py
 
 test: $(STAMP)
 	$(BIN)/pytest -q

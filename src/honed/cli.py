@@ -21,6 +21,7 @@ from honed.quiet import defer_bitsandbytes, filter_unavoidable_warnings
 # Each module defines register(subparsers) adding its sub-commands (with set_defaults(func=...)).
 _COMMAND_MODULES = (
     "honed.pipeline.commands",
+    "honed.pipeline.loop_commands",
     "honed.registry.commands",
     "honed.serve.commands",
     "honed.monitor.commands",

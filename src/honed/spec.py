@@ -8,6 +8,7 @@ method:   {...}  -> honed.train.config.MethodConfig
 training: {...}  -> honed.train.config.TrainingConfig
 eval:     {...}  -> honed.evals.config.EvalConfig
 registry: {...}  -> honed.registry.config.RegistryConfig
+loop:     {...}  -> honed.pipeline.config.LoopConfig
 card:     {...}  -> CardConfig (model card text)
 """
 
@@ -26,6 +27,7 @@ from honed.errors import SpecError
 from honed.evals.config import EvalConfig
 from honed.models.config import ModelConfig
 from honed.monitor.config import CanaryConfig, DriftConfig
+from honed.pipeline.config import LoopConfig
 from honed.registry.config import RegistryConfig
 from honed.train.config import MethodConfig, TrainingConfig
 
@@ -68,6 +70,10 @@ class RunSpec(StrictModel):
     )
     canary: CanaryConfig = Field(default_factory=CanaryConfig, description="Canary analysis.")
     card: CardConfig = Field(default_factory=CardConfig)
+    loop: LoopConfig = Field(
+        default_factory=LoopConfig,
+        description="The retraining loop (`honed loop run`): triggers, inbox, canary.",
+    )
 
     _path: Path | None = PrivateAttr(None)
 
