@@ -106,7 +106,13 @@ def write_spec(out: Path, data: Path, size: dict) -> Path:
             "save_total_limit": 1,
             "seed": 7,
         },
-        "eval": {"baselines": ["majority"], "worst_examples": 5},
+        # The frozen set is the champion's test split (~300 sentences without figures): at that
+        # size a 0.5-point margin refuses most equal challengers (docs/benchmarks.md, gate
+        # decisions), so the demo allows 3 points; the canary judges the figures.
+        "eval": {"baselines": ["majority"], "worst_examples": 5, "gate": {"margin": 0.03}},
+        # A better model trained on the figures answers them differently from the champion:
+        # agreement and prediction shift are loosened; the users' thumbs decide.
+        "canary": {"min_requests": 100, "min_agreement": 0.5, "max_prediction_shift": 0.35},
         "registry": {"alias_on_register": "challenger"},
         "loop": {
             # Round 1 fires on drift; round 2 on the volume of (wrong) corrections.
@@ -192,23 +198,7 @@ class Users:
         return label, self._request_id(response, row["text"])
 
     def _request_id(self, response: httpx.Response, text: str) -> str | None:
-        found = response.json().get("id") or response.headers.get("x-request-id")
-        return found or self._id_from_log(text)
-
-    def _id_from_log(self, text: str) -> str | None:
-        """STUB(issue-12): before responses carry ids, find the request in the log by text."""
-        import sqlite3
-
-        for _ in range(20):
-            with sqlite3.connect(self.db) as conn:
-                row = conn.execute(
-                    "SELECT id FROM honed_requests WHERE input_text = ? ORDER BY pk DESC LIMIT 1",
-                    (text,),
-                ).fetchone()
-            if row:
-                return row[0]
-            time.sleep(0.1)  # the server's request log writes in batches
-        return None
+        return response.headers.get("x-request-id") or response.json().get("id")
 
     def feedback(self, request_id: str | None, **body: str) -> None:
         if request_id is None:
@@ -263,19 +253,6 @@ def run_round(env, spec: Path, server: str | None, users: Users, pool) -> None:
         traffic.join(timeout=30)
 
 
-def stub_frozen_set(env: dict[str, str], holdout: list[dict[str, str]]) -> None:
-    """STUB(issue-12): before runs write their frozen evaluation set (data helper), give the
-    champion one: held-out sentences of the part it was trained on."""
-    code = (
-        "import sys; from honed.registry.store import resolve_ref;"
-        f"print(resolve_ref('{NAME}@champion'))"
-    )
-    folder = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    frozen = Path(folder.stdout.strip()) / "eval" / "frozen_test.jsonl"
-    if folder.stdout.strip() and not frozen.is_file():
-        write_jsonl(frozen, holdout)
-
-
 def server_has_canary_api(url: str) -> bool:
     try:
         return httpx.get(f"{url}/admin/canary", timeout=10).status_code != 404
@@ -315,7 +292,6 @@ def main() -> None:
     print("\n== the champion: trained on sentences without figures ==", flush=True)
     honed(env, "run", str(spec), "--overwrite")
     honed(env, "models", "promote", NAME, "1")
-    stub_frozen_set(env, parts["seen_holdout"])
     server = start_server(env, port, out)
     url = f"http://127.0.0.1:{port}"
     canary = server_has_canary_api(url)

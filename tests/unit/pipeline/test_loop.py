@@ -448,17 +448,3 @@ def test_round_data_goes_through_data_sources_when_the_config_has_them(tmp_path,
         {"path": "/r/feedback.jsonl", "format": "jsonl", "kind": "feedback"},
         {"path": "/r/new.csv", "format": "csv", "kind": "data"},
     ]
-
-
-def test_without_data_sources_the_stub_merges_with_later_labels_winning(tmp_path) -> None:
-    from honed.data.config import DataConfig
-    from honed.pipeline import loop_adapters
-
-    if "sources" in DataConfig.model_fields:
-        pytest.skip("data.sources landed: the stub is gone")
-    spec = _spec(tmp_path)
-    fb = tmp_path / "fb.jsonl"
-    fb.write_text(json.dumps({"text": "text 1", "label": "b"}) + "\n")
-    data = loop_adapters.data_with_sources(spec, [{"path": str(fb), "kind": "feedback"}], tmp_path)
-    rows = [json.loads(x) for x in Path(data["source"]).read_text().splitlines()]
-    assert len(rows) == 20 and {"text": "text 1", "label": "b"} in rows
