@@ -13,7 +13,7 @@ from tests.helpers import classification_spec_dict
 
 from honed.data.frozen import normalise
 from honed.monitor.feedback import FeedbackStore, export_training_data
-from honed.monitor.requestlog import RequestLogger, make_engine
+from honed.monitor.requestlog import RequestLogger, make_engine, save_model_version
 from honed.registry.store import Registry
 
 FLIP = {"negative": "positive", "positive": "neutral", "neutral": "negative"}
@@ -29,9 +29,15 @@ def _export_corrections(tmp_path: Path, corrections: list[tuple[str, str, str]])
     feedback-export` does."""
     engine = make_engine(f"sqlite:///{tmp_path / 'requests.db'}")
     logger = RequestLogger(engine=engine)
+    # What the server records the first time a version answers: its label set.
+    save_model_version(
+        engine,
+        {"model": "tiny-sentiment", "version": "tiny-sentiment/1", "digest": "0" * 16,
+         "kind": "classify", "labels": ["negative", "neutral", "positive"]},
+    )  # fmt: skip
     for i, (text, predicted, _) in enumerate(corrections):
         logger.submit({"id": f"req{i}", "model": "tiny-sentiment", "input_text": text,
-                       "predicted_label": predicted})  # fmt: skip
+                       "predicted_label": predicted, "digest": "0" * 16})  # fmt: skip
     logger.flush()
     store = FeedbackStore(engine=engine, logger=logger)
     for i, (_, _, label) in enumerate(corrections):

@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 from fastapi import Request  # module level: route annotations are resolved from globals
 from pydantic import BaseModel, Field, model_validator
-from sqlalchemy import Engine, distinct, func, insert, select
+from sqlalchemy import Engine, func, insert, select
 
 from honed.errors import HonedError
 from honed.monitor.requestlog import (
@@ -164,8 +164,10 @@ class FeedbackStore:
 
     def observed_labels(self, model: str | None) -> list[str]:
         """The labels ``model`` predicted in the log: for rows logged before label sets were."""
-        query = select(distinct(RequestRow.predicted_label)).where(
-            (RequestRow.model == model) & RequestRow.predicted_label.is_not(None)
+        query = (
+            select(RequestRow.predicted_label)
+            .where((RequestRow.model == model) & RequestRow.predicted_label.is_not(None))
+            .distinct()
         )
         with self.engine.connect() as conn:
             return sorted(r[0] for r in conn.execute(query))
