@@ -3,11 +3,12 @@ then a round on wrong feedback that must leave the champion unchanged.
 
     .venv/bin/python examples/loop/loop_demo.py [--out runs/loop-demo] [--port 0]
 
-1. Financial PhraseBank is cut in two: sentences without digits ("seen") and with digits
-   (figures: "Operating profit rose to EUR 13.1 mn ..."). The champion (packaged
-   all-MiniLM-L6-v2, a few epochs, short max length) is trained on the seen part only and
-   promoted, then served by ``honed serve`` (a subprocess with the request log).
-2. Round 1: replayed traffic drifts to the figures it never saw; simulated users correct the
+1. Financial PhraseBank is cut in two: sentences without digits and with digits (figures:
+   "Operating profit rose to EUR 13.1 mn ..."). The champion (packaged all-MiniLM-L6-v2, a
+   few epochs, short max length) is trained on the sentences without figures plus a fifth of
+   the figures, and promoted, then served by ``honed serve`` (a subprocess with the request
+   log).
+2. Round 1: replayed traffic drifts to the figures it did not see; simulated users correct the
    answers (POST /v1/feedback with the true label). The drift trigger fires, ``honed loop run``
    exports the feedback, trains a challenger on the original data + the corrections, gates it
    against the champion, canaries it on the server while users keep sending traffic with honest
@@ -67,8 +68,13 @@ def split_parts(rows: list[dict[str, str]], seed: int) -> dict[str, list[dict[st
     figures = [r for r in rows if re.search(r"\d", r["text"])]
     rng.shuffle(seen)
     rng.shuffle(figures)
-    n_hold = len(seen) // 6
-    return {"seen": seen[n_hold:], "seen_holdout": seen[:n_hold], "figures": figures}
+    # The champion sees a small share of the figures: enough for its frozen evaluation set to
+    # hold some (so the gate can tell a challenger that learned them), far from enough to
+    # learn them. Sentences without figures are mostly neutral; figures carry the polarity.
+    n_known = len(figures) // 5
+    known = seen + figures[:n_known]
+    rng.shuffle(known)
+    return {"seen": known, "figures": figures[n_known:]}
 
 
 def write_jsonl(path: Path, rows: list[dict[str, str]]) -> Path:
@@ -281,7 +287,8 @@ def main() -> None:
     parts = split_parts(load_phrasebank(data_dirs), args.seed)
     parts["seen"] = parts["seen"][: size["seen"]]
     print(
-        f"data: {len(parts['seen'])} sentences without figures (the champion's), "
+        f"data: {len(parts['seen'])} sentences for the champion "
+        f"({sum(bool(re.search(r'[0-9]', r['text'])) for r in parts['seen'])} with figures), "
         f"{len(parts['figures'])} with figures (the drift)",
         flush=True,
     )
@@ -289,7 +296,7 @@ def main() -> None:
     spec = write_spec(out, write_jsonl(out / "data" / "seen.jsonl", parts["seen"]), size)
     env = env_for(out)
 
-    print("\n== the champion: trained on sentences without figures ==", flush=True)
+    print("\n== the champion: trained on few sentences with figures ==", flush=True)
     honed(env, "run", str(spec), "--overwrite")
     honed(env, "models", "promote", NAME, "1")
     server = start_server(env, port, out)
