@@ -30,7 +30,7 @@ def data_with_sources(spec: Any, files: list[dict[str, Any]], folder: Path) -> d
         for f in files
     ]
     data["sources"] = [*original, *extra]
-    data["source"] = None
+    data.pop("source", None)
     return data
 
 
