@@ -410,6 +410,8 @@ def test_adapter_canary_promote_and_base_refused(tiny):
         on_canary = await answer(client, "a0")
         ids = [m["id"] for m in (await client.get("/v1/models")).json()["data"]]
         hidden = await client.post("/v1/chat/completions", json=chat_body("a0~canary"))
+        unload = await client.delete("/v1/adapters/a0~canary")
+        assert unload.status_code == 404 and (await answer(client, "a0")) == on_canary
         promoted = await client.post("/admin/canary/a0/promote", json={})
         after = await answer(client, "a0")
         return a0, a1, base, on_canary, ids, hidden.status_code, promoted.status_code, after

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Path
 
+from honed.serve.engine.canary import HIDDEN
+from honed.serve.engine.errors import NotFound
 from honed.serve.http.deps import AdminKey, ReadyEngine
 from honed.serve.http.errors import ERROR_RESPONSES
 from honed.serve.http.schemas import AdapterDeleted, AdapterInfo, AdapterLoadRequest
@@ -22,5 +24,9 @@ async def load_adapter(body: AdapterLoadRequest, engine: ReadyEngine, key: Admin
 async def unload_adapter(
     engine: ReadyEngine, key: AdminKey, name: str = Path(..., min_length=1, max_length=100)
 ) -> AdapterDeleted:
+    if name.endswith(HIDDEN):
+        # A running canary's challenger: only DELETE /admin/canary/{model} removes it, so the
+        # canary arm never points at an unloaded adapter.
+        raise NotFound("adapter", name)
     await engine.adapter_host().unload_adapter(name)
     return AdapterDeleted(name=name)
