@@ -32,27 +32,18 @@ from honed.paths import RunPaths, read_lineage
 from honed.state import state_dir
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise HonedError(f"{path}:{number}: broken JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise HonedError(f"{path}:{number}: expected an object per line")
-            rows.append(row)
-    return rows
+def read_jsonl(path: Path, setting: str) -> list[dict[str, Any]]:
+    """The rows of a frozen set or golden file (clear errors: file, line, what is wrong)."""
+    from honed.data.frozen import read_eval_set
+
+    return read_eval_set(path, setting, fields=()).rows
 
 
 def frozen_set(challenger: Path, champion: Path | None) -> tuple[Path, list[dict], str | None]:
     """(path, rows, note): the champion's frozen set, else the challenger's (noted)."""
     if champion is not None and RunPaths(champion).frozen_eval.is_file():
         path = RunPaths(champion).frozen_eval
-        return path, read_jsonl(path), None
+        return path, read_jsonl(path, "frozen set"), None
     path = RunPaths(challenger).frozen_eval
     if not path.is_file():
         raise HonedError(
@@ -65,7 +56,7 @@ def frozen_set(challenger: Path, champion: Path | None) -> tuple[Path, list[dict
         if champion is not None
         else "first model: its own frozen set"
     )
-    return path, read_jsonl(path), note
+    return path, read_jsonl(path, "frozen set"), note
 
 
 def golden_rows(*folders: Path | None) -> list[dict[str, Any]]:
@@ -75,7 +66,7 @@ def golden_rows(*folders: Path | None) -> list[dict[str, Any]]:
     for folder in folders:
         if folder is None or not RunPaths(folder).golden.is_file():
             continue
-        for row in read_jsonl(RunPaths(folder).golden):
+        for row in read_jsonl(RunPaths(folder).golden, "golden set"):
             key = json.dumps(row.get("text", row.get("prompt")), sort_keys=True)
             if key not in seen:
                 seen.add(key)
