@@ -26,6 +26,7 @@ _COMMAND_MODULES = (
     "honed.serve.commands",
     "honed.monitor.commands",
     "honed.security.commands",
+    "honed.security.audit_commands",
 )
 
 

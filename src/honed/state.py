@@ -12,6 +12,8 @@ Layout (default ``./.honed``, or ``$HONED_HOME``)::
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -34,3 +36,22 @@ def default_tracking_uri() -> str:
 
 def default_artifact_root() -> str:
     return (state_dir() / "mlartifacts").as_uri()
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` + ".lock" (fcntl, so it holds across processes; no
+    locking where fcntl does not exist). For append-only files written by several processes
+    (the registry history, the audit log)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "a") as handle:
+        try:
+            import fcntl
+        except ImportError:  # Windows: single writer assumed
+            yield
+            return
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -8,37 +8,38 @@ Each move (``register``, ``promote``, ``forced_promote``, ``rollback``) is one e
 stored twice: appended to ``$HONED_HOME/history/NAME.jsonl`` (one line per entry, written with
 one ``write`` under an exclusive lock, fsynced: concurrent writers never interleave and a crash
 never leaves half an entry) and as a tag ``history.<time>`` on the version the alias moved to,
-so a registry shared through a tracking server carries the record too.
+so a registry shared through a tracking server carries the record too; each move is also an
+event in the hash-chained audit log (``honed audit verify``).
 ``read_history(name)`` reads the file (or, when the state folder has none, the tags).
 """
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import re
-import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from honed.state import state_dir
+from honed.security.audit import local_actor, record
+from honed.state import locked, state_dir
 
 ACTIONS = ("register", "promote", "forced_promote", "rollback")
+# Each move is also an audit-log event (honed.security.audit).
+AUDIT_EVENTS = {
+    "register": "model.registered",
+    "promote": "model.promoted",
+    "forced_promote": "model.force_promoted",
+    "rollback": "model.rolled_back",
+}
 TAG_PREFIX = "history."
 _TAG_LIMIT = 4900  # MLflow keeps model-version tag values up to 5000 characters
 
 
 def default_actor() -> str:
     """Who moved the alias: ``user@host`` (the loop passes "loop")."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry (some containers)
-        user = os.environ.get("USER", "unknown")
-    return f"{user}@{socket.gethostname()}"
+    return local_actor()
 
 
 def history_path(name: str) -> Path:
@@ -74,34 +75,26 @@ def make_entry(
     }
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``path`` + ".lock" (fcntl; no locking where it does not exist)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "a") as handle:
-        try:
-            import fcntl
-        except ImportError:  # Windows: single writer assumed
-            yield
-            return
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def append_entry(entry: dict[str, Any]) -> Path:
     """Append one entry to the name's history file: one write, locked, fsynced."""
     path = history_path(entry["name"])
     line = (json.dumps(entry, default=str, ensure_ascii=False) + "\n").encode("utf-8")
-    with _locked(path):
+    with locked(path):
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line)
             os.fsync(fd)
         finally:
             os.close(fd)
+    record(
+        AUDIT_EVENTS[entry["action"]],
+        entry["actor"],
+        model=entry["name"],
+        alias=entry["alias"],
+        from_version=entry["from_version"],
+        to_version=entry["to_version"],
+        reason=entry["reason"],
+    )
     return path
 
 

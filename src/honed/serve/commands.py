@@ -219,6 +219,9 @@ def _apikey_create(args: argparse.Namespace) -> int:
     if bad or not scopes:
         raise ServeConfigError(f"--scopes: unknown scope(s) {bad}; use infer and/or admin")
     key = append_key(args.file, args.name, scopes)
+    from honed.security.audit import local_actor, record
+
+    record("apikey.created", local_actor(), name=args.name, scopes=scopes, file=str(args.file))
     print(f"added {args.name!r} ({','.join(scopes)}) to {args.file}; the key (shown once):")
     print(key)
     return 0

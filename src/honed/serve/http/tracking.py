@@ -26,6 +26,7 @@ Only prompt hashes are kept in memory, in a bounded TTL/LRU map.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -199,6 +200,15 @@ class Tracker:
                 logger.submit({**base, **extra})
             except Exception:  # the logger is an add-on: it must never break serving
                 log.exception("request logger failed")
+
+
+async def audit(event: str, key: Any, **fields: Any) -> None:
+    """Record an admin action (done already) in the audit log, in a worker thread (the
+    append takes a file lock and fsyncs); never raises (a failure is logged at ERROR)."""
+    from honed.security.audit import record
+
+    actor = f"key:{key.name}" if key is not None else "no-key (server without API keys)"
+    await asyncio.to_thread(record, event, actor, **fields)
 
 
 MAX_PROMPTS = 20_000  # ~2.5 MB of hashes and ids; the oldest are forgotten first

@@ -9,6 +9,7 @@ from honed.serve.engine.errors import NotFound
 from honed.serve.http.deps import AdminKey, ReadyEngine
 from honed.serve.http.errors import ERROR_RESPONSES
 from honed.serve.http.schemas import AdapterDeleted, AdapterInfo, AdapterLoadRequest
+from honed.serve.http.tracking import audit
 
 router = APIRouter(tags=["admin"])
 
@@ -17,6 +18,7 @@ router = APIRouter(tags=["admin"])
 async def load_adapter(body: AdapterLoadRequest, engine: ReadyEngine, key: AdminKey) -> AdapterInfo:
     gen = engine.adapter_host()
     slot = await gen.load_adapter(body.name, body.source, body.sha256)
+    await audit("adapter.loaded", key, name=body.name, source=slot.source, sha256=slot.sha256)
     return AdapterInfo(name=body.name, parent=gen.name, source=slot.source, sha256=slot.sha256)
 
 
@@ -29,4 +31,5 @@ async def unload_adapter(
         # canary arm never points at an unloaded adapter.
         raise NotFound("adapter", name)
     await engine.adapter_host().unload_adapter(name)
+    await audit("adapter.unloaded", key, name=name)
     return AdapterDeleted(name=name)

@@ -21,6 +21,7 @@ from honed.serve.engine import rollout
 from honed.serve.engine.canary import STICKY
 from honed.serve.http.deps import AdminKey, ReadyEngine
 from honed.serve.http.errors import ERROR_RESPONSES, APIError
+from honed.serve.http.tracking import audit
 
 router = APIRouter(tags=["admin"])
 
@@ -97,6 +98,23 @@ def _one(engine, model_id: str) -> ModelRollout:
     return ModelRollout.model_validate(found[0])
 
 
+def _audited(engine, model_id: str) -> dict:
+    """What the audit log keeps of a model's rollout: both arms' versions (or digests)."""
+    found = [m for m in rollout.state(engine) if m["model"] == model_id]
+    if not found:
+        return {"model": model_id}
+    state = ModelRollout.model_validate(found[0])
+    arm = state.canary
+    return {
+        "model": model_id,
+        "primary": state.primary.version or state.primary.digest,
+        "challenger": arm.challenger if arm else None,
+        "challenger_version": (arm.version or arm.digest) if arm else None,
+        "mode": arm.mode if arm else None,
+        "weight": arm.weight if arm else None,
+    }
+
+
 @router.post(
     "/admin/canary", response_model=ModelRollout, status_code=201, responses=ERROR_RESPONSES
 )
@@ -104,6 +122,7 @@ async def start_canary(body: CanaryRequest, engine: ReadyEngine, key: AdminKey) 
     await rollout.open_canary(
         engine, body.model, body.challenger, body.weight, body.mode, body.sticky
     )
+    await audit("canary.started", key, **_audited(engine, body.model))
     return _one(engine, body.model)
 
 
@@ -116,13 +135,17 @@ async def canary_state(engine: ReadyEngine, key: AdminKey) -> RolloutList:
     "/admin/canary/{model}/promote", response_model=ModelRollout, responses=ERROR_RESPONSES
 )
 async def promote_canary(engine: ReadyEngine, key: AdminKey, model: str = ModelId) -> ModelRollout:
+    before = _audited(engine, model)  # the challenger's name is gone once promoted
     await rollout.promote(engine, model)
+    await audit("canary.promoted", key, **before)
     return _one(engine, model)
 
 
 @router.delete("/admin/canary/{model}", response_model=ModelRollout, responses=ERROR_RESPONSES)
 async def rollback_canary(engine: ReadyEngine, key: AdminKey, model: str = ModelId) -> ModelRollout:
+    before = _audited(engine, model)
     await rollout.rollback(engine, model)
+    await audit("canary.rolled_back", key, **before)
     return _one(engine, model)
 
 
