@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing
 from pathlib import Path
@@ -32,7 +33,7 @@ def test_rows_chain_and_verify(tmp_path):
     rows = list(log.rows())
     assert [r["seq"] for r in rows] == [1, 2, 3, 4, 5]
     assert rows[0]["prev"] == "0" * 64
-    assert all(b["prev"] == a["hash"] for a, b in zip(rows, rows[1:], strict=False))
+    assert all(b["prev"] == a["hash"] for a, b in itertools.pairwise(rows))
     assert all(r["hash"] == row_hash(r) for r in rows)
     result = log.verify()
     assert result.ok and result.rows == 5 and result.head == rows[-1]["hash"]
