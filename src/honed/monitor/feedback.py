@@ -10,12 +10,19 @@ training data.
   first time a version answers, so they outlive that version being unloaded), else from the
   serving engine, else (requests logged before label sets were recorded) from the labels that
   model predicted in the log.
+- Tied to the caller: on a server with API keys, feedback is accepted only from the key that
+  made the request (the request log's ``key_name``); another key's request answers 404, the
+  same as an unknown id, so ids cannot be probed for whose they are. One explicit feedback
+  per request item per key: a later post replaces the earlier (a changed mind, not a second
+  vote). Each key may post ``feedback_per_key_per_hour`` (serve settings) in any rolling
+  hour; beyond it 429 with Retry-After. Without keys (loopback development) none of this
+  applies.
 - Implicit signals the server sees: ``regenerate`` (the same caller sent the same prompt to
   the same model again soon after; recorded on the earlier request) and ``abandoned`` (a
   stream whose client left before the final chunk). The server queues them through its
   request logger (:meth:`~honed.monitor.requestlog.RequestLogger.submit_feedback`); other
-  code can use :meth:`FeedbackStore.add_signal`. :func:`feedback_summary` counts them apart
-  from explicit feedback.
+  code can use :meth:`FeedbackStore.add_signal`. Clients cannot post them (422 naming the
+  field). :func:`feedback_summary` counts them apart from explicit feedback.
 - Export: corrections of a classifier's label -> classification rows ``{text, label}`` (labels
   checked again, so rows stored before feedback was checked cannot poison training data: bad
   ones are skipped and counted);
@@ -23,22 +30,25 @@ training data.
   pairs ``{prompt, chosen, rejected}`` (the logged answer is the rejected one). Rows are
   de-duplicated (latest feedback wins) and carry ``request_id`` / ``feedback_id`` provenance.
   Implicit signals are never exported: they say an answer was unsatisfying, not what a better
-  one is.
+  one is. Before export, each key's label corrections are compared with other keys' and with
+  the served model's (:mod:`honed.monitor.disagreement`); rows of a key that disagrees far
+  beyond the others are held back (``hold_flagged``) and the key is named in the report.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import Request  # module level: route annotations are resolved from globals
 from pydantic import BaseModel, Field, model_validator
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Engine, delete, func, insert, select
 
 from honed.errors import HonedError
 from honed.monitor.requestlog import (
@@ -52,6 +62,8 @@ from honed.monitor.requestlog import (
 )
 from honed.progress import progress
 
+log = logging.getLogger(__name__)
+
 Signal = Literal["explicit", "regenerate", "abandoned"]
 IMPLICIT_SIGNALS = ("regenerate", "abandoned")
 KINDS = ("classification", "sft", "dpo")
@@ -60,6 +72,14 @@ _MAX_TEXT = 100_000
 
 class UnknownRequestError(HonedError):
     """Feedback names a request id that the request log does not hold."""
+
+
+class FeedbackLimitError(HonedError):
+    """A key posted more feedback than ``feedback_per_key_per_hour`` allows (HTTP 429)."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class InvalidFeedbackError(HonedError):
@@ -138,7 +158,7 @@ class FeedbackStore:
         return rows
 
     def _rows(self, request_id: str) -> list[dict[str, Any]]:
-        cols = ("item", "model", "digest", "version", "route", "predicted_label")
+        cols = ("item", "model", "digest", "version", "route", "predicted_label", "key_name")
         query = (
             select(*(getattr(RequestRow, c) for c in cols))
             .where((RequestRow.id == request_id) & _ANSWERED)
@@ -212,16 +232,40 @@ class FeedbackStore:
         return value.strip()
 
     def add(
-        self, feedback: FeedbackIn | dict[str, Any], detail: dict[str, Any] | None = None
+        self,
+        feedback: FeedbackIn | dict[str, Any],
+        detail: dict[str, Any] | None = None,
+        key_name: str | None = None,
     ) -> int:
         """Store one feedback (``detail``: what the server saw with an implicit signal);
         raises UnknownRequestError for an unknown request id, InvalidFeedbackError for
-        feedback that does not fit the request (see :meth:`check`)."""
+        feedback that does not fit the request (see :meth:`check`).
+
+        ``key_name``: the API key posting it. Then the request must have been made by that
+        key (else UnknownRequestError, as for an unknown id) and its earlier explicit
+        feedback on the same item is replaced (see :meth:`add_for_key`)."""
+        return self.add_for_key(feedback, key_name, detail=detail)[0]
+
+    def add_for_key(
+        self,
+        feedback: FeedbackIn | dict[str, Any],
+        key_name: str | None,
+        per_hour: int = 0,
+        detail: dict[str, Any] | None = None,
+    ) -> tuple[int, int]:
+        """:meth:`add` for the key ``key_name`` (None: a server without keys, no checks):
+        (feedback id, earlier rows of that key on the item it replaced). ``per_hour`` > 0
+        caps the key's explicit feedback in any rolling hour (FeedbackLimitError)."""
         fb = feedback if isinstance(feedback, FeedbackIn) else FeedbackIn(**feedback)
         rows = self.request_rows(fb.request_id)
+        if key_name is not None:
+            # Another key's request answers like an unknown one: no oracle of whose ids exist.
+            rows = [r for r in rows if r.get("key_name") == key_name]
         if not rows:
             raise UnknownRequestError(f"unknown request id {fb.request_id!r}")
         fb = self.check(fb, rows)
+        if key_name is not None and per_hour > 0:
+            self._check_cap(key_name, per_hour)
         row = {
             "request_id": fb.request_id,
             "item": fb.item,
@@ -232,10 +276,41 @@ class FeedbackStore:
             "preferred": fb.preferred,
             "comment": fb.comment,
             "detail": detail,
+            "key_name": key_name,
         }
         with self.engine.begin() as conn:
+            replaced = 0
+            if key_name is not None and fb.signal == "explicit":
+                mine = (
+                    (FeedbackRow.request_id == fb.request_id)
+                    & (FeedbackRow.item == fb.item)
+                    & (FeedbackRow.key_name == key_name)
+                    & (FeedbackRow.signal == "explicit")
+                )
+                replaced = conn.execute(delete(FeedbackRow).where(mine)).rowcount or 0
             result = conn.execute(insert(FeedbackRow).returning(FeedbackRow.id), [row])
-            return int(result.scalar_one())
+            return int(result.scalar_one()), replaced
+
+    def _check_cap(self, key_name: str, per_hour: int) -> None:
+        """FeedbackLimitError when ``key_name`` posted ``per_hour`` explicit feedback in the
+        last hour (checked before the insert: concurrent posts may pass it by a few)."""
+        since = utcnow() - timedelta(hours=1)
+        query = select(func.count(), func.min(FeedbackRow.created_at)).where(
+            (FeedbackRow.key_name == key_name)
+            & (FeedbackRow.signal == "explicit")
+            & (FeedbackRow.created_at >= since)
+        )
+        with self.engine.connect() as conn:
+            n, oldest = conn.execute(query).one()
+        if n < per_hour:
+            return
+        wait = (as_utc(oldest) + timedelta(hours=1) - utcnow()).total_seconds()
+        log.warning("feedback cap: key %r posted %d feedback in the last hour", key_name, n)
+        raise FeedbackLimitError(
+            f"feedback limit reached for this key: {per_hour} per hour "
+            "(feedback_per_key_per_hour); retry later",
+            max(1, int(wait + 0.999)),
+        )
 
     def add_signal(
         self,
@@ -288,8 +363,10 @@ class FeedbackStore:
 def build_feedback_router(
     store: FeedbackStore | None = None, auth_dependency: Callable | None = None
 ):
-    """A FastAPI router with ``POST /v1/feedback`` (201 with the feedback id; 404 for an
-    unknown request id; 422 for a malformed body or feedback that does not fit its request).
+    """A FastAPI router with ``POST /v1/feedback`` (201 with the feedback id, and
+    ``replaced`` when it replaced the key's earlier feedback on that item; 404 for an unknown
+    request id or one another key made; 422 for a malformed body, an implicit signal, or
+    feedback that does not fit its request; 429 beyond the key's hourly cap).
     Without ``store``, the app's request logger (``app.state.request_logger``, when it is a
     :class:`RequestLogger`) decides the database, else the default one; the store is made on
     first use and falls back on the serving engine's label sets."""
@@ -302,14 +379,27 @@ def build_feedback_router(
     # flush on a miss) do not block the event loop.
     @router.post("/v1/feedback", status_code=201, tags=["feedback"])
     def post_feedback(body: FeedbackIn, request: Request) -> dict[str, Any]:
+        if body.signal != "explicit":
+            raise HTTPException(
+                status_code=422,
+                detail=f"signal {body.signal!r} is recorded by the server itself; clients "
+                "post explicit feedback only (omit 'signal' or send 'explicit')",
+            )
         target = store or _app_store(request.app.state)
+        key = getattr(getattr(request.state, "api_key", None), "name", None)
+        settings = getattr(request.app.state, "settings", None)
+        cap = getattr(settings, "feedback_per_key_per_hour", 0) or 0
         try:
-            feedback_id = target.add(body)
+            feedback_id, replaced = target.add_for_key(body, key, per_hour=cap)
         except UnknownRequestError as err:
             raise HTTPException(status_code=404, detail=str(err)) from None
         except InvalidFeedbackError as err:
             raise HTTPException(status_code=422, detail=str(err)) from None
-        return {"id": feedback_id, "request_id": body.request_id, "item": body.item}
+        except FeedbackLimitError as err:
+            headers = {"Retry-After": str(err.retry_after)}
+            raise HTTPException(status_code=429, detail=str(err), headers=headers) from None
+        out = {"id": feedback_id, "request_id": body.request_id, "item": body.item}
+        return out | {"replaced": replaced} if replaced else out
 
     return router
 

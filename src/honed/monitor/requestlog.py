@@ -84,6 +84,9 @@ class RequestRow(Base):
     version: Mapped[str | None] = mapped_column(String(200), index=True)
     digest: Mapped[str | None] = mapped_column(String(64))
     arm: Mapped[str | None] = mapped_column(String(16))
+    # The name (never the secret) of the API key that made the request; None on a server
+    # without keys. Feedback on the request is accepted from that key only.
+    key_name: Mapped[str | None] = mapped_column(String(200))
     route: Mapped[str | None] = mapped_column(String(200))
     latency_ms: Mapped[float | None] = mapped_column(Float)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
@@ -118,6 +121,9 @@ class FeedbackRow(Base):
     # What the server saw with an implicit signal, e.g. {"tokens_sent": 12} for an abandoned
     # stream, {"by_request_id": ...} (the repeat) for a regenerate.
     detail: Mapped[dict | None] = mapped_column(JSON)
+    # The name of the API key that posted it (explicit feedback; the same key that made the
+    # request). None for the server's implicit signals and on a server without keys.
+    key_name: Mapped[str | None] = mapped_column(String(200))
 
 
 class ModelVersionRow(Base):

@@ -100,8 +100,16 @@ class ServeSettings(BaseSettings):
         ge=0,
         description="The same caller (API key name; client address without keys) sending the "
         "same prompt/messages to the same model again within this many seconds of an answer "
-        "records an implicit 'regenerate' feedback on the earlier request. 0 turns it off. "
+        "records an implicit 'regenerate' feedback on the earlier request, when the repeat is "
+        "sampled (temperature > 0, no seed) or sends 'X-Honed-Regenerate: 1'. 0 turns it off. "
         "Behind a proxy without forwarded-address handling all callers share one address.",
+    )
+    feedback_per_key_per_hour: int = Field(
+        1000,
+        ge=0,
+        description="Most explicit feedback posts (POST /v1/feedback) one API key may make in "
+        "any rolling hour; beyond it 429 with Retry-After, and a warning is logged. 0: no cap. "
+        "Applies with API keys only (a keyless loopback server has no per-key identity).",
     )
     # -- network ----------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Bind address (0.0.0.0 inside a container).")

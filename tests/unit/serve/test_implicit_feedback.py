@@ -39,9 +39,10 @@ def url(tmp_path):
 def test_regenerate_is_recorded_against_the_earlier_request(tiny, url):
     async def go(c, app):
         post = c.post
-        first = (await post("/v1/chat/completions", json=chat_body("base", "hello"))).json()
+        hello = chat_body("base", "hello", temperature=1.0)  # a sampled repeat can differ
+        first = (await post("/v1/chat/completions", json=hello)).json()
         await post("/v1/chat/completions", json=chat_body("base", "something else"))
-        again = (await post("/v1/chat/completions", json=chat_body("base", "hello"))).json()
+        again = (await post("/v1/chat/completions", json=hello)).json()
         one = {"model": "base", "prompt": "once upon", "max_tokens": 4, "temperature": 0}
         other = {**one, "prompt": "twice upon"}
         await post("/v1/completions", json=one)
@@ -172,3 +173,73 @@ def test_prompt_memory_expires_and_stays_bounded():
     for i in range(5):
         memory.remember(prompt_key("c", "chat", "m", i), f"x{i}")
     assert len(memory) == 3 and memory.previous(prompt_key("c", "chat", "m", 0)) is None
+
+
+def test_deterministic_repeats_are_not_regenerations(tiny, url):
+    """The issue's case: one key replaying identical greedy prompts (a test suite, a batch
+    job) had 36% of its requests counted as regenerations. A greedy or seeded repeat cannot
+    give another answer, so only a sampled repeat, or one the client marks, counts."""
+    keys = [ApiKeyEntry(name="ci", sha256=hash_key("key-ci"))]
+    auth = {"Authorization": "Bearer key-ci"}
+
+    async def go(c, app):
+        ids = []
+        for body in (
+            chat_body("base", "greedy"),
+            chat_body("base", "greedy"),
+            chat_body("base", "greedy"),
+            chat_body("base", "seeded", temperature=1.0, seed=7),
+            chat_body("base", "seeded", temperature=1.0, seed=7),
+        ):
+            r = await c.post("/v1/chat/completions", json=body, headers=auth)
+            assert r.status_code == 200
+            ids.append(r.json()["id"])
+        marked = {**auth, "X-Honed-Regenerate": "1"}
+        r = await c.post("/v1/chat/completions", json=chat_body("base", "greedy"), headers=marked)
+        assert app.state.request_logger.flush(timeout=30)
+        return ids, r.json()["id"]
+
+    ids, marked = run_app(_settings(tiny, url, api_keys=keys), go)
+    rows = _feedback(url)
+    assert [(r["request_id"], r["detail"]) for r in rows] == [(ids[2], {"by_request_id": marked})]
+    logged = _requests(url)
+    assert {logged[i]["key_name"] for i in ids} == {"ci"}
+
+
+def test_feedback_is_tied_to_the_key_capped_and_explicit_only(tiny, url):
+    keys = [
+        ApiKeyEntry(name="alice", sha256=hash_key("key-alice")),
+        ApiKeyEntry(name="bob", sha256=hash_key("key-bob")),
+    ]
+    alice, bob = ({"Authorization": f"Bearer key-{n}"} for n in ("alice", "bob"))
+
+    async def go(c, app):
+        made = []
+        for text in ("one", "two", "three"):
+            r = await c.post("/v1/chat/completions", json=chat_body("base", text), headers=alice)
+            made.append(r.json()["id"])
+        assert app.state.request_logger.flush(timeout=30)
+        fb = {"request_id": made[0], "preferred": "better"}
+        other = await c.post("/v1/feedback", json=fb, headers=bob)
+        unknown = await c.post("/v1/feedback", json={**fb, "request_id": "nope"}, headers=bob)
+        forged = await c.post(
+            "/v1/feedback", json={"request_id": made[0], "signal": "abandoned"}, headers=alice
+        )
+        first = await c.post("/v1/feedback", json=fb, headers=alice)
+        again = await c.post("/v1/feedback", json={**fb, "preferred": "best"}, headers=alice)
+        second = await c.post("/v1/feedback", json={**fb, "request_id": made[1]}, headers=alice)
+        capped = await c.post("/v1/feedback", json={**fb, "request_id": made[2]}, headers=alice)
+        return made[0], (other, unknown, forged, first, again, second, capped)
+
+    settings = _settings(tiny, url, api_keys=keys, feedback_per_key_per_hour=2)
+    mine, (other, unknown, forged, first, again, second, capped) = run_app(settings, go)
+    # Another key's request reads exactly like an unknown one: no oracle.
+    assert other.status_code == unknown.status_code == 404
+    assert other.text.replace(mine, "nope") == unknown.text
+    assert forged.status_code == 422 and "recorded by the server itself" in forged.text
+    assert first.status_code == 201 and again.status_code == 201
+    assert again.json()["replaced"] == 1  # one feedback per request per key: the latest
+    assert second.status_code == 201
+    assert capped.status_code == 429 and int(capped.headers["retry-after"]) >= 1
+    rows = _feedback(url)
+    assert [(r["preferred"], r["key_name"]) for r in rows] == [("best", "alice"), ("better", "alice")]

@@ -45,7 +45,7 @@ from honed.serve.http.schemas import (
     CompletionRequest,
     _Sampling,
 )
-from honed.serve.http.tracking import Tracker, caller_of
+from honed.serve.http.tracking import Tracker, caller_of, is_sampled
 from honed.serve.settings import ServeSettings
 
 RequestBody = ChatCompletionRequest | CompletionRequest | ClassifyRequest
@@ -71,7 +71,8 @@ async def run(
         raise _refused(tracker, err, settings) from None
     tracker.records = [{"input": text} for text in call.inputs]
     if call.regenerate is not None:
-        tracker.watch_regenerate(caller_of(request, ctx.api_key), call.regenerate)
+        caller = caller_of(request, ctx.api_key)
+        tracker.watch_regenerate(caller, call.regenerate, is_sampled(call.body))
     guard = output_guard(request, ctx)
     timeout = settings.request_timeout_s
     if isinstance(call, _Generate) and call.body.stream:

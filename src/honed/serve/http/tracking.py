@@ -14,10 +14,16 @@ where honed.serve.http.request_ids puts it in the response's `X-Request-Id` head
 Implicit feedback the server sees: regenerated prompts and abandoned streams.
 
 - ``regenerate``: the same caller sends the same prompt/messages to the same model again
-  within ``settings.regenerate_window_s`` of an answer. The earlier answer was presumably
-  unsatisfying, so the signal is recorded on the EARLIER request (with the repeat's id).
+  within ``settings.regenerate_window_s`` of an answer, and the repeat is SAMPLED
+  (temperature > 0 and no seed) or carries ``X-Honed-Regenerate: 1``. The earlier answer was
+  presumably unsatisfying, so the signal is recorded on the EARLIER request (with the repeat's
+  id). A deterministic repeat (greedy, or a fixed seed) cannot give another answer: it is a
+  retry or a batch job replaying prompts, not a judgement, and is never counted.
 - ``abandoned``: a streamed response whose client left before the final chunk (recorded by
   the streaming code with the number of content chunks sent).
+
+Clients cannot post these signals (``POST /v1/feedback`` takes explicit feedback only), and
+each request's log row records the name of the API key that made it (``key_name``).
 
 Signals go through the request logger's queue (``submit_feedback``), so recording one never
 waits on the database; a logger without that method (a custom ``.submit`` object) gets none.
@@ -46,6 +52,8 @@ from honed.serve.engine.loading import DIGEST_CHARS
 log = logging.getLogger("honed.serve")
 
 REQUEST_ID_HEADER = "X-Request-Id"
+# A client's explicit "this request regenerates my previous one" (any of 1/true/yes).
+REGENERATE_HEADER = "X-Honed-Regenerate"
 # A client's id is kept when it is 1-64 printable ASCII characters without spaces (it fits the
 # request log's id column and is safe in a header and a log line); otherwise a fresh one.
 _CLIENT_ID = re.compile(r"[\x21-\x7e]{1,64}")
@@ -103,6 +111,10 @@ class Tracker:
         self.tokens_sent: int | None = None  # streamed content chunks delivered; None: no stream
         self._prompt_key: bytes | None = None
         self._memory: PromptMemory | None = None
+        key = getattr(request.state, "api_key", None)  # set by the access middleware
+        self.key_name: str | None = getattr(key, "name", None)
+        marker = request.headers.get(REGENERATE_HEADER, "")
+        self.marked_regenerate = marker.strip().lower() in ("1", "true", "yes")
 
     def answered_by(self, model: Any, model_id: str) -> None:
         """Record which version answers: ``model`` is whatever the engine returned (any arm);
@@ -130,14 +142,17 @@ class Tracker:
         come from the loaded models only, so the label's values stay few)."""
         return self.version or self.digest or ""
 
-    def watch_regenerate(self, caller: str, payload: Any) -> None:
+    def watch_regenerate(self, caller: str, payload: Any, sampled: bool = True) -> None:
         """Record a ``regenerate`` on the earlier request when ``caller`` sent the same
-        ``payload`` (messages or prompt) to this model within the window; this request is
-        remembered in turn once it answers (see ``finish``)."""
+        ``payload`` (messages or prompt) to this model within the window and this repeat is
+        ``sampled`` (see :func:`is_sampled`) or marked (``X-Honed-Regenerate``); this request
+        is remembered in turn once it answers (see ``finish``)."""
         self._memory = memory_for(self.state)
         if self._memory is None:
             return
         self._prompt_key = prompt_key(caller, self.route, self.model_id, payload)
+        if not (sampled or self.marked_regenerate):
+            return  # a deterministic replay: remembered, never a regenerate itself
         earlier = self._memory.previous(self._prompt_key)
         if earlier is not None:
             emit_signal(self.state, earlier, "regenerate", {"by_request_id": self.id})
@@ -185,6 +200,7 @@ class Tracker:
             "version": self.version,
             "digest": self.digest,
             "arm": self.arm,
+            "key_name": self.key_name,
             "route": self.route,
             "latency_ms": round(elapsed * 1000, 3),
             "status": status,
@@ -262,6 +278,12 @@ def prompt_key(caller: str, route: str, model: str, payload: Any) -> bytes:
     """A digest of who asked what of which model (the prompt itself is not kept)."""
     text = json.dumps([caller, route, model, payload], sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def is_sampled(body: Any) -> bool:
+    """Whether repeating ``body`` can give another answer: temperature > 0 and no seed."""
+    temperature = getattr(body, "temperature", None)
+    return (temperature is None or temperature > 0) and getattr(body, "seed", None) is None
 
 
 def caller_of(request: Request, key_name: str | None) -> str:
