@@ -506,17 +506,25 @@ def export_training_data(
     kind: Literal["auto", "classification", "sft", "dpo"] = "auto",
     since: datetime | None = None,
     skipped: Counter | None = None,
+    hold_flagged: bool = True,
+    report: dict[str, Any] | None = None,
 ) -> dict[str, tuple[Path, int]]:
     """Write jsonl training data from feedback. One kind: to ``out``. ``auto``: every kind
     that has rows, to ``out`` when only one does, else ``<out stem>.<kind>.jsonl``.
     Returns kind -> (path, rows); ``skipped`` gets the rows left out, by reason: label
     corrections that are not labels of the model that answered (checked again here, for rows
-    stored before feedback was checked) and feedback whose request is not in the log.
+    stored before feedback was checked), feedback whose request is not in the log, and (with
+    ``hold_flagged``) feedback of keys whose corrections disagree with the others'.
 
-    The allowed labels of a request: :meth:`FeedbackStore.allowed_labels`."""
+    Keys are judged on ALL their feedback, not only the rows since ``since``
+    (:func:`honed.monitor.disagreement.judge_keys`); ``report`` (when given) receives
+    ``keys`` (every judged key's figures), ``flagged_keys`` ({key, rows, held_back}) and
+    ``held_back``. The allowed labels of a request: :meth:`FeedbackStore.allowed_labels`."""
     out = Path(out)
     skipped = Counter() if skipped is None else skipped
-    by_kind = training_rows(store.joined(since), _export_labels(store), skipped)
+    feedback = store.joined(since)
+    feedback = _hold_flagged(store, feedback, hold_flagged, skipped, report)
+    by_kind = training_rows(feedback, _export_labels(store), skipped)
     if orphans := store.orphans():
         skipped["request not in the log"] += orphans
     wanted = [kind] if kind != "auto" else [k for k in KINDS if by_kind[k]]
@@ -535,6 +543,50 @@ def export_training_data(
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
         written[k] = (path, len(by_kind[k]))
     return written
+
+
+HELD_BACK = "from a key whose corrections disagree with the others' (flagged)"
+
+
+def _hold_flagged(
+    store: FeedbackStore,
+    feedback: list[dict[str, Any]],
+    hold: bool,
+    skipped: Counter,
+    report: dict[str, Any] | None,
+) -> list[dict[str, Any]]:
+    """``feedback`` without the rows of flagged keys (when ``hold``); fills ``report``."""
+    from honed.monitor.disagreement import judge_keys
+
+    judged = judge_keys(store.joined())
+    flagged = {t.key: t for t in judged if t.flagged}
+    kept = [fb for fb in feedback if not (hold and fb.get("key_name") in flagged)]
+    held = len(feedback) - len(kept)
+    if held:
+        skipped[HELD_BACK] += held
+    for key, trust in flagged.items():
+        log.warning(
+            "feedback of key %r disagrees with the others (consensus %s, model %s): %s",
+            key,
+            _rate(trust.consensus),
+            _rate(trust.model),
+            "held back from training data" if hold else "exported anyway (hold_flagged off)",
+        )
+    if report is not None:
+        new = Counter(fb.get("key_name") for fb in feedback)
+        report["keys"] = [t.to_dict() for t in judged]
+        report["flagged_keys"] = [
+            {"key": k, "rows": t.rows, "held_back": new[k] if hold else 0}
+            for k, t in flagged.items()
+        ]
+        report["held_back"] = held
+    return kept
+
+
+def _rate(comp: Any) -> str:
+    if comp.rate is None or comp.baseline is None:
+        return "-"
+    return f"{comp.disagree}/{comp.n} vs {comp.baseline:.2f} for the others"
 
 
 def _export_labels(store: FeedbackStore) -> Callable[[dict[str, Any]], list[str] | None]:
