@@ -36,9 +36,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="Write corrections / preferred answers as jsonl training data.",
         description="Classifier corrections -> {text, label}; generator corrections -> SFT "
         "{prompt, completion}; preferred vs logged answer -> DPO {prompt, chosen, rejected}. "
-        "De-duplicated; each row keeps request_id/feedback_id provenance.",
+        "De-duplicated; each row keeps request_id/feedback_id provenance. Feedback of API "
+        "keys whose label corrections disagree with the other keys' (or, where no other key "
+        "labelled a text, with the model) far beyond the others is held back and listed.",
     )
     export.add_argument("--out", required=True, help="Output .jsonl file.")
+    export.add_argument(
+        "--keep-flagged",
+        action="store_true",
+        help="Export the rows of flagged keys too (they are still listed).",
+    )
     export.add_argument(
         "--kind",
         choices=["auto", "classification", "sft", "dpo"],
@@ -454,9 +461,24 @@ def _feedback_export(args: argparse.Namespace) -> int:
 
     skipped: Counter = Counter()
     store = FeedbackStore(args.db)
-    written = export_training_data(store, args.out, args.kind, _since(args.since), skipped)
+    report: dict = {}
+    written = export_training_data(
+        store,
+        args.out,
+        args.kind,
+        _since(args.since),
+        skipped,
+        hold_flagged=not args.keep_flagged,
+        report=report,
+    )
     for kind, (path, n) in written.items():
         print(f"{kind}: {n} rows -> {path}")
+    for flagged in report.get("flagged_keys", []):
+        print(
+            f"flagged key {flagged['key']!r}: its {flagged['rows']} labelled rows disagree with "
+            f"the others'; {flagged['held_back']} held back",
+            file=sys.stderr,
+        )
     for why, n in sorted(skipped.items()):
         print(f"skipped {n} feedback rows: {why}")
     return 0

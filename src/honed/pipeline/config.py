@@ -108,6 +108,12 @@ class LoopConfig(StrictModel):
         description="Environment variable holding the server's admin API key (sent as a "
         "Bearer token); unset: no Authorization header.",
     )
+    hold_flagged_feedback: bool = Field(
+        True,
+        description="Leave out of the round's data the feedback of API keys whose label "
+        "corrections disagree with the other keys' (or the model's) far beyond the others "
+        "(honed.monitor.disagreement); the collect step lists flagged keys either way.",
+    )
     canary: LoopCanaryConfig = Field(default_factory=LoopCanaryConfig)
     max_rounds: int | None = Field(
         None, ge=1, description="Watch mode stops after this many rounds; null: runs until killed."

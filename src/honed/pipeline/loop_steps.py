@@ -48,6 +48,8 @@ def collect(ctx: RoundContext) -> StepResult:
         "inbox_seen": sorted(seen | set(inbox_seen)),
     }
     evidence = {"new": {f["path"]: f["rows"] for f in new}, "carried": len(carried)}
+    if exported and exported.get("flagged_keys"):
+        evidence["flagged_feedback_keys"] = exported["flagged_keys"]
     if not new:
         return StepResult("nothing_new", evidence, data, "no new feedback or inbox files")
     spec_path = _write_round_spec(ctx, carried + new)
@@ -69,12 +71,17 @@ def _export_feedback(ctx: RoundContext, since: datetime | None, out: Path) -> di
 
     kind = "classification" if ctx.spec.task == "classification" else "auto"
     store = FeedbackStore(ctx.spec.loop.request_log_url)
+    report: dict[str, Any] = {}
+    hold = ctx.spec.loop.hold_flagged_feedback
     try:
-        written = export_training_data(store, out, kind, since)
+        written = export_training_data(store, out, kind, since, hold_flagged=hold, report=report)
     except HonedError:  # no feedback with corrections since the last round
         return None
     path, n = next(iter(written.values()))
-    return {"path": str(path), "rows": n, "kind": "feedback"} if n else None
+    found = {"path": str(path), "rows": n, "kind": "feedback"}
+    if report.get("flagged_keys"):
+        found["flagged_keys"] = report["flagged_keys"]
+    return found if n else None
 
 
 def _new_inbox_files(
