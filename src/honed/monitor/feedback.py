@@ -110,7 +110,11 @@ class FeedbackIn(BaseModel):
         0, ge=0, le=10_000, description="Which item of a batch request (0 for single ones)."
     )
     rating: Literal["up", "down"] | None = Field(None, description="Thumbs up or down.")
-    signal: Signal = Field("explicit", description="explicit, or an implicit server signal.")
+    signal: Signal = Field(
+        "explicit",
+        description="Clients send 'explicit' (the default) only; 'regenerate' and 'abandoned' "
+        "are recorded by the server itself (422 when posted).",
+    )
     correction: str | None = Field(
         None, max_length=_MAX_TEXT, description="The right label / answer."
     )
