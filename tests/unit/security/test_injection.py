@@ -147,7 +147,7 @@ def test_batches_give_the_same_scores_as_single_texts(guard_dir):
 
 
 def test_detector_is_thread_safe(guard_dir):
-    det = InjectionDetector(guard_dir)
+    det = InjectionDetector(guard_dir, quantize=True)
     want = [det.score([t])[0] for t in TEXTS]
     got: dict[int, list[float]] = {}
 
