@@ -388,6 +388,14 @@ class InjectionDetector:
         return [s >= self.threshold for s in self.score(texts)]
 
     def _batch(self, texts: list[str]) -> list[float]:
+        # Blank text carries no instruction (and some tokenizers give it no tokens at all).
+        keep = [i for i, text in enumerate(texts) if text.strip()]
+        scores = [0.0] * len(texts)
+        for i, score in zip(keep, self._forward([texts[i] for i in keep]), strict=True):
+            scores[i] = score
+        return scores
+
+    def _forward(self, texts: list[str]) -> list[float]:
         import torch
 
         if not texts:

@@ -132,6 +132,7 @@ def test_detector_scores_are_injection_probabilities(guard_dir, quantize):
     assert len(scores) == len(TEXTS) and all(0.0 <= s <= 1.0 for s in scores)
     assert det.flags(TEXTS) == [s >= 0.5 for s in scores]
     assert det.score([]) == []
+    assert scores[3] == 0.0  # blank text: no instruction, no forward pass
     if not quantize:  # the stock pipeline agrees on the injection label's probability
         clf = pipeline("text-classification", model=str(guard_dir), top_k=None)
         stock = clf(TEXTS[:1], truncation=True, max_length=16)[0]
