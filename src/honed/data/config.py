@@ -98,6 +98,12 @@ class DataConfig(StrictModel):
     labels: list[str] | None = Field(
         None, description="Declared label set, in id order. Inferred (sorted) when omitted."
     )
+    label_names: dict[str, str] | None = Field(
+        None,
+        description="Rename labels as read from the files before anything else sees them, "
+        "e.g. {'0': benign, '1': injection} for a file with 0/1 labels; `labels` then lists "
+        "the new names. Labels not in the mapping stay as they are.",
+    )
     chat_format: Literal["auto", "messages", "alpaca", "prompt_completion"] = Field(
         "auto", description="sft: row shape; 'auto' detects it from the first row's fields."
     )
@@ -128,6 +134,11 @@ class DataConfig(StrictModel):
             if len(set(self.labels)) != len(self.labels):
                 raise ValueError(f"labels: duplicate entries in {self.labels}")
         return self
+
+    def named_label(self, label: str) -> str:
+        """A label as read from a file (stripped), renamed through ``label_names``."""
+        label = label.strip()
+        return (self.label_names or {}).get(label, label)
 
     def resolve_source(self, base_dir: Path) -> str:
         """The source (with ``sources``: the first one) as an absolute path when it is a

@@ -75,6 +75,8 @@ def classification_rows(raw: RawData, cfg: DataConfig) -> tuple[list[dict], list
     for rec in raw.records:
         text = _as_text(rec.fields.get(cfg.text_field))
         label = _as_text(rec.fields.get(cfg.label_field))
+        if label is not None:
+            label = cfg.named_label(label)
         if text is None or not text.strip():
             bad.append(
                 BadRow(rec.file, rec.line, f"empty or missing text field {cfg.text_field!r}")

@@ -17,6 +17,7 @@ from honed.data.loaders import RawData, sample_raw
 from honed.errors import DataError
 
 if TYPE_CHECKING:
+    from honed.data.config import DataConfig
     from honed.data.sources import Source
     from honed.spec import RunSpec
 
@@ -65,7 +66,7 @@ def _check_source(spec: RunSpec, src: Source) -> DataCheck:
         fields = {f: _entry_setting(spec, src, s) for f, s in fields.items()}
     _check_fields(sample, fields, source)
     if cfg.labels and cfg.label_field in fields:
-        _check_labels(sample, cfg.label_field, cfg.labels, cfg.on_bad_rows, source)
+        _check_labels(sample, cfg, source)
     return DataCheck(source, len(sample.records), fields)
 
 
@@ -95,18 +96,19 @@ def _check_fields(sample: RawData, fields: Mapping[str, str], source: str) -> No
             )
 
 
-def _check_labels(sample: RawData, field: str, labels: list[str], policy: str, source: str) -> None:
+def _check_labels(sample: RawData, cfg: DataConfig, source: str) -> None:
     """With ``on_bad_rows: fail`` a label outside the declared set stops the run: say so now."""
+    labels = cfg.labels or []
     declared = set(labels)
-    found = {_label(r.fields.get(field)) for r in sample.records} - {None}
+    found = {_label(r.fields.get(cfg.label_field), cfg) for r in sample.records} - {None}
     unknown = sorted(found - declared)
-    if unknown and (policy == "fail" or not found & declared):
+    if unknown and (cfg.on_bad_rows == "fail" or not found & declared):
         raise DataError(
-            f"data.labels: {source} has label(s) {unknown} in field {field!r} "
+            f"data.labels: {source} has label(s) {unknown} in field {cfg.label_field!r} "
             f"that are not declared ({labels})"
         )
 
 
-def _label(value: Any) -> str | None:
+def _label(value: Any, cfg: DataConfig) -> str | None:
     text = None if value is None else str(value).strip()
-    return text or None
+    return cfg.named_label(text) if text else None

@@ -122,6 +122,16 @@ def test_labels_inferred_when_not_declared(tmp_path):
     assert load_classification(cfg(labels=None), str(path)).labels == sorted(LABELS)
 
 
+def test_label_names_rename_integer_labels(tmp_path):
+    path = tmp_path / "d.jsonl"
+    data = [{"text": f"text {i}", "label": i % 2} for i in range(40)]
+    path.write_text("\n".join(json.dumps(r) for r in data))
+    names = {"0": "benign", "1": "injection"}
+    split = load_classification(cfg(labels=["benign", "injection"], label_names=names), str(path))
+    assert split.labels == ["benign", "injection"]
+    assert {r["label"] for r in split.train} == {"benign", "injection"}
+
+
 def test_missing_file_and_unknown_extension(tmp_path):
     with pytest.raises(DataError, match="data file not found"):
         load_raw(str(tmp_path / "none.jsonl"), cfg())
