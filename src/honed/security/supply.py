@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ MANIFEST_NAMES = (
     "chat_template.jinja",
     "chat_template.json",
     "preprocessor_config.json",
+    "lineage.json",  # names the base an adapter loads over, and that base's digest
 )
 WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 _SKIP_DIRS = {"checkpoints"}  # never registered (registry/store.py stages without them)
@@ -89,10 +91,20 @@ def _digest(path: Path) -> str:
     return digest
 
 
+def _digests(paths: list[Path]) -> list[str]:
+    """sha256 of each file; shards hash in parallel (hashlib releases the GIL)."""
+    if len(paths) < 2:
+        return [_digest(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        return list(pool.map(_digest, paths))
+
+
 def model_manifest(folder: Path) -> dict[str, str]:
     """{path relative to ``folder``: sha256} of the files that decide what the model does."""
     folder = Path(folder)
-    return {p.relative_to(folder).as_posix(): _digest(p) for p in _manifest_files(folder)}
+    files = _manifest_files(folder)
+    digests = _digests(files)
+    return {p.relative_to(folder).as_posix(): d for p, d in zip(files, digests, strict=True)}
 
 
 def verify_manifest(folder: Path, expected: dict[str, str], subject: str) -> None:
@@ -101,6 +113,7 @@ def verify_manifest(folder: Path, expected: dict[str, str], subject: str) -> Non
     load too). ``subject`` names the model in the message (e.g. ``NAME/3``)."""
     folder = Path(folder)
     present = {p.relative_to(folder).as_posix(): p for p in _manifest_files(folder)}
+    actual = dict(zip(present, _digests(list(present.values())), strict=True))
     for name in sorted(set(expected) | set(present)):
         if name not in present:
             raise DigestMismatchError(
@@ -112,11 +125,10 @@ def verify_manifest(folder: Path, expected: dict[str, str], subject: str) -> Non
                 f"{subject}: {folder / name} was not there at registration. Refusing to load "
                 "a model folder that changed after it was registered."
             )
-        actual = _digest(present[name])
-        if actual != expected[name]:
+        if actual[name] != expected[name]:
             raise DigestMismatchError(
                 f"{subject}: {folder / name} does not match the registry (sha256 "
-                f"{actual[:16]}..., registered {expected[name][:16]}...). The file changed "
+                f"{actual[name][:16]}..., registered {expected[name][:16]}...). The file changed "
                 "after registration; refusing to load it."
             )
 
