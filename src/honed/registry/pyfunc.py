@@ -105,8 +105,7 @@ def model_task(folder: Path) -> str:
 def _verify(folder: Path, context: Any) -> None:
     """The files' sha256 against the manifest recorded when the model was logged (its
     model_config); a model logged before manifests were recorded has none to check."""
-    from honed.registry.store import MANIFEST_TAG
-    from honed.security.supply import verify_manifest
+    from honed.security.supply import MANIFEST_TAG, verify_manifest
 
     recorded = (getattr(context, "model_config", None) or {}).get(MANIFEST_TAG)
     if recorded:

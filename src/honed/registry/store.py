@@ -31,6 +31,7 @@ from typing import Any
 from honed.errors import RegistryError
 from honed.registry.config import RegistryConfig
 from honed.security.supply import (
+    MANIFEST_TAG,
     SBOM_FILE,
     model_components,
     model_manifest,
@@ -45,8 +46,6 @@ _REF = re.compile(
 _SKIP_ARTIFACTS = {"checkpoints"}
 _METRIC_KEY = re.compile(r"[^A-Za-z0-9_\-. :/]")
 _BATCH = 1000  # MLflow's limit of metrics per log_batch call
-#: Version tag (and pyfunc model_config key) holding {file: sha256} of the model's files.
-MANIFEST_TAG = "model_manifest"
 _UNVERIFIED: set[str] = set()  # versions already warned about (once per process)
 log = logging.getLogger("honed.registry")
 

@@ -56,6 +56,8 @@ MANIFEST_NAMES = (
 WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 _SKIP_DIRS = {"checkpoints"}  # never registered (registry/store.py stages without them)
 SBOM_FILE = "sbom.cdx.json"
+#: Registry version tag (and pyfunc model_config key) holding the manifest, {file: sha256}.
+MANIFEST_TAG = "model_manifest"
 
 
 class DigestMismatchError(HonedError):
