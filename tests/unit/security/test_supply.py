@@ -172,6 +172,9 @@ def test_registered_version_stores_sbom_and_refuses_tampered_weights(tmp_path, t
     assert "model.safetensors does not match the registry" in err and "Traceback" not in err
     with pytest.raises(DigestMismatchError, match=r"model\.safetensors"):
         mlflow.pyfunc.load_model("models:/tiny-enc@champion")
+    # The server resolves every model it loads (start, alias follow, canary) the same way.
+    assert main(["serve", "tiny-enc@champion"]) == 2
+    assert "does not match the registry" in capsys.readouterr().err
 
 
 # -- the image and compose file ---------------------------------------------------------------
