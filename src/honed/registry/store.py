@@ -231,6 +231,7 @@ class Registry:
         _set_tracking_uri(mlflow, self.uri)
         self._mlflow = mlflow
         self.client = MlflowClient(self.uri)
+        self._manifests: dict[str, dict[str, str]] = {}  # logged model URI -> its manifest
 
     # -- tracking ---------------------------------------------------------------------------
     def experiment_id(self, name: str) -> str:
@@ -300,6 +301,7 @@ class Registry:
             sbom = write_sbom(Path(tmp) / SBOM_FILE, model_components(folder.name, manifest))
             with _errors(f"storing the SBOM of {folder.name}", self.uri):
                 self.client.log_model_artifact(info.model_id, str(sbom))  # next to MLmodel
+        self._manifests[info.model_uri] = manifest  # register() records it without a download
         return info.model_uri
 
     # -- registry ---------------------------------------------------------------------------
@@ -332,6 +334,8 @@ class Registry:
     def _manifest_of(self, version: Any) -> dict[str, str]:
         """The model files' sha256 recorded when the model was logged (its MLmodel), else
         computed from the files now (sources logged before manifests were recorded)."""
+        if version.source in self._manifests:
+            return self._manifests[version.source]
         root = self._version_root(version)
         if (root / "MLmodel").is_file():
             from mlflow.models import Model

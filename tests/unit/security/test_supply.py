@@ -150,7 +150,8 @@ def test_registered_version_stores_sbom_and_refuses_tampered_weights(tmp_path, t
     shutil.copytree(tiny_bert, folder)
     registry = Registry()
     run_id, uri = registry.log_run("tiny", "tiny", folder, {}, {}, {})
-    registry.register("tiny-enc", uri, run_id, {}, "champion")
+    # Another instance registers: the manifest comes from the logged model's MLmodel.
+    Registry().register("tiny-enc", uri, run_id, {}, "champion")
 
     version = registry.get_version("tiny-enc@champion")
     sbom = json.loads(registry.sbom_path(version).read_text())
