@@ -8,6 +8,7 @@ fail at once with a message that says how to fix it.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ from honed.models.packaged import packaged_path
 SAFE_WEIGHTS = ("*.safetensors",)
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
 _HUB_HOST = ("huggingface.co", 443)
+log = logging.getLogger("honed.models")
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,13 @@ def resolve_model(cfg: ModelConfig) -> ResolvedModel:
     if not (path / "config.json").is_file():
         raise ModelError(f"{path}: no config.json; not a Hugging Face model folder")
     files = check_weights(path, cfg.allow_pickle)
+    if cfg.allow_pickle:
+        # Opting in to pickle trusts the source, not whatever a pickle imports: every pickle
+        # file (loaded with use_safetensors=False even beside safetensors) is scanned first.
+        from honed.models.pickle_scan import scan_pickles
+
+        for finding in scan_pickles(path):
+            log.warning("unrecognised import in a pickle (loaded anyway): %s", finding)
     digests = {p.name: sha256_file(p) for p in files}
     return ResolvedModel(path=path, source=cfg.base, kind=kind, weight_sha256=digests)
 

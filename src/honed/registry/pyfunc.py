@@ -102,11 +102,22 @@ def model_task(folder: Path) -> str:
     return str(read_lineage(folder).get("task") or "classification")
 
 
+def _verify(folder: Path, context: Any) -> None:
+    """The files' sha256 against the manifest recorded when the model was logged (its
+    model_config); a model logged before manifests were recorded has none to check."""
+    from honed.security.supply import MANIFEST_TAG, verify_manifest
+
+    recorded = (getattr(context, "model_config", None) or {}).get(MANIFEST_TAG)
+    if recorded:
+        verify_manifest(folder, recorded, "the MLflow model")
+
+
 class HonedModel(mlflow.pyfunc.PythonModel):
     """Loads a honed model folder with honed's loaders; texts in, labels or text out."""
 
     def load_context(self, context: Any) -> None:
         folder = Path(context.artifacts[ARTIFACT])
+        _verify(folder, context)
         self.task = model_task(folder)
         if self.task in CLASSIFIERS:
             self.predictor = _predictor_class().from_folder(folder)

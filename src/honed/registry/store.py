@@ -30,6 +30,14 @@ from typing import Any
 
 from honed.errors import RegistryError
 from honed.registry.config import RegistryConfig
+from honed.security.supply import (
+    MANIFEST_TAG,
+    SBOM_FILE,
+    model_components,
+    model_manifest,
+    verify_manifest,
+    write_sbom,
+)
 from honed.state import default_tracking_uri
 
 _REF = re.compile(
@@ -38,6 +46,8 @@ _REF = re.compile(
 _SKIP_ARTIFACTS = {"checkpoints"}
 _METRIC_KEY = re.compile(r"[^A-Za-z0-9_\-. :/]")
 _BATCH = 1000  # MLflow's limit of metrics per log_batch call
+_UNVERIFIED: set[str] = set()  # versions already warned about (once per process)
+log = logging.getLogger("honed.registry")
 
 
 def _quiet() -> None:
@@ -221,6 +231,7 @@ class Registry:
         _set_tracking_uri(mlflow, self.uri)
         self._mlflow = mlflow
         self.client = MlflowClient(self.uri)
+        self._manifests: dict[str, dict[str, str]] = {}  # logged model URI -> its manifest
 
     # -- tracking ---------------------------------------------------------------------------
     def experiment_id(self, name: str) -> str:
@@ -278,13 +289,19 @@ class Registry:
             warnings.filterwarnings("ignore", message=".*input example was not provided")
             staged = Path(tmp) / pyfunc.ARTIFACT
             _stage(folder, staged)
+            manifest = model_manifest(staged)  # checked at every load (resolve_ref_version)
             info = self._mlflow.pyfunc.log_model(
                 name="model",
                 python_model=pyfunc.HonedModel(),
                 artifacts={pyfunc.ARTIFACT: str(staged)},
                 signature=pyfunc.signature(pyfunc.model_task(folder)),
                 pip_requirements=pyfunc.pip_requirements(),
+                model_config={MANIFEST_TAG: manifest},
             )
+            sbom = write_sbom(Path(tmp) / SBOM_FILE, model_components(folder.name, manifest))
+            with _errors(f"storing the SBOM of {folder.name}", self.uri):
+                self.client.log_model_artifact(info.model_id, str(sbom))  # next to MLmodel
+        self._manifests[info.model_uri] = manifest  # register() records it without a download
         return info.model_uri
 
     # -- registry ---------------------------------------------------------------------------
@@ -304,11 +321,48 @@ class Registry:
             version = self.client.create_model_version(
                 name, source=source, run_id=run_id, tags=tags, model_id=model_id
             )
+            manifest = self._manifest_of(version)
+            self.client.set_model_version_tag(
+                name, version.version, MANIFEST_TAG, json.dumps(manifest, sort_keys=True)
+            )
             previous = self.alias_holder(name, alias) if alias else None
             if alias:
                 self.client.set_registered_model_alias(name, alias, version.version)
         self._record(name, alias, previous, str(version.version), "register", version=version)
         return str(version.version)
+
+    def _manifest_of(self, version: Any) -> dict[str, str]:
+        """The model files' sha256 recorded when the model was logged (its MLmodel), else
+        computed from the files now (sources logged before manifests were recorded)."""
+        if version.source in self._manifests:
+            return self._manifests[version.source]
+        root = self._version_root(version)
+        if (root / "MLmodel").is_file():
+            from mlflow.models import Model
+
+            flavor = Model.load(str(root / "MLmodel")).flavors.get("python_function", {})
+            recorded = (flavor.get("model_config") or {}).get(MANIFEST_TAG)
+            if recorded:
+                return dict(recorded)
+        return model_manifest(self.local_folder(version))
+
+    def verify(self, version: Any, folder: Path) -> None:
+        """Refuse (DigestMismatchError naming the file) a version whose files differ from
+        the sha256 manifest recorded at registration; versions registered before manifests
+        were recorded load with a warning."""
+        recorded = (version.tags or {}).get(MANIFEST_TAG)
+        ref = f"{version.name}/{version.version}"
+        if not recorded:
+            if ref not in _UNVERIFIED:
+                _UNVERIFIED.add(ref)
+                log.warning("%s: registered without a digest manifest; not verified", ref)
+            return
+        verify_manifest(folder, json.loads(recorded), ref)
+
+    def sbom_path(self, version: Any) -> Path:
+        """The version's CycloneDX SBOM (the environment that registered it)."""
+        with _errors(f"{version.name}/{version.version}", self.uri):
+            return self._version_root(version) / SBOM_FILE
 
     def get_version(self, ref: str | ModelRef) -> Any:
         parsed = parse_ref(ref) if isinstance(ref, str) else ref
@@ -520,4 +574,5 @@ def resolve_ref_version(ref: str, cfg: RegistryConfig | None = None) -> tuple[Pa
     folder = registry.local_folder(version)
     if not folder.is_dir():
         raise RegistryError(f"{ref}: registered, but its model folder is missing at {folder}")
+    registry.verify(version, folder)  # every load of a registered version: sha256 vs registry
     return folder, f"{version.name}/{version.version}"

@@ -135,11 +135,19 @@ def _register_deploy(sub: argparse._SubParsersAction) -> None:
     k8s.add_argument("model_ref", help="NAME@ALIAS, NAME/VERSION or folder")
     k8s.add_argument("--out", type=Path, required=True, help="output folder")
     k8s.add_argument("--name", help="Kubernetes name (default: from the model ref)")
-    k8s.add_argument("--image", default=None, help="container image")
+    k8s.add_argument(
+        "--image", default=None, help="container image (default: honed-serve at this version)"
+    )
+    k8s.add_argument("--image-tag", help="image tag or sha256:<digest> (default: honed version)")
     k8s.add_argument("--replicas", type=int, default=1, help="minimum replicas")
     k8s.add_argument("--max-replicas", type=int, default=4, help="HPA maximum")
     k8s.add_argument("--gpus", type=int, default=0, help="GPUs per pod")
     k8s.add_argument("--keys-secret", help="Secret with keys.yaml and probe-key")
+    k8s.add_argument(
+        "--external-keys",
+        action="store_true",
+        help="API keys reach the pod another way (HONED_SERVE_API_KEYS_FILE, HONED_PROBE_KEY)",
+    )
     k8s.add_argument("--no-check", action="store_true", help="do not resolve the ref now")
     k8s.set_defaults(func=_deploy_k8s)
     ep = psub.add_parser(
@@ -163,6 +171,7 @@ def _register_deploy(sub: argparse._SubParsersAction) -> None:
         help="sagemaker: s3://BUCKET/KEY/model.tar.gz; the archive is written next to --out",
     )
     ep.add_argument("--image", default=None, help="container image")
+    ep.add_argument("--image-tag", help="image tag or sha256:<digest> (default: honed version)")
     ep.add_argument("--instance", help="instance type")
     ep.set_defaults(func=_deploy_endpoint)
 
@@ -234,19 +243,21 @@ def _check_ref(ref: str) -> None:
 
 
 def _deploy_k8s(args: argparse.Namespace) -> int:
-    from honed.serve.deploy import DEFAULT_IMAGE, DeployOptions, k8s_name, write_k8s
+    from honed.serve.deploy import DeployOptions, check_keys, image_ref, k8s_name, write_k8s
 
-    if not args.no_check:
-        _check_ref(args.model_ref)
     opts = DeployOptions(
         model_ref=args.model_ref,
         name=args.name or k8s_name(args.model_ref),
-        image=args.image or DEFAULT_IMAGE,
+        image=image_ref(args.image, args.image_tag),
         replicas=args.replicas,
         max_replicas=args.max_replicas,
         gpus=args.gpus,
         keys_secret=args.keys_secret,
+        external_keys=args.external_keys,
     )
+    check_keys(opts)
+    if not args.no_check:
+        _check_ref(args.model_ref)
     for path in write_k8s(opts, args.out):
         print(path)
     return 0
@@ -265,7 +276,7 @@ def _deploy_endpoint(args: argparse.Namespace) -> int:
         deploy.served_name(args.model_ref, folder),
         deploy.k8s_name(args.model_ref),
         source,
-        args.image or deploy.DEFAULT_IMAGE,
+        deploy.image_ref(args.image, args.image_tag),
         args.instance,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ that registry: an Inference Endpoint loads the hub repo `honed push` uploaded (m
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
@@ -19,20 +20,64 @@ import yaml
 
 from honed.errors import HonedError
 
-DEFAULT_IMAGE = "ghcr.io/honed/honed-serve:latest"
+IMAGE_REPO = "ghcr.io/honed/honed-serve"
 PORT = 8000
 _K8S_NAME = re.compile(r"[^a-z0-9-]+")
+#: The image's non-root user (deploy/Dockerfile creates it with this uid and gid).
+RUN_AS = 10001
+#: Writable paths on a read-only root filesystem: temp files and library caches
+#: (HOME=/home/honed in the image; torch, triton and HF write under ~/.cache).
+SCRATCH_MOUNTS = {"tmp": "/tmp", "cache": "/home/honed/.cache"}
+_DOCKER_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_IMAGE_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 class DeployError(HonedError):
     """A deployment artefact cannot be produced (bad option, unknown model, offline push)."""
 
 
+def image_tag() -> str:
+    """The image tag of this honed release: its version (a local `+build` part as `-build`)."""
+    try:
+        version = importlib.metadata.version("honed")
+    except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
+        raise DeployError("honed's version is unknown (not installed); pass --image") from None
+    return version.replace("+", "-")
+
+
+def image_ref(image: str | None = None, tag: str | None = None) -> str:
+    """The image to deploy, pinned: IMAGE_REPO at this honed version, `tag` (a tag or a
+    sha256 digest) on `image` or IMAGE_REPO, or `image` as given; never untagged or :latest,
+    which would run whatever was pushed last."""
+    if tag:
+        repo = image or IMAGE_REPO
+        if _IMAGE_DIGEST.match(tag):
+            return f"{repo}@{tag}"
+        if not _DOCKER_TAG.match(tag):
+            raise DeployError(f"--image-tag {tag!r}: not a tag or a sha256:<64 hex> digest")
+        image = f"{repo}:{tag}"
+    image = image or f"{IMAGE_REPO}:{image_tag()}"
+    _check_pinned(image)
+    return image
+
+
+def _check_pinned(image: str) -> None:
+    if "@sha256:" in image:
+        return
+    last = image.rsplit("/", 1)[-1]
+    tag = last.partition(":")[2]
+    if not tag or tag == "latest":
+        raise DeployError(
+            f"image {image!r}: pin a version tag or a digest (REPO:TAG, REPO@sha256:...), "
+            "not an untagged or :latest image that changes under the deployment"
+        )
+
+
 @dataclass(frozen=True)
 class DeployOptions:
     model_ref: str
     name: str
-    image: str = DEFAULT_IMAGE
+    image: str | None = None  # None: IMAGE_REPO at this honed version (see image_ref)
     replicas: int = 1
     max_replicas: int = 4
     cpu: str = "2"
@@ -40,6 +85,9 @@ class DeployOptions:
     gpus: int = 0
     volume_claim: str = "honed-models"
     keys_secret: str | None = None
+    # API keys reach the pod another way (a secrets operator, a CSI driver, a patch): the pod
+    # still gets HONED_SERVE_API_KEYS_FILE and HONED_PROBE_KEY, from that source.
+    external_keys: bool = False
     target_cpu_percent: int = 70
 
 
@@ -61,6 +109,34 @@ def _probe_key_exec(path: str) -> dict[str, Any]:
     return {"exec": {"command": ["python", "-c", script]}}
 
 
+def _security_context() -> dict[str, Any]:
+    """The container's: non-root, read-only root filesystem, no privilege escalation, no
+    Linux capabilities, the runtime's default seccomp profile (the restricted Pod Security
+    Standard)."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _keys_env(o: DeployOptions) -> list[dict[str, Any]]:
+    if not o.keys_secret:
+        return []  # external keys: the source that provides them sets both variables
+    return [
+        {"name": "HONED_SERVE_API_KEYS_FILE", "value": "/keys/keys.yaml"},
+        {
+            "name": "HONED_PROBE_KEY",
+            "valueFrom": {"secretKeyRef": {"name": o.keys_secret, "key": "probe-key"}},
+        },
+    ]
+
+
 def _container(o: DeployOptions) -> dict[str, Any]:
     resources: dict[str, Any] = {
         "requests": {"cpu": o.cpu, "memory": o.memory},
@@ -70,31 +146,26 @@ def _container(o: DeployOptions) -> dict[str, Any]:
         resources["limits"]["nvidia.com/gpu"] = o.gpus
     env = [
         {"name": "HONED_HOME", "value": "/models/.honed"},
+        {"name": "HF_HOME", "value": "/models/.hf"},
         {"name": "HONED_SERVE_HOST", "value": "0.0.0.0"},
         {"name": "HONED_SERVE_PORT", "value": str(PORT)},
+        *_keys_env(o),
     ]
     mounts = [{"name": "models", "mountPath": "/models"}]
-    readiness: dict[str, Any] = {"httpGet": {"path": "/readyz", "port": "http"}}
+    mounts += [{"name": name, "mountPath": path} for name, path in SCRATCH_MOUNTS.items()]
     if o.keys_secret:
-        env += [
-            {"name": "HONED_SERVE_API_KEYS_FILE", "value": "/keys/keys.yaml"},
-            {
-                "name": "HONED_PROBE_KEY",
-                "valueFrom": {"secretKeyRef": {"name": o.keys_secret, "key": "probe-key"}},
-            },
-        ]
         mounts.append({"name": "keys", "mountPath": "/keys", "readOnly": True})
-        readiness = _probe_key_exec("/readyz")
     return {
         "name": "honed-serve",
-        "image": o.image,
+        "image": image_ref(o.image),
         "args": ["serve", o.model_ref],
         "ports": [{"name": "http", "containerPort": PORT}],
         "env": env,
         "volumeMounts": mounts,
         "resources": resources,
+        "securityContext": _security_context(),
         "readinessProbe": {
-            **readiness,
+            **_probe_key_exec("/readyz"),  # keys are always on: /readyz needs the probe key
             "periodSeconds": 5,
             "failureThreshold": 3,
             "timeoutSeconds": 5,
@@ -113,12 +184,11 @@ def _container(o: DeployOptions) -> dict[str, Any]:
     }
 
 
-def k8s_manifests(o: DeployOptions) -> list[dict[str, Any]]:
-    """Deployment (readiness /readyz, liveness /healthz), Service, HorizontalPodAutoscaler."""
-    labels = {"app.kubernetes.io/name": "honed-serve", "app.kubernetes.io/instance": o.name}
+def _volumes(o: DeployOptions) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
         {"name": "models", "persistentVolumeClaim": {"claimName": o.volume_claim}}
     ]
+    volumes += [{"name": name, "emptyDir": {}} for name in SCRATCH_MOUNTS]
     if o.keys_secret:
         volumes.append(
             {
@@ -126,9 +196,46 @@ def k8s_manifests(o: DeployOptions) -> list[dict[str, Any]]:
                 "secret": {
                     "secretName": o.keys_secret,
                     "items": [{"key": "keys.yaml", "path": "keys.yaml"}],
+                    "defaultMode": 0o440,
                 },
             }
         )
+    return volumes
+
+
+def check_keys(o: DeployOptions) -> None:
+    """The Service listens on 0.0.0.0, where the server refuses to start without API keys:
+    refuse to render a pod that would crash-loop (or, on an older image, serve every route,
+    admin included, to the cluster)."""
+    if not o.keys_secret and not o.external_keys:
+        raise DeployError(
+            "the pods listen on 0.0.0.0 and need API keys: pass --keys-secret NAME (a Secret "
+            "with keys.yaml from `honed apikey create` and probe-key, an infer key for the "
+            "readiness probe), or --external-keys if HONED_SERVE_API_KEYS_FILE and "
+            "HONED_PROBE_KEY reach the pod another way"
+        )
+
+
+def _pod_spec(o: DeployOptions) -> dict[str, Any]:
+    return {
+        "automountServiceAccountToken": False,  # the server never calls the Kubernetes API
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "fsGroup": RUN_AS,  # the models volume is writable by the image's user
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [_container(o)],
+        "volumes": _volumes(o),
+        "terminationGracePeriodSeconds": 60,
+    }
+
+
+def k8s_manifests(o: DeployOptions) -> list[dict[str, Any]]:
+    """Deployment (readiness /readyz, liveness /healthz), Service, HorizontalPodAutoscaler."""
+    check_keys(o)
+    labels = {"app.kubernetes.io/name": "honed-serve", "app.kubernetes.io/instance": o.name}
     meta = {"name": o.name, "labels": labels, "annotations": {"honed.dev/model-ref": o.model_ref}}
     deployment = {
         "apiVersion": "apps/v1",
@@ -137,14 +244,7 @@ def k8s_manifests(o: DeployOptions) -> list[dict[str, Any]]:
         "spec": {
             "replicas": o.replicas,
             "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "containers": [_container(o)],
-                    "volumes": volumes,
-                    "terminationGracePeriodSeconds": 60,
-                },
-            },
+            "template": {"metadata": {"labels": labels}, "spec": _pod_spec(o)},
         },
     }
     service = {
@@ -178,12 +278,25 @@ def k8s_manifests(o: DeployOptions) -> list[dict[str, Any]]:
     return [deployment, service, hpa]
 
 
+class _NoAliasDumper(yaml.SafeDumper):
+    """Plain YAML: a dict used twice (the labels) is written twice, not as &id001/*id001,
+    which some tools (kubectl diff, policy engines, humans) read badly."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def to_yaml(doc: dict[str, Any]) -> str:
+    return yaml.dump(doc, Dumper=_NoAliasDumper, sort_keys=False)
+
+
 def write_k8s(o: DeployOptions, out: Path) -> list[Path]:
+    docs = k8s_manifests(o)  # before any file is written: a refusal leaves nothing behind
     out.mkdir(parents=True, exist_ok=True)
     files = []
-    for doc in k8s_manifests(o):
+    for doc in docs:
         path = out / f"{doc['kind'].lower()}.yaml"
-        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        path.write_text(to_yaml(doc))
         files.append(path)
     return files
 

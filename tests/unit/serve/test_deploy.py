@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tarfile
 
 import pytest
@@ -35,6 +36,8 @@ def test_k8s_render_kinds_and_probes(tiny, tmp_path, capsys):
                 "1",
                 "--max-replicas",
                 "3",
+                "--keys-secret",
+                "honed-keys",
             ]
         )
         == 0
@@ -47,11 +50,11 @@ def test_k8s_render_kinds_and_probes(tiny, tmp_path, capsys):
     pod = dep["spec"]["template"]
     assert dep["spec"]["selector"]["matchLabels"] == pod["metadata"]["labels"]
     c = pod["spec"]["containers"][0]
-    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert "/readyz" in str(c["readinessProbe"]["exec"])
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert c["args"] == ["serve", str(tiny["base"])]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert {v["name"] for v in pod["spec"]["volumes"]} == {"models"}  # weights mounted
+    assert {v["name"] for v in pod["spec"]["volumes"]} == {"models", "tmp", "cache", "keys"}
     svc = by_kind["Service"]
     assert svc["spec"]["selector"] == pod["metadata"]["labels"]
     assert svc["spec"]["ports"][0]["targetPort"] == "http"
@@ -71,7 +74,8 @@ def test_k8s_with_keys_probes_with_a_key():
 
 
 def test_k8s_unknown_model_fails_fast(tmp_path, capsys):
-    assert main(["deploy", "k8s", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    out = str(tmp_path / "o")
+    assert main(["deploy", "k8s", str(tmp_path / "nope"), "--out", out, "--external-keys"]) == 2
     assert "nope" in capsys.readouterr().err
 
 
@@ -258,3 +262,92 @@ def test_pushed_card_names_the_repo_in_its_loading_examples(tmp_path):
     card = card_for_repo(tmp_path, "me/model").decode()
     assert CARD_PLACEHOLDER not in card and 'model="me/model"' in card
     assert ModelCard(card).data.license == "apache-2.0"  # the metadata block is untouched
+
+
+# -- hardening (issue 13) ---------------------------------------------------------------------
+def _pod(**options) -> dict:
+    from honed.serve.deploy import k8s_manifests
+
+    opts = DeployOptions(model_ref="fin@champion", name="fin", **options)
+    return k8s_manifests(opts)[0]["spec"]["template"]["spec"]
+
+
+def test_k8s_pods_run_hardened():
+    from honed.serve.deploy import RUN_AS
+
+    pod = _pod(keys_secret="honed-keys")
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["fsGroup"] == RUN_AS
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    ctx = pod["containers"][0]["securityContext"]
+    assert ctx["runAsNonRoot"] is True and ctx["runAsUser"] == ctx["runAsGroup"] == RUN_AS
+    assert ctx["readOnlyRootFilesystem"] is True and ctx["allowPrivilegeEscalation"] is False
+    assert ctx["capabilities"] == {"drop": ["ALL"]}
+    assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}
+    # With a read-only root, every path the server writes is a volume.
+    mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[mounts["/tmp"]]["emptyDir"] == {}
+    assert volumes[mounts["/home/honed/.cache"]]["emptyDir"] == {}
+    assert "persistentVolumeClaim" in volumes[mounts["/models"]]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["HONED_HOME"].startswith("/models/") and env["HF_HOME"].startswith("/models/")
+
+
+def test_k8s_image_is_the_honed_version_never_latest(tmp_path):
+    import importlib.metadata
+
+    from honed.serve.deploy import IMAGE_REPO, image_ref
+
+    version = importlib.metadata.version("honed")
+    image = _pod(keys_secret="k")["containers"][0]["image"]
+    assert image == f"{IMAGE_REPO}:{version}"
+    digest = "sha256:" + "a" * 64
+    assert image_ref(None, digest) == f"{IMAGE_REPO}@{digest}"
+    assert image_ref("reg.local/honed", "1.2.3") == "reg.local/honed:1.2.3"
+    assert image_ref("reg.local:5000/honed@" + digest) == "reg.local:5000/honed@" + digest
+    for bad in ("reg.local:5000/honed", "honed:latest", "honed"):
+        with pytest.raises(DeployError, match="pin a version tag or a digest"):
+            image_ref(bad)
+    with pytest.raises(DeployError, match="not a tag"):
+        image_ref(None, "bad tag!")
+    out = tmp_path / "k"
+    argv = ["deploy", "k8s", "fin@champion", "--out", str(out), "--no-check", "--external-keys"]
+    assert main([*argv, "--image-tag", digest]) == 0
+    dep = yaml.safe_load((out / "deployment.yaml").read_text())
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"].endswith("@" + digest)
+    assert main([*argv, "--image", "honed:latest"]) == 2
+
+
+def test_k8s_without_keys_is_refused_unless_they_come_from_elsewhere(tmp_path, capsys):
+    out = tmp_path / "k8s"
+    argv = ["deploy", "k8s", "fin@champion", "--out", str(out), "--no-check"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--keys-secret" in err and "--external-keys" in err and "Traceback" not in err
+    assert not out.exists()
+    assert main([*argv, "--external-keys"]) == 0
+    pod = yaml.safe_load((out / "deployment.yaml").read_text())["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert "keys" not in {v["name"] for v in pod["volumes"]}
+    assert "HONED_PROBE_KEY" in str(container["readinessProbe"])  # provided by that source
+
+
+def test_k8s_yaml_has_no_anchors(tmp_path):
+    from honed.serve.deploy import write_k8s
+
+    files = write_k8s(DeployOptions("fin@champion", "fin", keys_secret="k"), tmp_path)
+    for path in files:
+        text = path.read_text()
+        assert not re.search(r"[&*]id\d+", text), path.name
+    dep = yaml.safe_load((tmp_path / "deployment.yaml").read_text())
+    assert dep["spec"]["selector"]["matchLabels"] == dep["spec"]["template"]["metadata"]["labels"]
+
+
+@pytest.mark.parametrize("options", [{"keys_secret": "k", "gpus": 1}, {"external_keys": True}])
+def test_k8s_manifests_validate_against_the_kubernetes_schemas(options):
+    k8s = pytest.importorskip("kubernetes_validate")  # a dev dependency; offline schemas
+    from honed.serve.deploy import k8s_manifests
+
+    for doc in k8s_manifests(DeployOptions("fin@champion", "fin", **options)):
+        k8s.validate(doc, k8s.latest_version(), strict=True)  # raises on any unknown field
