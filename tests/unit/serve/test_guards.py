@@ -9,6 +9,7 @@ import sys
 import threading
 from pathlib import Path
 from types import ModuleType
+from typing import ClassVar
 
 import pytest
 from tests.unit.serve._serve_support import chat_body, run_app, settings_for
@@ -90,15 +91,16 @@ def test_cli_guard_flags_reach_the_settings(tmp_path, monkeypatch):
     commands.register(parser.add_subparsers())
     args = parser.parse_args(["serve", "m", "--guards-file", str(f), "--guard", "pii_input:flag"])
     args.func(args)
-    assert [(g.label, g.verb) for g in seen["s"].guards] == [("out", "redact"), ("pii_input", "flag")]
+    got = [(g.label, g.verb) for g in seen["s"].guards]
+    assert got == [("out", "redact"), ("pii_input", "flag")]
 
 
 # -- in the server --------------------------------------------------------------------------
 class _Detector:
     """Stands in for honed.security.injection.InjectionDetector (same signature)."""
 
-    gate: threading.Event | None = None
-    threads: list[str] = []
+    gate: ClassVar[threading.Event | None] = None
+    threads: ClassVar[list[str]] = []
 
     def __init__(self, model_dir: Path, threshold: float, device: str = "cpu") -> None:
         assert model_dir.is_dir()

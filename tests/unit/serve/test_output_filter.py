@@ -37,7 +37,7 @@ def test_email_split_across_deltas_is_redacted_and_text_flows_before_the_end():
     assert "@" not in "".join(sent)  # no part of the address ever left
     # chunks were released while deltas were still arriving (not the whole answer at the end)
     assert sum(1 for x in sent if x) >= 5 and len(tail) < len(ANSWER) / 2
-    (decision, _), = s.decisions()
+    ((decision, _),) = s.decisions()
     assert decision.decision == "redact" and decision.reason == "EMAIL_ADDRESS x1"
 
 
@@ -101,7 +101,7 @@ def test_stream_events_redacts_while_streaming(size):
         task = asyncio.create_task(produce())
         s = screen(GuardConfig(kind="pii_output"))
         events, first_at = [], None
-        async for kind, index, value, _ in stream_events([job], time.monotonic() + 60, s):
+        async for kind, _, value, _ in stream_events([job], time.monotonic() + 60, s):
             if kind == "delta" and value and first_at is None:
                 first_at = produced["n"]
             events.append((kind, value))
