@@ -46,7 +46,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from honed.security.guards_config import INPUT_KINDS, GuardConfig, random_canary
 from honed.serve.http.errors import APIError
@@ -130,6 +130,12 @@ def optional_module(name: str, kind: str) -> Any:
         raise ServeConfigError(f"guard {kind!r} needs honed.security.{name}: {err}") from None
 
 
+def warm(find: Callable[..., Any], *args: Any) -> None:
+    """One call at start: detectors build their engines on first use (Presidio: seconds),
+    which should not be the first request's latency."""
+    find("warm-up text, nothing to find", *args)
+
+
 class _Heuristics:
     def __init__(self, cfg: GuardConfig) -> None:
         self.find = optional_module("injection", cfg.kind).heuristic_findings
@@ -163,6 +169,7 @@ class _Pii:
         self.pii = optional_module("pii", cfg.kind)
         self.entities = tuple(cfg.entities) if cfg.entities else self.pii.STRUCTURED
         self.min_score = cfg.min_score
+        warm(self.pii.find_pii, self.entities, self.min_score)
 
     def check(self, texts: list[str]) -> Finding:
         found = [self.pii.find_pii(t, self.entities, self.min_score) for t in texts]
@@ -174,6 +181,7 @@ class _Pii:
 class _Secrets:
     def __init__(self, cfg: GuardConfig) -> None:
         self.secrets = optional_module("secrets", cfg.kind)
+        warm(self.secrets.find_secrets)
 
     def check(self, texts: list[str]) -> Finding:
         found = [self.secrets.find_secrets(t) for t in texts]
@@ -195,6 +203,49 @@ def replace_spans(text: str, spans: Sequence[tuple[int, int, str]]) -> str:
         last = end
     out.append(text[last:])
     return "".join(out)
+
+
+class Span(NamedTuple):
+    start: int
+    end: int
+    tag: str  # what replaces it when redacted
+    guard: int  # index of the check that found it
+    key: str  # what it is (entity type, secret kind, "canary"), for the decision's reason
+
+
+class OutputCheck:
+    """One configured output guard: spans of a text."""
+
+    def __init__(self, cfg: GuardConfig, canary: str | None) -> None:
+        self.cfg = cfg
+        self.action = cfg.verb
+        if cfg.kind == "pii_output":
+            pii = optional_module("pii", cfg.kind)
+            entities = tuple(cfg.entities) if cfg.entities else pii.STRUCTURED
+            warm(pii.find_pii, entities, cfg.min_score)
+            self._find = lambda t: [
+                (s.start, s.end, pii.TAGS.get(s.entity, f"[{s.entity}]"), s.entity)
+                for s in pii.find_pii(t, entities, cfg.min_score)
+            ]
+        elif cfg.kind == "secrets_output":
+            secrets = optional_module("secrets", cfg.kind)
+            warm(secrets.find_secrets)
+            self._find = lambda t: [
+                (s.start, s.end, "[SECRET]", s.kind) for s in secrets.find_secrets(t)
+            ]
+        else:  # canary_token
+            self._find = lambda t: _occurrences(t, canary or "")
+
+    def spans(self, text: str, index: int) -> list[Span]:
+        return [Span(a, b, tag, index, key) for a, b, tag, key in self._find(text)]
+
+
+def _occurrences(text: str, needle: str) -> list[tuple[int, int, str, str]]:
+    out, at = [], text.find(needle) if needle else -1
+    while at >= 0:
+        out.append((at, at + len(needle), "", "canary"))
+        at = text.find(needle, at + len(needle))
+    return out
 
 
 _INPUT_CHECKS: dict[str, Callable[[GuardConfig], Any]] = {
@@ -227,6 +278,10 @@ class GuardSet:
         self.outputs = [c for c in configs if c.is_output]
         canary = next((c for c in configs if c.kind == "canary_token"), None)
         self.canary = (canary.canary or random_canary()) if canary else None
+        self.output_checks = [OutputCheck(c, self.canary) for c in self.outputs]
+        # Streams hold back the widest window, and never less than the canary's length.
+        self.window = max([c.window_chars for c in self.outputs], default=0)
+        self.window = max(self.window, len(self.canary or ""))
 
     def __bool__(self) -> bool:
         return bool(self.inputs or self.outputs)

@@ -21,61 +21,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
-from honed.security.guards_config import GuardConfig
-from honed.serve.http.guards import (
-    Decision,
-    GuardSet,
-    counts,
-    optional_module,
-    record,
-    replace_spans,
-)
+from honed.serve.http.guards import Decision, GuardSet, Span, counts, record, replace_spans
 from honed.serve.http.response_format import JsonFormat
 
 _WHITESPACE = " \n\t\r"
-
-
-class Span(NamedTuple):
-    start: int
-    end: int
-    tag: str  # what replaces it when redacted
-    guard: int  # index of the check that found it
-    key: str  # what it is (entity type, secret kind, "canary"), for the decision's reason
-
-
-class _Check:
-    """One configured output guard: spans of a text."""
-
-    def __init__(self, cfg: GuardConfig, canary: str | None) -> None:
-        self.cfg = cfg
-        self.action = cfg.verb
-        if cfg.kind == "pii_output":
-            pii = optional_module("pii", cfg.kind)
-            entities = tuple(cfg.entities) if cfg.entities else pii.STRUCTURED
-            self._find = lambda t: [
-                (s.start, s.end, pii.TAGS.get(s.entity, f"[{s.entity}]"), s.entity)
-                for s in pii.find_pii(t, entities, cfg.min_score)
-            ]
-        elif cfg.kind == "secrets_output":
-            secrets = optional_module("secrets", cfg.kind)
-            self._find = lambda t: [
-                (s.start, s.end, "[SECRET]", s.kind) for s in secrets.find_secrets(t)
-            ]
-        else:  # canary_token
-            self._find = lambda t: _occurrences(t, canary or "")
-
-    def spans(self, text: str, index: int) -> list[Span]:
-        return [Span(a, b, tag, index, key) for a, b, tag, key in self._find(text)]
-
-
-def _occurrences(text: str, needle: str) -> list[tuple[int, int, str, str]]:
-    out, at = [], text.find(needle) if needle else -1
-    while at >= 0:
-        out.append((at, at + len(needle), "", "canary"))
-        at = text.find(needle, at + len(needle))
-    return out
 
 
 @dataclass
@@ -96,11 +47,8 @@ class OutputScreen:
         hooks: Callable[[str], str] | None = None,
         fmt: JsonFormat | None = None,
     ) -> None:
-        canary = guards.canary if guards else None
-        self.checks = [_Check(c, canary) for c in (guards.outputs if guards else [])]
-        self.window = max([c.window_chars for c in (guards.outputs if guards else [])], default=0)
-        if canary:
-            self.window = max(self.window, len(canary))
+        self.checks = guards.output_checks if guards else []
+        self.window = guards.window if guards else 0
         self.hooks = hooks
         self.fmt = fmt
         self.tally = [_Tally() for _ in self.checks]
