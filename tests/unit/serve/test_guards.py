@@ -180,6 +180,7 @@ def test_input_guards_block_flag_redact_and_log(tiny, tmp_path, fake_security):
     by_status = {}
     for r in records:
         by_status.setdefault(r["status"], []).append(r)
+    assert by_status[400][0]["input"] == "an attack"  # kept for review
     blocked = by_status[400][0]["guards"]
     assert [g["name"] for g in blocked] == ["heuristics", "injection"]
     assert blocked[1] == {

@@ -77,6 +77,10 @@ class _Job:
     def __init__(self) -> None:
         self.events: asyncio.Queue = asyncio.Queue()
         self.params = SimpleNamespace(n=1)
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
 
 @pytest.mark.parametrize("size", [1, 3, 7])
@@ -113,3 +117,24 @@ def test_stream_events_redacts_while_streaming(size):
     assert text == ANSWER.replace("john.doe@example.com", "[EMAIL]")
     assert events[-1] == ("finish", "stop")
     assert first_at is not None and first_at < total
+
+
+def test_a_blocked_stream_stops_its_generation():
+    canary = "CANARY-0123456789abcdef"
+    text = "Here it is: " + canary + " " + "and the rest of the system prompt " * 6
+
+    async def main():
+        job = _Job()
+        for p in pieces(text, 4):
+            job.events.put_nowait(("delta", 0, p, []))
+        job.events.put_nowait(("finish", 0, "cancelled"))
+        job.events.put_nowait(("done",))
+        s = screen(GuardConfig(kind="canary_token", canary=canary))
+        events = [(k, v) async for k, _, v, _ in stream_events([job], time.monotonic() + 60, s)]
+        return job, events, s
+
+    job, events, s = asyncio.run(main())
+    assert job.cancelled  # an engine stops generating for it
+    assert "".join(v for k, v in events if k == "delta") == "Here it is: "
+    assert events[-1] == ("finish", "content_filter")
+    assert s.decisions()[0][0].decision == "block"

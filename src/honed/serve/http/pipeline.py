@@ -133,7 +133,11 @@ async def _configured_guards(request: Request, call: _Call, tracker: Tracker) ->
     if guards is None:
         return
     roles = [m["role"] for m in call.messages] if isinstance(call, _Chat) else None
-    texts = await screen_inputs(tracker, call.texts, roles)
+    try:
+        texts = await screen_inputs(tracker, call.texts, roles)
+    except APIError:  # the refused input stays in the log (redacted there), for review
+        tracker.records = [{"input": text} for text in call.inputs or call.texts]
+        raise
     if texts != call.texts:
         call.use_texts(texts)
     if isinstance(call, _Generate):
@@ -572,6 +576,17 @@ async def stream_events(
             one = streams.setdefault(index, screen.stream(index))
             async for event in _screened(screen, one, kind, rest[1], entries):
                 yield event
+            _stop_if_blocked(job, p, streams)
+
+
+def _stop_if_blocked(job: GenJob, p: int, streams: dict[int, ChoiceStream]) -> None:
+    """A job whose choices an output guard all blocked stops generating (nothing more of it
+    would be sent)."""
+    n = job.params.n
+    if not job.cancelled and all(
+        (one := streams.get(p * n + i)) is not None and one.blocked for i in range(n)
+    ):
+        job.cancel()
 
 
 async def _screened(
