@@ -164,33 +164,40 @@ class _Injection:
         return Finding(hit, round(score, 4), why)
 
 
-class _Pii:
+class _SpanInput:
+    """pii_input / secrets_input: spans found in each text (redacted by their tags)."""
+
     def __init__(self, cfg: GuardConfig) -> None:
-        self.pii = optional_module("pii", cfg.kind)
-        self.entities = tuple(cfg.entities) if cfg.entities else self.pii.STRUCTURED
-        self.min_score = cfg.min_score
-        warm(self.pii.find_pii, self.entities, self.min_score)
+        self.find = span_finder(cfg)
 
     def check(self, texts: list[str]) -> Finding:
-        found = [self.pii.find_pii(t, self.entities, self.min_score) for t in texts]
-        keys = [s.entity for spans in found for s in spans]
-        redacted = [self.pii.redact_spans(t, s) for t, s in zip(texts, found, strict=True)]
-        return Finding(bool(keys), None, counts(keys) or None, redacted)
-
-
-class _Secrets:
-    def __init__(self, cfg: GuardConfig) -> None:
-        self.secrets = optional_module("secrets", cfg.kind)
-        warm(self.secrets.find_secrets)
-
-    def check(self, texts: list[str]) -> Finding:
-        found = [self.secrets.find_secrets(t) for t in texts]
-        keys = [s.kind for spans in found for s in spans]
+        found = [self.find(t) for t in texts]
+        keys = [key for spans in found for *_, key in spans]
         redacted = [
-            replace_spans(t, [(s.start, s.end, "[SECRET]") for s in f])
-            for t, f in zip(texts, found, strict=True)
+            replace_spans(t, [(a, b, tag) for a, b, tag, _ in spans])
+            for t, spans in zip(texts, found, strict=True)
         ]
         return Finding(bool(keys), None, counts(keys) or None, redacted)
+
+
+RawSpan = tuple[int, int, str, str]  # start, end, tag, key (entity type, secret kind, canary)
+
+
+def span_finder(cfg: GuardConfig, canary: str | None = None) -> Callable[[str], list[RawSpan]]:
+    """The detector of a span kind (PII, secrets, the canary), warmed up once."""
+    if cfg.kind.startswith("pii_"):
+        pii = optional_module("pii", cfg.kind)
+        entities = tuple(cfg.entities) if cfg.entities else pii.STRUCTURED
+        warm(pii.find_pii, entities, cfg.min_score)
+        return lambda t: [
+            (s.start, s.end, pii.TAGS.get(s.entity, f"[{s.entity}]"), s.entity)
+            for s in pii.find_pii(t, entities, cfg.min_score)
+        ]
+    if cfg.kind.startswith("secrets_"):
+        secrets = optional_module("secrets", cfg.kind)
+        warm(secrets.find_secrets)
+        return lambda t: [(s.start, s.end, "[SECRET]", s.kind) for s in secrets.find_secrets(t)]
+    return lambda t: _occurrences(t, canary or "")
 
 
 def replace_spans(text: str, spans: Sequence[tuple[int, int, str]]) -> str:
@@ -219,28 +226,13 @@ class OutputCheck:
     def __init__(self, cfg: GuardConfig, canary: str | None) -> None:
         self.cfg = cfg
         self.action = cfg.verb
-        if cfg.kind == "pii_output":
-            pii = optional_module("pii", cfg.kind)
-            entities = tuple(cfg.entities) if cfg.entities else pii.STRUCTURED
-            warm(pii.find_pii, entities, cfg.min_score)
-            self._find = lambda t: [
-                (s.start, s.end, pii.TAGS.get(s.entity, f"[{s.entity}]"), s.entity)
-                for s in pii.find_pii(t, entities, cfg.min_score)
-            ]
-        elif cfg.kind == "secrets_output":
-            secrets = optional_module("secrets", cfg.kind)
-            warm(secrets.find_secrets)
-            self._find = lambda t: [
-                (s.start, s.end, "[SECRET]", s.kind) for s in secrets.find_secrets(t)
-            ]
-        else:  # canary_token
-            self._find = lambda t: _occurrences(t, canary or "")
+        self._find = span_finder(cfg, canary)
 
     def spans(self, text: str, index: int) -> list[Span]:
         return [Span(a, b, tag, index, key) for a, b, tag, key in self._find(text)]
 
 
-def _occurrences(text: str, needle: str) -> list[tuple[int, int, str, str]]:
+def _occurrences(text: str, needle: str) -> list[RawSpan]:
     out, at = [], text.find(needle) if needle else -1
     while at >= 0:
         out.append((at, at + len(needle), "", "canary"))
@@ -251,8 +243,8 @@ def _occurrences(text: str, needle: str) -> list[tuple[int, int, str, str]]:
 _INPUT_CHECKS: dict[str, Callable[[GuardConfig], Any]] = {
     "heuristics": _Heuristics,
     "injection": _Injection,
-    "pii_input": _Pii,
-    "secrets_input": _Secrets,
+    "pii_input": _SpanInput,
+    "secrets_input": _SpanInput,
 }
 
 

@@ -573,7 +573,7 @@ async def stream_events(
             if screen is None:
                 yield kind, index, rest[1], entries
                 continue
-            one = streams.setdefault(index, screen.stream(index))
+            one = streams.get(index) or streams.setdefault(index, screen.stream(index))
             async for event in _screened(screen, one, kind, rest[1], entries):
                 yield event
             _stop_if_blocked(job, p, streams)
