@@ -86,8 +86,6 @@ def run_output_guards(guards: list[OutputGuard], ctx: GuardContext, text: str) -
 
 # -- configured guards -----------------------------------------------------------------------
 
-SEVERITY = {"pass": 0, "flag": 1, "redact": 2, "block": 3}
-
 
 @dataclass
 class Decision:

@@ -27,6 +27,7 @@ from honed.serve.http.guards import Decision, GuardSet, Span, counts, record, re
 from honed.serve.http.response_format import JsonFormat
 
 _WHITESPACE = " \n\t\r"
+_MIN_RELEASE = 16  # characters
 
 
 @dataclass
@@ -172,9 +173,10 @@ class ChoiceStream:
         if limit <= 0:
             return 0
         at = max(text.rfind(c, 0, limit) for c in _WHITESPACE)
-        if at >= 0:
-            return at + 1
-        return limit if len(text) >= 4 * window else 0
+        cut = at + 1 if at >= 0 else (limit if len(text) >= 4 * window else 0)
+        # Detectors run once per release: releasing a few words at a time, not every token,
+        # keeps their cost per answer down.
+        return cut if cut >= _MIN_RELEASE else 0
 
     def _release(self, cut: int) -> str:
         if cut <= 0:
