@@ -97,6 +97,16 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
     )
     for flag, _, typ, text in _SERVE_FLAGS:
         p.add_argument(flag, type=typ, help=text)
+    p.add_argument(
+        "--guard",
+        action="append",
+        default=[],
+        metavar="KIND[:ACTION[:MODEL_DIR]]",
+        help="a guard (repeatable): injection, heuristics, pii_input, secrets_input, "
+        "pii_output, secrets_output, canary_token; action block, flag or redact; e.g. "
+        "injection:block:runs/guard/model",
+    )
+    p.add_argument("--guards-file", type=Path, help="YAML/JSON list of guards (all fields)")
     p.add_argument("--log-level", default="info", help="uvicorn log level")
     p.set_defaults(func=_serve)
 
@@ -192,6 +202,7 @@ def _serve(args: argparse.Namespace) -> int:
     flags["merge_adapter"] = args.merge_adapter
     flags["classify_packing"] = args.classify_packing
     flags["continuous_batching"] = args.continuous_batching
+    flags["guards"] = _guards(args)
     settings = ServeSettings.load(args.config, **flags)
     _check_models(settings)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -204,6 +215,15 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_keep_alive=settings.keep_alive_s,
     )
     return 0
+
+
+def _guards(args: argparse.Namespace) -> list | None:
+    """--guards-file's guards, then each --guard; None: no flag (YAML / env decide)."""
+    from honed.security.guards_config import load_guards_file, parse_guard_flag
+
+    guards = load_guards_file(args.guards_file) if args.guards_file else []
+    guards += [parse_guard_flag(g) for g in args.guard]
+    return guards if args.guards_file or args.guard else None
 
 
 def _check_models(settings) -> None:

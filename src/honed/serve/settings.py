@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -14,6 +14,7 @@ from pydantic_settings import (
 )
 
 from honed.errors import HonedError
+from honed.security.guards_config import GuardConfig, check_names
 
 Scope = Literal["infer", "admin"]
 
@@ -111,6 +112,14 @@ class ServeSettings(BaseSettings):
         "any rolling hour; beyond it 429 with Retry-After, and a warning is logged. 0: no cap. "
         "Applies with API keys only (a keyless loopback server has no per-key identity).",
     )
+    # -- guards -----------------------------------------------------------------------------
+    guards: list[GuardConfig] = Field(
+        default_factory=list,
+        description="Input and output guards, run in this order (honed.security.guards_config"
+        "): injection, heuristics, pii_input, secrets_input, pii_output, secrets_output, "
+        "canary_token, each with an action block | flag | redact. Env: HONED_SERVE_GUARDS as "
+        "a JSON list; flags: --guard KIND[:ACTION[:MODEL_DIR]], --guards-file.",
+    )
     # -- network ----------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Bind address (0.0.0.0 inside a container).")
     port: int = Field(8000, ge=1, le=65535, description="TCP port.")
@@ -198,6 +207,11 @@ class ServeSettings(BaseSettings):
         False, description="Also answer SageMaker's GET /ping and POST /invocations."
     )
     warmup: bool = Field(True, description="Run one real forward pass before /readyz says ready.")
+
+    @field_validator("guards")
+    @classmethod
+    def _unique_guard_names(cls, guards: list[GuardConfig]) -> list[GuardConfig]:
+        return check_names(guards)
 
     @classmethod
     def settings_customise_sources(

@@ -6,6 +6,7 @@ the weights loaded and a real forward pass ran). Tests pass a ready-made Engine.
 
 Extension points on `app.state` (see docs/serving.md):
   input_guards / output_guards   lists of callables (honed.serve.http.guards)
+  guard_set                      the configured guards (settings.guards), built at start
   request_logger                 an object with .submit(record: dict), or None
 """
 
@@ -25,6 +26,7 @@ from honed.serve.engine.core import Engine
 from honed.serve.engine.loading_plan import build_engine
 from honed.serve.http.auth import AccessMiddleware, KeyStore
 from honed.serve.http.errors import ERROR_RESPONSES, install_error_handlers
+from honed.serve.http.guards import build_guard_set
 from honed.serve.http.json_body import JsonBodyMiddleware
 from honed.serve.http.metrics import Metrics, version_label
 from honed.serve.http.request_ids import RequestIdMiddleware
@@ -98,6 +100,7 @@ def _init_state(app: FastAPI, settings: ServeSettings, keys: KeyStore, engine: E
     app.state.started = int(time.time())
     app.state.input_guards = []
     app.state.output_guards = []
+    app.state.guard_set = build_guard_set(settings.guards)  # loads guard models now
     app.state.request_logger = _request_logger(settings)
 
 

@@ -7,6 +7,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_GUARD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
@@ -72,6 +73,21 @@ class Metrics:
             "honed_classifier_worker_restarts",
             "Classifier worker processes replaced after dying (classify_processes > 0).",
             ["model", "version"],
+            registry=r,
+        )
+        # Configured guards (honed.serve.http.guards): `guard` is a configured name, so the
+        # label values are few; `decision` pass | flag | redact | block.
+        self.guard_decisions = Counter(
+            "honed_guard_decisions",
+            "Guard decisions per configured guard.",
+            ["guard", "decision", "route"],
+            registry=r,
+        )
+        self.guard_latency = Histogram(
+            "honed_guard_latency_seconds",
+            "Time spent in each configured guard per request.",
+            ["guard"],
+            buckets=_GUARD_BUCKETS,
             registry=r,
         )
         self.batch_size = Histogram(

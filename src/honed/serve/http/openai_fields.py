@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from honed.serve.http.errors import APIError
+from honed.serve.http.response_format import JsonFormat
 from honed.serve.http.schemas import (
     ChatCompletionRequest,
     ChatMessage,
@@ -57,9 +58,7 @@ def _check_chat(body: ChatCompletionRequest) -> None:
         value = getattr(body, name)
         if value not in (None, "none"):
             raise unsupported(name, f'{name} other than "none" (tools are not supported)')
-    fmt = body.response_format
-    if fmt is not None and fmt.get("type", "text") != "text":
-        raise unsupported("response_format", f"response_format type {fmt.get('type')!r}")
+    JsonFormat.from_request(body.response_format)  # 400 for a type or schema not honoured
     if body.modalities is not None and set(body.modalities) - {"text"}:
         raise unsupported("modalities", f"modalities {body.modalities} (text only)")
     if body.top_logprobs is not None and not body.logprobs:

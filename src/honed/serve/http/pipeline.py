@@ -3,12 +3,14 @@
 route -> pipeline -> engine and back the same way:
 
   1. admit   the engine picks the model (404 / 400 for a wrong id or kind), input guards run
-             (honed.serve.http.guards), texts become prompts and go to the engine's queue
-             (503 when it is full)
+             (honed.serve.http.guards: hooks, then the configured guards in a worker thread),
+             texts become prompts and go to the engine's queue (503 when it is full)
   2. wait    until the engine answers, the client leaves (499) or the deadline passes (504);
              a streamed request instead sends server-sent events as tokens arrive
-  3. answer  output guards, the response body, and the request recorded exactly once
-             (metrics, request log, implicit feedback: honed.serve.http.tracking)
+  3. answer  output screening (honed.serve.http.output_filter: configured output guards,
+             output hooks, response_format; on streams with a look-behind window), the
+             response body, and the request recorded exactly once (metrics, request log with
+             the guards' decisions, implicit feedback: honed.serve.http.tracking)
 
 What differs between the routes (which texts are guarded and logged, how they become prompts,
 the body's shape) is one small class per request kind (`_Chat`, `_Completion`, `_Classify`);
@@ -37,8 +39,17 @@ from honed.serve.engine.generative import GenerativeModel
 from honed.serve.http import openai_fields as fields
 from honed.serve.http.auth import ApiKey
 from honed.serve.http.errors import APIError, from_engine
-from honed.serve.http.guards import GuardContext, run_input_guards, run_output_guards
+from honed.serve.http.guards import (
+    GuardContext,
+    check_logprobs,
+    insert_canary,
+    run_input_guards,
+    run_output_guards,
+    screen_inputs,
+)
 from honed.serve.http.logprob_shapes import chat_logprobs, completion_logprobs
+from honed.serve.http.output_filter import ChoiceStream, OutputScreen
+from honed.serve.http.response_format import JsonFormat
 from honed.serve.http.schemas import (
     ChatCompletionRequest,
     ClassifyRequest,
@@ -66,14 +77,14 @@ async def run(
     call = _CALLS[type(body)](body)
     tracker = Tracker(request, call.route, body.model, call.prefix)
     try:
-        ctx, work = _admit(request, call, engine, settings, key, tracker)
+        ctx, work = await _admit(request, call, engine, settings, key, tracker)
     except (APIError, EngineError) as err:
         raise _refused(tracker, err, settings) from None
     tracker.records = [{"input": text} for text in call.inputs]
     if call.regenerate is not None:
         caller = caller_of(request, ctx.api_key)
         tracker.watch_regenerate(caller, call.regenerate, is_sampled(call.body))
-    guard = output_guard(request, ctx)
+    guard = output_screen(request, ctx, call.body)
     timeout = settings.request_timeout_s
     if isinstance(call, _Generate) and call.body.stream:
         chunk, opening = partial(call.chunk, tracker.id), partial(call.opening, tracker.id)
@@ -86,13 +97,17 @@ async def run(
     except APIError as err:
         tracker.finish(err.status, err.code)
         raise
-    answer = call.answer(work, guard or _unguarded, tracker)
+    try:
+        answer = await _answer(call, work, guard, tracker)
+    except APIError as err:  # a response_format mismatch
+        tracker.finish(err.status, err.code)
+        raise
     tracker.finish(200)
     _shadow(request, engine, call, work, tracker)
     return answer
 
 
-def _admit(
+async def _admit(
     request: Request,
     call: _Call,
     engine: Engine,
@@ -108,7 +123,28 @@ def _admit(
     tracker.answered_by(model, call.body.model)
     ctx = GuardContext(call.route, call.body.model, call.texts, key.name if key else None)
     run_input_guards(request.app.state.input_guards, ctx)
+    await _configured_guards(request, call, tracker)
     return ctx, call.submit(model, settings)
+
+
+async def _configured_guards(request: Request, call: _Call, tracker: Tracker) -> None:
+    """The configured input guards (redaction changes what the model sees); the canary
+    in chat system prompts."""
+    guards = getattr(request.app.state, "guard_set", None)
+    if guards is None:
+        return
+    roles = [m["role"] for m in call.messages] if isinstance(call, _Chat) else None
+    try:
+        texts = await screen_inputs(tracker, call.texts, roles)
+    except APIError:  # the refused input stays in the log (redacted there), for review
+        tracker.records = [{"input": text} for text in call.inputs or call.texts]
+        raise
+    if texts != call.texts:
+        call.use_texts(texts)
+    if isinstance(call, _Generate):
+        check_logprobs(guards, fields.logprobs_k(call.body))
+    if isinstance(call, _Chat) and guards.canary:
+        insert_canary(call.messages, guards.canary)
 
 
 def _refused(tracker: Tracker, err: APIError | EngineError, settings: ServeSettings) -> APIError:
@@ -119,8 +155,14 @@ def _refused(tracker: Tracker, err: APIError | EngineError, settings: ServeSetti
     return err
 
 
-def _unguarded(text: str) -> str:
-    return text
+_UNSCREENED = OutputScreen(None)
+
+
+async def _answer(call: _Call, work: Any, screen: OutputScreen | None, tracker: Tracker) -> Any:
+    """The response body; output detectors run in a worker thread (off the event loop)."""
+    if screen is not None and screen.heavy:
+        return await asyncio.to_thread(call.answer, work, screen, tracker)
+    return call.answer(work, screen or _UNSCREENED, tracker)
 
 
 def _shadow(request: Request, engine: Engine, call: _Call, work: Any, tracker: Tracker) -> None:
@@ -154,6 +196,10 @@ class _Generate:
         self.gen = engine.generator_for(self.body.model, self.route_key)
         return self.gen
 
+    def use_texts(self, texts: list[str]) -> None:
+        """The texts as an input guard redacted them (what the model and the log get)."""
+        self.texts = self.inputs = self.regenerate = texts
+
     def prompts(
         self, gen: GenerativeModel, params: SamplingParams, settings: ServeSettings
     ) -> list[list[int]]:
@@ -169,10 +215,11 @@ class _Generate:
     async def wait(self, request: Request, jobs: list[GenJob], timeout: float) -> None:
         await wait_for_jobs(request, jobs, timeout)
 
-    def answer(
-        self, jobs: list[GenJob], guard: Callable[[str], str], tracker: Tracker
-    ) -> dict[str, Any]:
-        done = choices(jobs, guard)
+    def answer(self, jobs: list[GenJob], screen: OutputScreen, tracker: Tracker) -> dict[str, Any]:
+        try:
+            done = choices(jobs, screen)
+        finally:
+            screen.record(tracker)
         n = jobs[0].params.n
         for p, rec in enumerate(tracker.records):  # each prompt's first choice
             rec["output"] = done[p * n][1]
@@ -230,6 +277,11 @@ class _Chat(_Generate):
         super().__init__(body, texts, texts[-1:], self.messages)
         self.include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
+    def use_texts(self, texts: list[str]) -> None:
+        for m, text in zip(self.messages, texts, strict=True):
+            m["content"] = text
+        self.texts, self.inputs = texts, texts[-1:]
+
     def prompts(
         self, gen: GenerativeModel, params: SamplingParams, settings: ServeSettings
     ) -> list[list[int]]:
@@ -283,6 +335,10 @@ class _Completion(_Generate):
             self.texts = self.inputs = self.regenerate = texts
         return gen
 
+    def use_texts(self, texts: list[str]) -> None:
+        self.token_ids = None  # redacted token prompts are encoded again, as text
+        super().use_texts(texts)
+
     def prompts(
         self, gen: GenerativeModel, params: SamplingParams, settings: ServeSettings
     ) -> list[list[int]]:
@@ -330,6 +386,9 @@ class _Classify:
             )
         return engine.classifier_for(self.body.model, self.route_key)
 
+    def use_texts(self, texts: list[str]) -> None:
+        self.texts = texts
+
     def submit(self, clf: ClassifierModel, settings: ServeSettings) -> ClassifyJob:
         return clf.submit(self.texts)
 
@@ -338,11 +397,10 @@ class _Classify:
         if job.future.exception() is not None:
             raise APIError(500, "classification failed", "server_error", "inference_failed")
 
-    def answer(
-        self, job: ClassifyJob, guard: Callable[[str], str], tracker: Tracker
-    ) -> dict[str, Any]:
+    def answer(self, job: ClassifyJob, screen: OutputScreen, tracker: Tracker) -> dict[str, Any]:
         data = [
-            {"index": i, **r, "label": guard(r["label"])} for i, r in enumerate(job.future.result())
+            {"index": i, **r, "label": screen.label(r["label"])}
+            for i, r in enumerate(job.future.result())
         ]
         tracker.prompt_tokens = job.prompt_tokens
         tracker.records = [
@@ -456,17 +514,17 @@ async def wait_for_jobs(request: Request, jobs: list[GenJob], timeout: float) ->
         raise APIError(504, "request deadline passed", "server_error", "timeout")
 
 
-def choices(
-    jobs: list[GenJob], guard: Callable[[str], str]
-) -> list[tuple[int, str, str, list | None]]:
+def choices(jobs: list[GenJob], screen: OutputScreen) -> list[tuple[int, str, str, list | None]]:
     """(index, text, finish_reason, logprob entries or None) per choice; prompt p's choice i
-    has index p*n + i."""
+    has index p*n + i. A choice an output guard blocked ends with "content_filter"."""
     out = []
     for p, job in enumerate(jobs):
         for row in job.rows:
             lps = list(row.logprobs) if job.params.logprobs is not None else None
-            reason = row.finish_reason or "length"
-            out.append((p * job.params.n + row.index, guard(row.text), reason, lps))
+            index = p * job.params.n + row.index
+            text, blocked = screen.whole(index, row.text)
+            reason = "content_filter" if blocked else row.finish_reason or "length"
+            out.append((index, text, reason, lps))
     return out
 
 
@@ -480,11 +538,15 @@ def usage(jobs: list[GenJob]) -> dict[str, int]:
     }
 
 
-def output_guard(request: Request, ctx: GuardContext) -> Callable[[str], str] | None:
-    guards = request.app.state.output_guards
-    if not guards:
+def output_screen(request: Request, ctx: GuardContext, body: Any) -> OutputScreen | None:
+    """What screens this request's answers (None: nothing, they are sent as generated)."""
+    hooks = request.app.state.output_guards
+    hook = (lambda text: run_output_guards(hooks, ctx, text)) if hooks else None
+    fmt = JsonFormat.from_request(getattr(body, "response_format", None))
+    guards = getattr(request.app.state, "guard_set", None) if ctx.route != "classify" else None
+    if hook is None and fmt is None and not (guards and guards.outputs):
         return None
-    return lambda text: run_output_guards(guards, ctx, text)
+    return OutputScreen(guards, hook, fmt)
 
 
 def sse(data: dict[str, Any] | str) -> str:
@@ -492,12 +554,11 @@ def sse(data: dict[str, Any] | str) -> str:
 
 
 async def stream_events(
-    jobs: list[GenJob], deadline: float, guard: Callable[[str], str] | None
+    jobs: list[GenJob], deadline: float, screen: OutputScreen | None
 ) -> AsyncIterator[tuple[str, int, str, list]]:
-    """("delta"|"finish", choice index, text|reason, logprob entries) in order; buffered per
-    choice when guarded."""
-    buffered: dict[int, list[str]] = {}
-    held: dict[int, list] = {}
+    """("delta"|"finish", choice index, text|reason, logprob entries) in order, each choice
+    through the output screen when there is one."""
+    streams: dict[int, ChoiceStream] = {}
     for p, job in enumerate(jobs):
         while True:
             left = deadline - time.monotonic()
@@ -510,14 +571,42 @@ async def stream_events(
                 raise APIError(500, "generation failed", "server_error", "generation_failed")
             index = p * job.params.n + rest[0]
             entries = rest[2] if len(rest) > 2 else []
-            if kind == "delta" and guard is not None:
-                buffered.setdefault(index, []).append(rest[1])
-                held.setdefault(index, []).extend(entries)
+            if screen is None:
+                yield kind, index, rest[1], entries
                 continue
-            if kind == "finish" and guard is not None:
-                text = guard("".join(buffered.pop(index, [])))
-                yield "delta", index, text, held.pop(index, [])
-            yield kind, index, rest[1], entries
+            one = streams.get(index) or streams.setdefault(index, screen.stream(index))
+            async for event in _screened(screen, one, kind, rest[1], entries):
+                yield event
+            _stop_if_blocked(job, p, streams)
+
+
+def _stop_if_blocked(job: GenJob, p: int, streams: dict[int, ChoiceStream]) -> None:
+    """A job whose choices an output guard all blocked stops generating (nothing more of it
+    would be sent)."""
+    n = job.params.n
+    if not job.cancelled and all(
+        (one := streams.get(p * n + i)) is not None and one.blocked for i in range(n)
+    ):
+        job.cancel()
+
+
+async def _screened(
+    screen: OutputScreen, one: ChoiceStream, kind: str, value: str, entries: list
+) -> AsyncIterator[tuple[str, int, str, list]]:
+    """One engine event of a screened choice as the events to send (detectors off the loop)."""
+    run = asyncio.to_thread if screen.heavy else _now
+    if kind == "delta":
+        text, entries = await run(one.feed, value, entries)
+        yield "delta", one.index, text, entries
+        return
+    text, entries = await run(one.end)
+    if text or entries:
+        yield "delta", one.index, text, entries
+    yield "finish", one.index, "content_filter" if one.blocked else value, []
+
+
+async def _now(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
 
 
 class _ClosingStream(StreamingResponse):
@@ -539,7 +628,7 @@ def streaming_response(
     tracker: Tracker,
     jobs: list[GenJob],
     timeout: float,
-    guard: Callable[[str], str] | None,
+    guard: OutputScreen | None,
     make_chunk: Callable[..., dict],
     include_usage: bool,
     first: Callable[[], list[dict]],
@@ -586,13 +675,21 @@ def streaming_response(
         finally:
             for j in jobs:
                 j.cancel()
-            _record_stream_end(tracker, jobs, status, err_code)
+            _record_stream_end(tracker, jobs, status, err_code, guard)
 
     headers = {"Cache-Control": "no-cache", "X-Request-Id": tracker.id}
     return _ClosingStream(body(), media_type="text/event-stream", headers=headers)
 
 
-def _record_stream_end(tracker: Tracker, jobs: list[GenJob], status: int, code: str | None):
+def _record_stream_end(
+    tracker: Tracker,
+    jobs: list[GenJob],
+    status: int,
+    code: str | None,
+    screen: OutputScreen | None = None,
+):
+    if screen is not None:
+        screen.record(tracker)  # the guards' decisions go in the request's log row
     if status == 499:
         tracker.abandon(usage(jobs))
     else:

@@ -135,7 +135,10 @@ class ChatCompletionRequest(_Sampling):
         None, ge=0, le=20, description="With logprobs: the k most likely tokens per position."
     )
     response_format: dict[str, Any] | None = Field(
-        None, description='{"type": "text"} only; json_object / json_schema are refused.'
+        None,
+        description='{"type": "text"}, {"type": "json_object"} or {"type": "json_schema", '
+        '"json_schema": {"name": ..., "schema": {...}}}: JSON answers are validated before '
+        "they leave (422 when the model's answer does not match).",
     )
     tool_choice: Any = Field(None, description='"none" only (tools are not supported).')
     parallel_tool_calls: Ignored = None
@@ -208,7 +211,7 @@ class ChatLogprobs(BaseModel):
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
-    finish_reason: Literal["stop", "length"] | None
+    finish_reason: Literal["stop", "length", "content_filter"] | None
     logprobs: ChatLogprobs | None = None
 
 
@@ -231,7 +234,7 @@ class CompletionLogprobs(BaseModel):
 class CompletionChoice(BaseModel):
     index: int
     text: str
-    finish_reason: Literal["stop", "length"] | None
+    finish_reason: Literal["stop", "length", "content_filter"] | None
     logprobs: CompletionLogprobs | None = None
 
 

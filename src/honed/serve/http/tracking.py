@@ -109,6 +109,7 @@ class Tracker:
         self.completion_tokens = 0
         self.records: list[dict[str, Any]] = []  # request-logger payloads (input/output/...)
         self.tokens_sent: int | None = None  # streamed content chunks delivered; None: no stream
+        self.guards: list[dict[str, Any]] = []  # configured guards' decisions (log row `guards`)
         self._prompt_key: bytes | None = None
         self._memory: PromptMemory | None = None
         key = getattr(request.state, "api_key", None)  # set by the access middleware
@@ -211,6 +212,8 @@ class Tracker:
             "label": None,
             "score": None,
         }
+        if self.guards:
+            base["guards"] = self.guards
         for extra in self.records or [{}]:
             try:
                 logger.submit({**base, **extra})
