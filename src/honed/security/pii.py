@@ -17,6 +17,7 @@ import re
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 #: Entity types found by patterns with validation (no model needed).
@@ -101,7 +102,7 @@ _PHONE_REGEX = (
     r"(?<![\w.+\-/:@])(?<!\d,)"
     r"(?:\+\d{1,3}[ .\-]?)?"
     r"(?:\(\d{1,4}\)[ .\-]?)?"
-    r"\d{1,12}(?:[ .\-]\(?\d{1,8}\)?|\(\d{1,4}\)\d{1,8}){0,5}"
+    r"\d{1,12}(?:[ .\-](?:\(\d{1,4}\)[ .\-]?)?\d{1,8}|\(\d{1,4}\)\d{1,8}){0,5}"
     r"(?:[ ]?(?:x|ext\.?)[ ]?\d{1,5})?"
     r"(?![\w@]|[.,\-/:]\d)"
 )
@@ -264,7 +265,11 @@ def find_pii(
     """PII spans in `text`, overlaps resolved to the highest score, sorted by start."""
     if not text or not _may_hold(text, entities):
         return []
-    results = analyzer(entities).analyze(
+    return _spans(analyzer(entities), text, entities, min_score)
+
+
+def _spans(engine: Any, text: str, entities: tuple[str, ...], min_score: float) -> list[PiiSpan]:
+    results = engine.analyze(
         text=text, language="en", entities=list(entities), score_threshold=min_score
     )
     spans = [
@@ -310,3 +315,95 @@ def redact_spans(text: str, spans: list[PiiSpan]) -> str:
 def redact(text: str, entities: tuple[str, ...] = STRUCTURED, min_score: float = 0.5) -> str:
     """`text` with every PII span found replaced by its tag."""
     return redact_spans(text, find_pii(text, entities, min_score))
+
+
+# --- a honed NER model for what patterns cannot catch ---------------------------------------
+
+#: Entity types a honed `ner` model adds (Presidio's names).
+NER_ENTITIES = ("PERSON", "STREET_ADDRESS", "LOCATION")
+#: Other names a token classifier may use for them (CoNLL-style PER/LOC, OntoNotes GPE).
+NER_NAMES = {"PER": "PERSON", "LOC": "LOCATION", "GPE": "LOCATION", "ADDRESS": "STREET_ADDRESS"}
+
+
+@lru_cache(maxsize=1)
+def _ner_recognizer_class() -> type:
+    from presidio_analyzer import EntityRecognizer, RecognizerResult
+
+    class HonedNerRecognizer(EntityRecognizer):
+        """A honed token-classification run folder as a Presidio recognizer."""
+
+        def __init__(self, model_dir: Path, entities: tuple[str, ...]):
+            self.model_dir = Path(model_dir)
+            super().__init__(
+                supported_entities=list(entities), name="HonedNerRecognizer", version="1"
+            )
+
+        def load(self) -> None:
+            from honed.models.tagger import Tagger
+
+            self.tagger = Tagger(self.model_dir)
+
+        def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list:
+            wanted = set(entities) & set(self.supported_entities)
+            out = []
+            for found in self.tagger([text])[0]:
+                entity = NER_NAMES.get(found.entity, found.entity)
+                if entity in wanted:
+                    meta = {RecognizerResult.RECOGNIZER_NAME_KEY: self.name}
+                    out.append(
+                        RecognizerResult(entity, found.start, found.end, found.score, None, meta)
+                    )
+            return out
+
+    return HonedNerRecognizer
+
+
+@lru_cache(maxsize=4)
+def _ner_analyzer(entities: tuple[str, ...], model_dir: str) -> Any:
+    """An analyzer with the pattern recognizers for `entities` plus the NER model."""
+    from presidio_analyzer import AnalyzerEngine
+
+    with _BUILD_LOCK:
+        _offline_tldextract()
+        nlp = _blank_nlp_engine()
+        registry = _registry(entities, nlp)
+        ner = tuple(e for e in entities if e not in STRUCTURED)
+        registry.add_recognizer(_ner_recognizer_class()(Path(model_dir), ner))
+        return AnalyzerEngine(nlp_engine=nlp, registry=registry, supported_languages=["en"])
+
+
+class PiiDetector:
+    """PII in texts: Presidio's and honed's pattern recognizers for the structured types and,
+    given `ner_model` (a honed `ner` run folder), the model for names, addresses and places.
+
+    Without a model it is `find_pii`; the analyzer (and model) load at the first call and are
+    shared by every detector with the same settings. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        ner_model: Path | None = None,
+        entities: tuple[str, ...] | None = None,
+        min_score: float = 0.5,
+    ):
+        self.ner_model = Path(ner_model) if ner_model else None
+        default = STRUCTURED + (NER_ENTITIES if self.ner_model else ())
+        self.entities = tuple(entities or default)
+        self.min_score = min_score
+        if self.ner_model is not None and not (self.ner_model / "config.json").is_file():
+            from honed.errors import ModelError
+
+            raise ModelError(f"{self.ner_model}: not a model folder (no config.json)")
+
+    def find(self, text: str) -> list[PiiSpan]:
+        """PII spans in `text`, overlaps resolved to the highest score, sorted by start."""
+        if self.ner_model is None or set(self.entities) <= set(STRUCTURED):
+            return find_pii(text, self.entities, self.min_score)
+        if not text:
+            return []
+        engine = _ner_analyzer(tuple(sorted(self.entities)), str(self.ner_model))
+        return _spans(engine, text, self.entities, self.min_score)
+
+    def redact(self, text: str) -> str:
+        """`text` with every span found replaced by its tag (`[PERSON]`, `[EMAIL]`...)."""
+        return redact_spans(text, self.find(text))

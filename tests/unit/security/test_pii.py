@@ -70,3 +70,50 @@ def test_text_without_digits_or_at_sign_is_not_analyzed(monkeypatch) -> None:
     monkeypatch.setattr(pii, "analyzer", fail)
     assert find_pii("no numbers here at all") == []
     assert find_pii("") == []
+
+
+class _FakeTagger:
+    """Stands in for a trained honed ner model: tags 'Maria Rossi' and 'Milan'."""
+
+    def __init__(self, folder, device: str = "cpu") -> None:
+        self.folder = folder
+
+    def __call__(self, texts: list[str]):
+        from honed.models.tagger import Entity
+
+        out = []
+        for text in texts:
+            found = []
+            for word, kind in (("Maria Rossi", "PER"), ("Milan", "LOCATION")):
+                at = text.find(word)
+                if at >= 0:
+                    found.append(Entity(kind, at, at + len(word), 0.9))
+            out.append(found)
+        return out
+
+
+def test_detector_adds_the_ner_model_as_a_presidio_recognizer(tmp_path, monkeypatch) -> None:
+    from honed.models import tagger
+    from honed.security.pii import PiiDetector
+
+    monkeypatch.setattr(tagger, "Tagger", _FakeTagger)
+    (tmp_path / "config.json").write_text("{}")
+    detector = PiiDetector(tmp_path)
+    text = "Maria Rossi (212-555-0199) lives in Milan"
+    assert [(s.entity, s.source) for s in detector.find(text)] == [
+        ("PERSON", "HonedNerRecognizer"),  # the model's PER, under Presidio's name
+        ("PHONE_NUMBER", "HonedPhoneRecognizer"),
+        ("LOCATION", "HonedNerRecognizer"),
+    ]
+    assert detector.redact(text) == "[PERSON] ([PHONE]) lives in [LOCATION]"
+    strict = PiiDetector(tmp_path, min_score=0.8)  # over the phone pattern's 0.6
+    assert strict.redact(text) == "[PERSON] (212-555-0199) lives in [LOCATION]"
+    assert PiiDetector().redact(text) == "Maria Rossi ([PHONE]) lives in Milan"
+
+
+def test_detector_refuses_a_folder_without_a_model(tmp_path) -> None:
+    from honed.errors import ModelError
+    from honed.security.pii import PiiDetector
+
+    with pytest.raises(ModelError, match="not a model folder"):
+        PiiDetector(tmp_path)
