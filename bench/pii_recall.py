@@ -201,7 +201,8 @@ def _ip(rng: random.Random) -> str:
 
 def _email(rng: random.Random) -> str:
     user = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 9)))
-    return f"{user}.{rng.choice(['smith', 'k', 'ng'])}@{rng.choice(['example.com', 'mail.fi', 'corp.co.uk'])}"
+    domain = rng.choice(["example.com", "mail.fi", "corp.co.uk"])
+    return f"{user}.{rng.choice(['smith', 'k', 'ng'])}@{domain}"
 
 
 GENERATORS = {
