@@ -108,7 +108,7 @@ def head_outputs(adapter_dir: Path, heads: list[str]) -> int | None:
 
 def _base_kwargs(info: dict[str, Any]) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"use_safetensors": True}
-    if info["task_type"] != "SEQ_CLS":
+    if info["task_type"] not in ("SEQ_CLS", "TOKEN_CLS"):  # heads sized by the labels
         return kwargs
     labels = info["labels"]
     if labels:

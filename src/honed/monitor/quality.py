@@ -3,8 +3,8 @@
 - Classifiers: confidence distribution (mean, low-confidence share, histogram) and agreement
   with the labels users gave as feedback.
 - Generators: empty outputs, refusals (phrase list), length anomalies against the reference
-  character-length quantiles, format validity (JSON or a regex), PII in outputs (emails,
-  phones, credit cards passing Luhn, IBANs passing mod-97, US SSNs).
+  character-length quantiles, format validity (JSON or a regex), PII in outputs (through
+  honed.security.pii: e-mails, phones, cards passing Luhn, IBANs passing mod-97, US SSNs, IPs).
 - Service: latency p50/p95/p99 and error rate against objectives.
 """
 
@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -62,76 +63,48 @@ class QualityConfig(ObjectivesConfig):
     )
 
 
-# --- PII -------------------------------------------------------------------------------------
+# --- PII ---------------------------------------------------------------------------------------
 
-_EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")
-_PHONE = re.compile(
-    r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]\d{2,4}){2,4}(?!\w)"
-)
-_CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
-_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,4})?\b")
-_SSN = re.compile(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b")
-
-
-def luhn_ok(number: str) -> bool:
-    digits = [int(c) for c in number if c.isdigit()]
-    if not 13 <= len(digits) <= 19:
-        return False
-    total = 0
-    for i, d in enumerate(reversed(digits)):
-        if i % 2 == 1:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
-
-
-def iban_ok(candidate: str) -> bool:
-    s = candidate.replace(" ", "")
-    if not 15 <= len(s) <= 34:
-        return False
-    rearranged = s[4:] + s[:4]
-    number = "".join(str(int(c, 36)) for c in rearranged)  # A=10 ... Z=35
-    return int(number) % 97 == 1
-
-
-def _phones(text: str, taken: Iterable[str]) -> list[str]:
-    """Phone-like digit groups: 7-12 digits (up to 15 after a leading '+', E.164), not a
-    substring of a card number or SSN found already."""
-    taken = list(taken)
-    out = []
-    for m in _PHONE.findall(text):
-        digits = sum(c.isdigit() for c in m)
-        limit = 15 if m.startswith("+") else 12
-        if 7 <= digits <= limit and not any(m in t or t in m for t in taken):
-            out.append(m)
-    return out
-
-
-# Cheap gates, because the request log redacts every text it stores: every phone, card and SSN
-# match contains a run of 7+ digit/separator characters, every IBAN starts with two capitals
-# and two digits, every e-mail has an '@'. Most texts pass none, and skip the full patterns.
-_DIGIT_RUN = re.compile(r"\d[\d\s().+-]{5,}\d")
-_IBAN_START = re.compile(r"\b[A-Z]{2}\d{2}")
+#: Flag names (``pii:<kind>``) of the structured entity types honed.security.pii finds.
+PII_KINDS = {
+    "EMAIL_ADDRESS": "email",
+    "CREDIT_CARD": "credit_card",
+    "PHONE_NUMBER": "phone",
+    "IBAN_CODE": "iban",
+    "US_SSN": "ssn",
+    "IP_ADDRESS": "ip",
+}
 
 
 def find_pii(text: str) -> dict[str, list[str]]:
-    """PII found in ``text`` by type (validated with checksums where they exist)."""
-    hits: dict[str, list[str]] = {"email": _EMAIL.findall(text) if "@" in text else []}
-    if _IBAN_START.search(text):
-        hits["iban"] = [m for m in _IBAN.findall(text) if iban_ok(m)]
-    if _DIGIT_RUN.search(text):
-        cards = [m for m in _CARD.findall(text) if luhn_ok(m)]
-        ssns = _SSN.findall(text)
-        hits.update(credit_card=cards, ssn=ssns, phone=_phones(text, cards + ssns))
-    return {kind: found for kind, found in hits.items() if found}
+    """PII found in ``text`` by kind (honed.security.pii: Presidio's recognizers with
+    checksums, and honed's)."""
+    from honed.security.pii import find_pii as find_spans
+
+    hits: dict[str, list[str]] = {}
+    for span in find_spans(text):
+        kind = PII_KINDS.get(span.entity, span.entity.lower())
+        hits.setdefault(kind, []).append(text[span.start : span.end])
+    return hits
 
 
 def redact_pii(text: str) -> str:
-    """A ready-made redaction hook for the request log: each PII match -> ``[TYPE]``."""
-    for kind, hits in find_pii(text).items():
-        for hit in sorted(set(hits), key=len, reverse=True):  # longest first: no partial hits
-            text = text.replace(hit, f"[{kind.upper()}]")
-    return text
+    """A ready-made redaction hook for the request log: each PII span -> its tag
+    (``[EMAIL]``, ``[PHONE]``, ``[CARD]``, ``[IBAN]``, ``[SSN]``, ``[IP]``)."""
+    from honed.security.pii import redact
+
+    return redact(text)
+
+
+def pii_redactor(ner_model: Path | None = None) -> Callable[[str], str]:
+    """The request log's redaction hook: the structured types and, with ``ner_model`` (a
+    honed ``ner`` run folder), names, street addresses and places. The detector (and model)
+    loads at the first text, in the log's writer thread, not on the request path."""
+    if ner_model is None:
+        return redact_pii
+    from honed.security.pii import PiiDetector
+
+    return PiiDetector(ner_model).redact
 
 
 # --- generator outputs -----------------------------------------------------------------------

@@ -24,6 +24,7 @@ PIPELINE_TAGS = {
     "sft": "text-generation",
     "dpo": "text-generation",
     "seq2seq": "text2text-generation",
+    "ner": "token-classification",
 }
 
 #: Hub licence ids (https://huggingface.co/docs/hub/repositories-licenses) honed recognises in
@@ -180,10 +181,12 @@ def _hub_dataset(spec: RunSpec) -> str | None:
 
 
 def _usage(spec: RunSpec, lineage: dict[str, Any]) -> str:
-    """How the folder loads: adapter, mean_pooled (needs trust_remote_code), classifier or
-    generative."""
+    """How the folder loads: adapter, mean_pooled (needs trust_remote_code), classifier, tagger
+    (token classification) or generative."""
     if lineage.get("is_adapter"):
         return "adapter"
+    if spec.task == "ner":
+        return "tagger"
     if spec.task not in ("classification", "reward"):
         return "generative"
     return "mean_pooled" if lineage.get("pooling") == "mean" else "classifier"
@@ -223,6 +226,12 @@ def _default_use(spec: RunSpec, labels: list[str]) -> str:
     )
 
 
+def _example(spec: RunSpec, labels: list[str]) -> str:
+    if spec.task == "ner":
+        return "Maria Rossi moved to 12 Via Roma, Milan"
+    return "operating profit rose" if labels else ""
+
+
 def render_card(
     spec: RunSpec,
     metrics: dict[str, Any],
@@ -248,7 +257,7 @@ def render_card(
         usage=usage,
         mean_pooled_adapter=usage == "adapter" and lineage.get("pooling") == "mean",
         labels=labels,
-        example="operating profit rose" if labels else "",
+        example=_example(spec, labels),
         headline=headline,
         result_rows=rows,
         per_class=_per_class(metrics),

@@ -10,8 +10,10 @@ MLflow loads it::
 
 Classifiers return ``label``, ``score`` and ``scores`` (the /v1/classify shape); generative
 models (sft, dpo, seq2seq) return ``generated_text`` from greedy decoding
-(``params={"max_new_tokens": N}``). The honed folder stays a plain transformers/peft folder
-inside the model (``artifacts/model``), which ``honed predict`` and ``honed serve`` read too.
+(``params={"max_new_tokens": N}``); entity taggers (ner) return ``entities``, a list of
+``{entity, start, end, score}`` character spans per text. The honed folder stays a plain
+transformers/peft folder inside the model (``artifacts/model``), which ``honed predict`` and
+``honed serve`` read too.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import pandas as pd
 ARTIFACT = "model"  # the run folder's key (and folder name) inside the MLflow model
 CLASSIFIERS = {"classification"}
 GENERATIVE = {"sft", "dpo", "seq2seq"}
+TAGGERS = {"ner"}
 MAX_NEW_TOKENS = 64
 # What the wrapper imports at load time; pinned to the versions that trained the model.
 _REQUIREMENTS = ("honed", "mlflow", "torch", "transformers", "peft", "safetensors", "pandas")
@@ -123,6 +126,10 @@ class HonedModel(mlflow.pyfunc.PythonModel):
             self.predictor = _predictor_class().from_folder(folder)
         elif self.task in GENERATIVE:
             self.generator = Generator(folder, self.task)
+        elif self.task in TAGGERS:
+            from honed.models.tagger import Tagger
+
+            self.tagger = Tagger(folder)
         else:
             from honed.errors import ModelError
 
@@ -139,6 +146,9 @@ class HonedModel(mlflow.pyfunc.PythonModel):
         texts = _texts(model_input)
         if self.task in CLASSIFIERS:
             return pd.DataFrame(self.predictor.predict(texts), columns=["label", "score", "scores"])
+        if self.task in TAGGERS:
+            found = [[vars(e) for e in row] for row in self.tagger(texts)]
+            return pd.DataFrame({"entities": found})
         max_new = int((params or {}).get("max_new_tokens", MAX_NEW_TOKENS))
         return pd.DataFrame({"generated_text": self.generator(texts, max_new)})
 
@@ -147,7 +157,7 @@ def signature(task: str) -> Any:
     """Input: one string column (``text``; a list of strings works too). Output per task."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-    from mlflow.types.schema import Map
+    from mlflow.types.schema import Array, Map, Object, Property
 
     # Unnamed, so a plain list of strings passes MLflow's schema check as well as a DataFrame.
     inputs = Schema([ColSpec("string")])
@@ -155,6 +165,12 @@ def signature(task: str) -> Any:
         outputs = Schema([ColSpec("string", "generated_text")])
         params = ParamSchema([ParamSpec("max_new_tokens", "long", MAX_NEW_TOKENS)])
         return ModelSignature(inputs, outputs, params)
+    if task in TAGGERS:
+        span = Object(
+            [Property("entity", "string"), Property("start", "long"), Property("end", "long"),
+             Property("score", "double")]
+        )  # fmt: skip
+        return ModelSignature(inputs, Schema([ColSpec(Array(span), "entities")]))
     outputs = Schema(
         [ColSpec("string", "label"), ColSpec("double", "score"), ColSpec(Map("double"), "scores")]
     )

@@ -94,7 +94,15 @@ class ServeSettings(BaseSettings):
         None, description="SQLAlchemy URL of the request log; default: SQLite in the state folder."
     )
     redact_pii: bool = Field(
-        True, description="Mask e-mails, phone and card numbers etc. in logged texts."
+        True,
+        description="Mask PII in logged texts (honed.security.pii): e-mails, phone and card "
+        "numbers, IBANs, US SSNs, IP addresses; names, addresses and places too with "
+        "pii_ner_model.",
+    )
+    pii_ner_model: Path | None = Field(
+        None,
+        description="A honed `ner` run folder (e.g. from examples/pii-ner.yaml) whose model "
+        "also masks people, street addresses and places in logged texts (with redact_pii).",
     )
     regenerate_window_s: float = Field(
         600.0,

@@ -8,15 +8,10 @@ from honed.monitor.quality import (
     classifier_quality,
     find_pii,
     generation_quality,
-    iban_ok,
-    luhn_ok,
+    pii_redactor,
+    redact_pii,
     service_objectives,
 )
-
-
-def test_checksums():
-    assert luhn_ok("4111 1111 1111 1111") and not luhn_ok("4111 1111 1111 1112")
-    assert iban_ok("DE89 3704 0044 0532 0130 00") and not iban_ok("DE89 3704 0044 0532 0130 01")
 
 
 @pytest.mark.parametrize(
@@ -26,7 +21,8 @@ def test_checksums():
         ("call +1 415-555-0132 now", "phone"),
         ("card 4111-1111-1111-1111 exp 12/29", "credit_card"),
         ("pay to DE89 3704 0044 0532 0130 00 please", "iban"),
-        ("ssn 123-45-6789 on file", "ssn"),
+        ("ssn 460-89-9847 on file", "ssn"),  # Presidio refuses the sample 123-45-6789
+        ("from 10.1.2.3 at noon", "ip"),
     ],
 )
 def test_pii_found(text, kind):
@@ -88,49 +84,9 @@ def test_service_objectives_need_enough_requests():
 
 
 def test_redact_pii_hook():
-    from honed.monitor.quality import redact_pii
-
     text = "mail jane@x.org or call +1 415-555-0132, card 4111 1111 1111 1111; profit EUR 5 mn"
     out = redact_pii(text)
-    assert out == "mail [EMAIL] or call [PHONE], card [CREDIT_CARD]; profit EUR 5 mn"
-
-
-def test_pii_gates_skip_nothing_the_full_patterns_find():
-    """The cheap pre-checks in find_pii only skip texts the full patterns find nothing in."""
-    import random
-
-    from honed.monitor import quality as q
-
-    def ungated(text: str) -> dict:
-        cards = [m for m in q._CARD.findall(text) if q.luhn_ok(m)]
-        ssns = q._SSN.findall(text)
-        hits = {
-            "email": q._EMAIL.findall(text),
-            "credit_card": cards,
-            "iban": [m for m in q._IBAN.findall(text) if q.iban_ok(m)],
-            "ssn": ssns,
-            "phone": q._phones(text, cards + ssns),
-        }
-        return {k: v for k, v in hits.items() if v}
-
-    pieces = [
-        "call",
-        "+1",
-        "(555)",
-        "123-4567",
-        "555.123.4567",
-        "4111 1111 1111 1111",
-        "x@y.io",
-        "GB82 WEST 1234 5698 7654 32",
-        "123-45-6789",
-        "EUR",
-        "13.1",
-        "mn",
-        "2007",
-        "-",
-        ".",
-    ]
-    rng = random.Random(0)
-    for _ in range(2000):
-        text = " ".join(rng.choice(pieces) for _ in range(rng.randint(1, 8)))
-        assert q.find_pii(text) == ungated(text), text
+    assert out == "mail [EMAIL] or call [PHONE], card [CARD]; profit EUR 5 mn"
+    # dates and IP addresses are no phone numbers (the old regexes masked both as [PHONE])
+    assert redact_pii("on 11.01.2008 from 10.0.0.7") == "on 11.01.2008 from [IP]"
+    assert pii_redactor(None) is redact_pii

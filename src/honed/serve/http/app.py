@@ -108,12 +108,11 @@ def _request_logger(settings: ServeSettings):
     """The monitor stage's non-blocking request logger (queue + batch-writer thread)."""
     if not settings.request_log:
         return None
-    from honed.monitor.quality import redact_pii
+    from honed.monitor.quality import pii_redactor
     from honed.monitor.requestlog import RequestLogger, identity
 
-    return RequestLogger(
-        settings.request_log_url, redact=redact_pii if settings.redact_pii else identity
-    )
+    redact = pii_redactor(settings.pii_ner_model) if settings.redact_pii else identity
+    return RequestLogger(settings.request_log_url, redact=redact)
 
 
 def _include_feedback(app: FastAPI) -> None:
