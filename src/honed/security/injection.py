@@ -27,9 +27,9 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from honed.errors import ModelError
+from honed.models.quantize import quantize_int8
 
 #: Reason codes ``heuristic_findings`` returns, with what each means.
 REASONS = {
@@ -316,24 +316,6 @@ def heuristic_findings(text: str) -> list[str]:
     if _encoded_payload(text):
         found.append("encoded_payload")
     return found
-
-
-def quantize_int8(model: Any) -> Any:
-    """Dynamic int8 quantization of a classifier's encoder Linear layers, in place (CPU).
-
-    The head stays float32 so scores keep their calibration. Same recipe as the server's
-    ``quantization="int8"`` classifiers (see honed.serve.engine.loading.quantize_int8)."""
-    import warnings
-
-    import torch
-
-    encoder = getattr(model, model.base_model_prefix)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao's deprecation notice
-        torch.ao.quantization.quantize_dynamic(
-            encoder, {torch.nn.Linear}, dtype=torch.qint8, inplace=True
-        )
-    return model
 
 
 class InjectionDetector:
