@@ -39,6 +39,7 @@ from honed.serve.http.auth import ApiKey
 from honed.serve.http.errors import APIError, from_engine
 from honed.serve.http.guards import GuardContext, run_input_guards, run_output_guards
 from honed.serve.http.logprob_shapes import chat_logprobs, completion_logprobs
+from honed.serve.http.request_ids import log_texts
 from honed.serve.http.schemas import (
     ChatCompletionRequest,
     ClassifyRequest,
@@ -66,10 +67,10 @@ async def run(
     call = _CALLS[type(body)](body)
     tracker = Tracker(request, call.route, body.model, call.prefix)
     try:
-        ctx, work = _admit(request, call, engine, settings, key, tracker)
+        ctx, work = await _admit(request, call, engine, settings, key, tracker)
     except (APIError, EngineError) as err:
         raise _refused(tracker, err, settings) from None
-    tracker.records = [{"input": text} for text in call.inputs]
+    tracker.records = [log_texts(settings, input=text) for text in call.inputs]
     if call.regenerate is not None:
         tracker.watch_regenerate(caller_of(request, ctx.api_key), call.regenerate)
     guard = output_guard(request, ctx)
@@ -91,7 +92,7 @@ async def run(
     return answer
 
 
-def _admit(
+async def _admit(
     request: Request,
     call: _Call,
     engine: Engine,
@@ -107,7 +108,10 @@ def _admit(
     tracker.answered_by(model, call.body.model)
     ctx = GuardContext(call.route, call.body.model, call.texts, key.name if key else None)
     run_input_guards(request.app.state.input_guards, ctx)
-    return ctx, call.submit(model, settings)
+    # Off the event loop: rendering a chat template and tokenizing a long prompt would hold
+    # every other request (and /healthz) for as long as they take.
+    prepared = await asyncio.to_thread(call.prepare, model, settings)
+    return ctx, call.submit(model, prepared)
 
 
 def _refused(tracker: Tracker, err: APIError | EngineError, settings: ServeSettings) -> APIError:
@@ -158,11 +162,20 @@ class _Generate:
     ) -> list[list[int]]:
         raise NotImplementedError
 
-    def submit(self, gen: GenerativeModel, settings: ServeSettings) -> list[GenJob]:
+    def prepare(
+        self, gen: GenerativeModel, settings: ServeSettings
+    ) -> tuple[SamplingParams, list[list[int]]]:
+        """Worker thread: the decoding settings and the prompts' token ids."""
         params = sampling_params(self.body, settings, vocab_size(gen))
         prompts = self.prompts(gen, params, settings)
         for ids in prompts:
             check_prompt(ids, settings)
+        return params, prompts
+
+    def submit(
+        self, gen: GenerativeModel, prepared: tuple[SamplingParams, list[list[int]]]
+    ) -> list[GenJob]:
+        params, prompts = prepared
         return gen.submit_all(prompts, self.body.model, params)
 
     async def wait(self, request: Request, jobs: list[GenJob], timeout: float) -> None:
@@ -174,7 +187,7 @@ class _Generate:
         done = choices(jobs, guard)
         n = jobs[0].params.n
         for p, rec in enumerate(tracker.records):  # each prompt's first choice
-            rec["output"] = done[p * n][1]
+            rec.update(log_texts(tracker.state.settings, output=done[p * n][1]))
         u = usage(jobs)
         tracker.prompt_tokens = u["prompt_tokens"]
         tracker.completion_tokens = u["completion_tokens"]
@@ -329,7 +342,10 @@ class _Classify:
             )
         return engine.classifier_for(self.body.model, self.route_key)
 
-    def submit(self, clf: ClassifierModel, settings: ServeSettings) -> ClassifyJob:
+    def prepare(self, clf: ClassifierModel, settings: ServeSettings) -> None:
+        return None  # the classifier's worker tokenizes
+
+    def submit(self, clf: ClassifierModel, prepared: None) -> ClassifyJob:
         return clf.submit(self.texts)
 
     async def wait(self, request: Request, job: ClassifyJob, timeout: float) -> None:
@@ -344,8 +360,13 @@ class _Classify:
             {"index": i, **r, "label": guard(r["label"])} for i, r in enumerate(job.future.result())
         ]
         tracker.prompt_tokens = job.prompt_tokens
+        settings = tracker.state.settings
         tracker.records = [
-            {"input": t, "output": d["label"], "label": d["label"], "score": d["score"]}
+            {
+                **log_texts(settings, input=t, output=d["label"]),
+                "label": d["label"],
+                "score": d["score"],
+            }
             for t, d in zip(self.texts, data, strict=True)
         ]
         usage = {"prompt_tokens": job.prompt_tokens, "total_tokens": job.prompt_tokens}
