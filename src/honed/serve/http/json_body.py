@@ -73,7 +73,7 @@ def hostile_json(body: bytes) -> tuple[str, str | None] | None:
         data = json.loads(text, parse_constant=_refuse_constant)
     except _Constant as err:
         return f"request body holds {err}, which is not valid JSON; send a number", None
-    except ValueError:
+    except (ValueError, RecursionError):  # malformed or absurdly deep: FastAPI's 400
         return None
     where = _surrogate_at(data)
     if where is None:
