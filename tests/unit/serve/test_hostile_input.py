@@ -184,11 +184,30 @@ def test_healthz_answers_while_huge_prompts_are_tokenized(tiny):
             [a.json()["error"]["code"] for a in answers],
         )
 
-    health, statuses, codes = run_app(settings_for(tiny, request_log=False), go, setup=setup)
+    # A token limit the prompts' characters could fit in: they are tokenized, then refused.
+    settings = settings_for(tiny, request_log=False, max_prompt_tokens=100_000)
+    health, statuses, codes = run_app(settings, go, setup=setup)
     assert health == 200
     assert order[0] == "healthz" and order.count("tokenized") == 4
-    # Tokenized, then refused for their length (max_prompt_tokens), with a 400.
     assert statuses == [400] * 4 and set(codes) == {"context_length_exceeded"}
+
+
+def test_a_prompt_too_long_for_any_tokenization_is_refused_untokenized(tiny):
+    calls = []
+
+    async def go(c, app):
+        gen = app.state.engine.generator
+        gen.encode_chat = lambda m: calls.append("chat")
+        gen.encode_text = lambda t: calls.append("text")
+        big = "lorem ipsum dolor sit amet " * 28_000
+        chat = await c.post("/v1/chat/completions", json=chat_body("a0", big))
+        text = await c.post("/v1/completions", json={"model": "base", "prompt": ["x", big]})
+        return [(r.status_code, r.json()["error"]) for r in (chat, text)]
+
+    for status, error in run_app(settings_for(tiny, request_log=False), go):
+        assert status == 400 and error["code"] == "context_length_exceeded"
+        assert "756000 characters" in error["message"]
+    assert calls == []
 
 
 def test_request_log_stores_capped_texts(tiny, tmp_path):

@@ -10,6 +10,7 @@ adapter name; unloading waits until no queued or running request uses the adapte
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import time
@@ -122,6 +123,13 @@ class GenerativeModel:
         return hasattr(self.model, "peft_config")
 
     # -- tokens ----------------------------------------------------------------------------
+    @functools.cached_property
+    def max_token_chars(self) -> int:
+        """The most characters one token stands for: its vocabulary string's length (byte-level
+        BPE and SentencePiece strings have one character per byte or character, WordPiece's
+        '##' only adds). Bounds how few tokens a text can become, before tokenizing it."""
+        return max((len(t) for t in self.tokenizer.get_vocab()), default=1)
+
     def encode_text(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 

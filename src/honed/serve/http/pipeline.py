@@ -246,6 +246,7 @@ class _Chat(_Generate):
         self, gen: GenerativeModel, params: SamplingParams, settings: ServeSettings
     ) -> list[list[int]]:
         fields.check_template(self.body.messages, gen.tokenizer)
+        check_prompt_chars(sum(len(t) for t in self.texts), gen, settings)
         return [gen.encode_chat(self.messages)]
 
     def choice(self, index: int, text: str, reason: str, lps: list | None) -> dict[str, Any]:
@@ -300,7 +301,11 @@ class _Completion(_Generate):
     ) -> list[list[int]]:
         if len(self.texts) * params.n > settings.max_batch_size * 4:
             raise APIError(400, "too many prompts x n for one request", param="prompt")
-        return self.token_ids or [gen.encode_text(p) for p in self.texts]
+        if self.token_ids is not None:
+            return self.token_ids
+        for p in self.texts:
+            check_prompt_chars(len(p), gen, settings)
+        return [gen.encode_text(p) for p in self.texts]
 
     def choice(self, index: int, text: str, reason: str, lps: list | None) -> dict[str, Any]:
         shaped = None if lps is None else completion_logprobs(self.gen.tokenizer, lps)[0]
@@ -426,6 +431,18 @@ def check_prompt(ids: list[int], settings: ServeSettings) -> None:
         raise APIError(
             400,
             f"prompt has {len(ids)} tokens; this server's limit is {settings.max_prompt_tokens}",
+            code="context_length_exceeded",
+        )
+
+
+def check_prompt_chars(chars: int, gen: GenerativeModel, settings: ServeSettings) -> None:
+    """Refuse before tokenizing a prompt too long for max_prompt_tokens however it tokenizes
+    (x2 for normalizers that merge characters): a 750 KB prompt costs no tokenizer time."""
+    if chars > settings.max_prompt_tokens * gen.max_token_chars * 2:
+        raise APIError(
+            400,
+            f"prompt has {chars} characters, more than this server's limit of "
+            f"{settings.max_prompt_tokens} tokens can hold",
             code="context_length_exceeded",
         )
 
