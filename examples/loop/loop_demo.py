@@ -172,7 +172,7 @@ def create_key(env: dict[str, str], out: Path) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
-def start_server(env: dict[str, str], port: int, out: Path) -> subprocess.Popen:
+def start_server(env: dict[str, str], port: int, out: Path, key: str) -> subprocess.Popen:
     log = (out / "server.log").open("w")
     cmd = [*HONED, "serve", f"{NAME}={NAME}@champion", "--port", str(port)]
     cmd += ["--api-keys-file", str(out / "keys.yaml")]
@@ -183,7 +183,8 @@ def start_server(env: dict[str, str], port: int, out: Path) -> subprocess.Popen:
         if proc.poll() is not None:
             raise SystemExit(f"server exited ({proc.returncode}); see {out / 'server.log'}")
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+            auth = {"Authorization": f"Bearer {key}"}
+            if httpx.get(f"{url}/readyz", headers=auth, timeout=2).status_code == 200:
                 print(f"server ready at {url} (log: {out / 'server.log'})", flush=True)
                 return proc
         except httpx.HTTPError:
@@ -314,7 +315,7 @@ def main() -> None:
     honed(env, "models", "promote", NAME, "1")
     # The loop's canary step calls the admin API with the key in HONED_ADMIN_KEY.
     key = env["HONED_ADMIN_KEY"] = create_key(env, out)
-    server = start_server(env, port, out)
+    server = start_server(env, port, out, key)
     url = f"http://127.0.0.1:{port}"
     canary = server_has_canary_api(url, key)
     if not canary:
