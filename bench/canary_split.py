@@ -40,8 +40,13 @@ def build_app(v1: Path):
     from honed.serve.http.app import create_app
     from honed.serve.settings import ServeSettings
 
+    # insecure_dev: an in-process bench calls the admin routes without keys.
     settings = ServeSettings(
-        models=[f"sent={v1}"], max_wait_ms=1.0, request_log=False, max_queue=4096
+        models=[f"sent={v1}"],
+        max_wait_ms=1.0,
+        request_log=False,
+        max_queue=4096,
+        insecure_dev=True,
     )
     return create_app(settings)
 

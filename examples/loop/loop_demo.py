@@ -162,9 +162,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(env: dict[str, str], port: int, out: Path) -> subprocess.Popen:
+def create_key(env: dict[str, str], out: Path) -> str:
+    """An API key with both scopes: the server's admin routes answer only such a key."""
+    keys = out / "keys.yaml"
+    args = ["apikey", "create", "loop-demo", "--scopes", "infer,admin", "--file", str(keys)]
+    done = subprocess.run([*HONED, *args], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"honed apikey create failed: {done.stderr.strip()}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+def start_server(env: dict[str, str], port: int, out: Path, key: str) -> subprocess.Popen:
     log = (out / "server.log").open("w")
     cmd = [*HONED, "serve", f"{NAME}={NAME}@champion", "--port", str(port)]
+    cmd += ["--api-keys-file", str(out / "keys.yaml")]
     cmd += ["--classify-workers", "1"]
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -172,7 +183,8 @@ def start_server(env: dict[str, str], port: int, out: Path) -> subprocess.Popen:
         if proc.poll() is not None:
             raise SystemExit(f"server exited ({proc.returncode}); see {out / 'server.log'}")
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+            auth = {"Authorization": f"Bearer {key}"}
+            if httpx.get(f"{url}/readyz", headers=auth, timeout=2).status_code == 200:
                 print(f"server ready at {url} (log: {out / 'server.log'})", flush=True)
                 return proc
         except httpx.HTTPError:
@@ -187,10 +199,11 @@ def start_server(env: dict[str, str], port: int, out: Path) -> subprocess.Popen:
 class Users:
     """Send classify requests and feedback, as users of the served model would."""
 
-    def __init__(self, url: str, db: Path, seed: int):
+    def __init__(self, url: str, db: Path, seed: int, key: str):
         self.url = url
         self.db = db
-        self.http = httpx.Client(base_url=url, timeout=60)
+        auth = {"Authorization": f"Bearer {key}"}
+        self.http = httpx.Client(base_url=url, timeout=60, headers=auth)
         self.rng = random.Random(seed)
         self.sent = {"requests": 0, "corrections": 0, "thumbs": 0, "correct": 0}
 
@@ -259,9 +272,10 @@ def run_round(env, spec: Path, server: str | None, users: Users, pool) -> None:
         traffic.join(timeout=30)
 
 
-def server_has_canary_api(url: str) -> bool:
+def server_has_canary_api(url: str, key: str) -> bool:
+    auth = {"Authorization": f"Bearer {key}"}
     try:
-        return httpx.get(f"{url}/admin/canary", timeout=10).status_code != 404
+        return httpx.get(f"{url}/admin/canary", headers=auth, timeout=10).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -299,12 +313,14 @@ def main() -> None:
     print("\n== the champion: trained on few sentences with figures ==", flush=True)
     honed(env, "run", str(spec), "--overwrite")
     honed(env, "models", "promote", NAME, "1")
-    server = start_server(env, port, out)
+    # The loop's canary step calls the admin API with the key in HONED_ADMIN_KEY.
+    key = env["HONED_ADMIN_KEY"] = create_key(env, out)
+    server = start_server(env, port, out, key)
     url = f"http://127.0.0.1:{port}"
-    canary = server_has_canary_api(url)
+    canary = server_has_canary_api(url, key)
     if not canary:
         print("NOTE: this server has no canary admin API yet: the gate decides alone")
-    users = Users(url, out / ".honed" / "requests.db", args.seed)
+    users = Users(url, out / ".honed" / "requests.db", args.seed, key)
     try:
         print("\n== round 1: traffic drifts to figures; users correct the answers ==", flush=True)
         users.correct(mix(parts, size["round1"], 0.8, rng))

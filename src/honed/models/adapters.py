@@ -38,6 +38,94 @@ class AdapterError(ModelError):
     """The folder is not a usable adapter, or its base cannot be found or has changed."""
 
 
+class AdapterNotFound(AdapterError):
+    """No readable adapter_config.json: callers answering a remote request say no more than
+    "not found or not readable" about a path they did not make."""
+
+
+#: Files an adapter load reads; each must be a regular file inside the folder.
+_READ_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, LINEAGE)
+_MAX_CONFIG_BYTES = 1 << 20
+
+
+def check_adapter_folder(adapter_dir: Path) -> dict[str, Any]:
+    """adapter_config.json of a folder about to be loaded, after refusing what could make
+    loading read outside the folder, unpickle anything or fail half-way: links leaving the
+    folder, files that are not regular files (a FIFO or device would block or never end),
+    weights that are not a safetensors file, LoRA ranks that differ from the config.
+    Messages name files inside the folder only, never a path."""
+    root = Path(adapter_dir).resolve()
+    config = root / ADAPTER_CONFIG
+    if not _inside_regular(root, config) or config.stat().st_size > _MAX_CONFIG_BYTES:
+        raise AdapterNotFound(f"{root.name}: no readable {ADAPTER_CONFIG}")
+    for entry in root.iterdir():
+        if entry.is_symlink() and not entry.resolve().is_relative_to(root):
+            raise AdapterError(f"{entry.name} links outside the adapter folder; copy the file")
+    for name in _READ_FILES:
+        if (root / name).exists() and not _inside_regular(root, root / name):
+            raise AdapterError(f"{name} is not a regular file")
+    try:
+        cfg = json.loads(config.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise AdapterError(f"{ADAPTER_CONFIG} is not valid JSON") from None
+    if not isinstance(cfg, dict):
+        raise AdapterError(f"{ADAPTER_CONFIG} is not a JSON object")
+    _check_ranks(cfg, _safetensors_shapes(root / ADAPTER_WEIGHTS))
+    return cfg
+
+
+def _inside_regular(root: Path, path: Path) -> bool:
+    import stat
+
+    try:
+        target = path.resolve()
+        return target.is_relative_to(root) and stat.S_ISREG(target.stat().st_mode)
+    except (OSError, RuntimeError):
+        return False
+
+
+def _safetensors_shapes(weights: Path) -> dict[str, list[int]]:
+    """Tensor name -> shape from the safetensors header (nothing else is read)."""
+    from safetensors import safe_open
+
+    if not weights.is_file():
+        raise AdapterError(f"no {ADAPTER_WEIGHTS} (only safetensors adapters load)")
+    try:
+        with safe_open(str(weights), framework="pt") as fh:
+            return {k: list(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118
+    except Exception:  # safetensors raises its own error types for any malformed header
+        raise AdapterError(f"{ADAPTER_WEIGHTS} is not a valid safetensors file") from None
+
+
+def _check_ranks(cfg: dict[str, Any], shapes: dict[str, list[int]]) -> None:
+    """Each lora_A's rank (its first dimension) must be the config's r (or its rank_pattern)."""
+    r = cfg.get("r")
+    patterns = cfg.get("rank_pattern") or {}
+    if not isinstance(r, int):
+        raise AdapterError(f"{ADAPTER_CONFIG}: 'r' (the LoRA rank) must be an integer")
+    for key, shape in shapes.items():
+        if ".lora_A." not in key or not shape or any(p in key for p in patterns):
+            continue
+        if shape[0] != r:
+            raise AdapterError(
+                f"LoRA rank {shape[0]} in the weights ({key}) differs from r={r} in "
+                f"{ADAPTER_CONFIG}"
+            )
+
+
+def check_target_modules(cfg: dict[str, Any], model: Any) -> None:
+    """Every module a list-valued ``target_modules`` names exists in ``model`` (peft's rule:
+    the module's name, or its last dotted parts); regex strings and 'all-linear' are left to
+    peft."""
+    targets = cfg.get("target_modules")
+    if not isinstance(targets, list):
+        return
+    names = [n for n, _ in model.named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names)]
+    if missing:
+        raise AdapterError(f"target modules {sorted(missing)} do not exist in the base model")
+
+
 def read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))

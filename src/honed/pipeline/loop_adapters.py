@@ -137,6 +137,7 @@ class AdminClient:
 
         key = os.environ.get(key_env)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.key_env = key_env
         self.server = server.rstrip("/")
         self._http = httpx.Client(base_url=self.server, headers=headers, timeout=timeout)
 
@@ -169,7 +170,11 @@ class AdminClient:
 
     def _body(self, response: Any, ok: tuple[int, ...]) -> dict[str, Any]:
         if response.status_code not in ok:
-            hint = " (no canary admin API on this server?)" if response.status_code == 404 else ""
+            hint = {
+                404: " (no canary admin API on this server?)",
+                401: f" (set {self.key_env} to a key with the 'admin' scope)",
+                403: f" (set {self.key_env} to a key with the 'admin' scope)",
+            }.get(response.status_code, "")
             raise HonedError(
                 f"server {self.server}: {response.request.method} {response.request.url.path} "
                 f"-> {response.status_code}{hint}: {response.text[:300]}"

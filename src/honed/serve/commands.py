@@ -20,6 +20,12 @@ _SERVE_FLAGS = (  # (flag, settings field, type, help)
     ("--device", "device", str, "auto, cpu or cuda[:N]"),
     ("--dtype", "dtype", str, "auto, float32, bfloat16 or float16"),
     ("--rate-limit-rps", "rate_limit_rps", float, "per-key requests per second"),
+    (
+        "--request-log-max-chars",
+        "request_log_max_chars",
+        int,
+        "longest text stored per request-log row (default 8192; longer ones are cut)",
+    ),
     ("--classify-workers", "classify_workers", int, "parallel classifier batch threads"),
     (
         "--classify-processes",
@@ -107,6 +113,13 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
         "injection:block:runs/guard/model",
     )
     p.add_argument("--guards-file", type=Path, help="YAML/JSON list of guards (all fields)")
+    p.add_argument(
+        "--insecure-dev",
+        action="store_true",
+        default=None,
+        help="development only: no keys needed on a non-loopback address nor for admin routes "
+        "(loud warnings; never where others reach the port)",
+    )
     p.add_argument("--log-level", default="info", help="uvicorn log level")
     p.set_defaults(func=_serve)
 
@@ -190,6 +203,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from honed.serve.http.app import create_app
+    from honed.serve.http.auth import KeyStore, access_log_config
     from honed.serve.settings import ServeSettings
 
     flags = {
@@ -203,7 +217,9 @@ def _serve(args: argparse.Namespace) -> int:
     flags["classify_packing"] = args.classify_packing
     flags["continuous_batching"] = args.continuous_batching
     flags["guards"] = _guards(args)
+    flags["insecure_dev"] = args.insecure_dev
     settings = ServeSettings.load(args.config, **flags)
+    settings.check_exposure(KeyStore.from_settings(settings).enabled)
     _check_models(settings)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     uvicorn.run(
@@ -211,6 +227,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_level=args.log_level,
+        log_config=access_log_config(),
         timeout_graceful_shutdown=30,
         timeout_keep_alive=settings.keep_alive_s,
     )

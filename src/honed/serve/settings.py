@@ -104,6 +104,13 @@ class ServeSettings(BaseSettings):
         description="A honed `ner` run folder (e.g. from examples/pii-ner.yaml) whose model "
         "also masks people, street addresses and places in logged texts (with redact_pii).",
     )
+    request_log_max_chars: int = Field(
+        8192,
+        ge=256,
+        description="Longest input or output text stored per request-log row; a longer one is "
+        "cut, ends with a '[truncated]' marker and its length is in the row's extra "
+        "(input_chars / output_chars). Bounds the log's size and the cost of PII masking.",
+    )
     regenerate_window_s: float = Field(
         600.0,
         ge=0,
@@ -209,7 +216,15 @@ class ServeSettings(BaseSettings):
     )
     rate_limit_burst: int = Field(20, ge=1, description="Token-bucket size per key.")
     enable_admin: bool = Field(
-        True, description="Expose the admin routes: POST/DELETE /v1/adapters, /admin/canary."
+        True,
+        description="Expose the admin routes: POST/DELETE /v1/adapters, /admin/canary. They "
+        "answer only a key with the 'admin' scope (403 on a server without keys).",
+    )
+    insecure_dev: bool = Field(
+        False,
+        description="Development only: allow a server without API keys on a non-loopback "
+        "address, and the admin routes without an admin key. Logged as a WARNING at start "
+        "and on every admin call; never set it where others can reach the port.",
     )
     sagemaker: bool = Field(
         False, description="Also answer SageMaker's GET /ping and POST /invocations."
@@ -259,6 +274,33 @@ class ServeSettings(BaseSettings):
     @property
     def auth_enabled(self) -> bool:
         return bool(self.api_keys) or self.api_keys_file is not None
+
+    def check_exposure(self, has_keys: bool | None = None) -> None:
+        """Refuse to serve without keys on an address others can reach (unless insecure_dev):
+        every route, admin included, would be open to the network. ``has_keys``: whether the
+        loaded key store holds any key (an empty keys file is no key)."""
+        keys = self.auth_enabled if has_keys is None else has_keys
+        if keys or self.insecure_dev or is_loopback(self.host):
+            return
+        raise ServeConfigError(
+            f"refusing to serve on {self.host!r} without API keys: anyone who reaches the port "
+            "could call every route. Create a key (`honed apikey create NAME --scopes "
+            "infer,admin --file keys.yaml`) and pass `--api-keys-file keys.yaml`, bind to "
+            "127.0.0.1, or (development only) pass --insecure-dev"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and localhost; anything else (0.0.0.0, ::, a name) may be reachable."""
+    import ipaddress
+
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 # The YAML path for the one `load` call in progress (pydantic-settings builds sources per class).

@@ -10,7 +10,13 @@ from typing import Any
 import httpx
 
 from honed.serve.http.app import create_app
-from honed.serve.settings import ServeSettings
+from honed.serve.http.auth import hash_key
+from honed.serve.settings import ApiKeyEntry, ServeSettings
+
+ADMIN_KEY = "hk-test-admin"
+#: A key with both scopes: admin routes answer nothing else (see deps.require_admin).
+ADMIN_ENTRY = ApiKeyEntry(name="admin", sha256=hash_key(ADMIN_KEY), scopes=["infer", "admin"])
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def settings_for(tiny: dict[str, Any], **over: Any) -> ServeSettings:
@@ -34,8 +40,14 @@ def run_app(
     fn: Callable[[httpx.AsyncClient, Any], Awaitable[Any]],
     setup: Callable[[Any], None] | None = None,
     headers: dict | None = None,
+    admin: bool = False,
 ) -> Any:
-    """Start the app (lifespan + model load), run `fn(client, app)` in its event loop."""
+    """Start the app (lifespan + model load), run `fn(client, app)` in its event loop.
+    ``admin``: the server gets ADMIN_ENTRY and the client sends its key on every request."""
+    if admin:
+        keys = [*settings.api_keys, ADMIN_ENTRY]
+        settings = settings.model_copy(update={"api_keys": keys})
+        headers = {**(headers or {}), **ADMIN_HEADERS}
     app = create_app(settings)
     if setup is not None:
         setup(app)

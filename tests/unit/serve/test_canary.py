@@ -45,7 +45,14 @@ class Recorder:
 
 
 def clf_settings(clfs: dict[str, Path], **over: Any) -> ServeSettings:
-    base = {"models": [f"sent={clfs['v1']}"], "max_wait_ms": 1.0, "request_log": False}
+    # insecure_dev: these tests call the admin routes on a server without keys (the key
+    # checks of those routes are tested with keys in test_canary_routes_need_the_admin_scope).
+    base = {
+        "models": [f"sent={clfs['v1']}"],
+        "max_wait_ms": 1.0,
+        "request_log": False,
+        "insecure_dev": True,
+    }
     return ServeSettings(**{**base, **over})
 
 
@@ -418,7 +425,7 @@ def test_adapter_canary_promote_and_base_refused(tiny):
 
     base_name = Path(tiny["base"]).name
     a0, a1, base, on_canary, ids, hidden, promoted, after = run_app(
-        settings_for(tiny, request_log=False), go
+        settings_for(tiny, request_log=False, insecure_dev=True), go
     )
     assert a0 != a1 and on_canary == a1 and after == a1
     assert base.status_code in (404, 409)
@@ -435,7 +442,7 @@ def test_adapter_base_model_canary_is_refused_with_409(tiny):
         )
         return r.status_code, r.json()["error"]
 
-    status, err = run_app(settings_for(tiny, request_log=False), go)
+    status, err = run_app(settings_for(tiny, request_log=False, insecure_dev=True), go)
     assert status == 409 and err["code"] == "canary_unsupported"
     assert "base model" in err["message"]
 
@@ -458,7 +465,7 @@ def test_adapter_shadow_is_logged_not_returned(tiny):
         return first.json(), second.json(), app.state.request_logger.records, rolled_back
 
     first, second, records, rolled_back = run_app(
-        settings_for(tiny, request_log=False), go, setup=with_recorder
+        settings_for(tiny, request_log=False, insecure_dev=True), go, setup=with_recorder
     )
     text = first["choices"][0]["message"]["content"]
     assert second["choices"][0]["message"]["content"] == text  # the primary answered
@@ -543,7 +550,8 @@ def test_adapter_state_reports_the_adapter_weights(tiny):
         assert r.status_code == 201, r.text
         return (await client.get("/admin/canary")).json()["data"]
 
-    data = {m["model"]: m for m in run_app(settings_for(tiny, request_log=False), go)}
+    settings = settings_for(tiny, request_log=False, insecure_dev=True)
+    data = {m["model"]: m for m in run_app(settings, go)}
     assert data["a0"]["primary"]["digest"] == adapter_digest(a[0])[:16]
     assert data["a0"]["canary"]["digest"] == adapter_digest(a[1])[:16]
     assert data["a1"]["canary"] is None and data["sent"]["kind"] == "classify"

@@ -139,7 +139,7 @@ def test_an_adapter_loads_while_a_batch_runs(tiny):
         long.cancel()
 
     over = {"max_tokens_cap": 512, "continuous_batching": True, "max_wait_ms": 0}
-    run_app(settings_for(tiny, **over), go)
+    run_app(settings_for(tiny, **over), go, admin=True)
 
 
 def test_sliding_window_models_are_refused_with_a_clear_error():
@@ -196,4 +196,4 @@ def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(tiny, monkeypa
         r = await asyncio.wait_for(c.delete("/v1/adapters/a0"), timeout=10)
         assert r.status_code == 200
 
-    run_app(settings_for(tiny, max_wait_ms=0), go)
+    run_app(settings_for(tiny, max_wait_ms=0), go, admin=True)

@@ -119,7 +119,7 @@ def test_hot_load_swap_unload_under_load_fails_nothing(tiny, continuous):
         ids = {m["id"] for m in (await c.get("/v1/models")).json()["data"]}
         assert ids == {"base", "a0", "a2", "sent"}
 
-    run_app(settings_for(tiny, max_batch_size=4, continuous_batching=continuous), go)
+    run_app(settings_for(tiny, max_batch_size=4, continuous_batching=continuous), go, admin=True)
 
 
 def test_adapter_load_checks(tiny, tmp_path):
@@ -137,7 +137,7 @@ def test_adapter_load_checks(tiny, tmp_path):
         assert r.status_code == 409
         assert (await c.delete("/v1/adapters/nope")).status_code == 404
 
-    run_app(settings_for(tiny), go)
+    run_app(settings_for(tiny), go, admin=True)
 
 
 @MODES
@@ -207,4 +207,4 @@ def test_merged_single_adapter_matches_unmerged(tiny):
 
     plain = ServeSettings(models=[str(tiny["base"]), f"a0={a[0]}"])
     merge = ServeSettings(models=[f"a0={a[0]}"], merge_adapter=True)
-    assert run_app(plain, unmerged) == run_app(merge, merged)
+    assert run_app(plain, unmerged, admin=True) == run_app(merge, merged, admin=True)

@@ -10,6 +10,7 @@ adapter name; unloading waits until no queued or running request uses the adapte
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import time
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from honed.errors import HonedError
+from honed.models import adapters
+from honed.models.adapters import AdapterNotFound
 from honed.serve.engine import loading
 from honed.serve.engine.batching import MicroBatcher
 from honed.serve.engine.continuous import RunningBatch, check_supported
@@ -120,6 +123,13 @@ class GenerativeModel:
         return hasattr(self.model, "peft_config")
 
     # -- tokens ----------------------------------------------------------------------------
+    @functools.cached_property
+    def max_token_chars(self) -> int:
+        """The most characters one token stands for: its vocabulary string's length (byte-level
+        BPE and SentencePiece strings have one character per byte or character, WordPiece's
+        '##' only adds). Bounds how few tokens a text can become, before tokenizing it."""
+        return max((len(t) for t in self.tokenizer.get_vocab()), default=1)
+
     def encode_text(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 
@@ -263,7 +273,10 @@ class GenerativeModel:
             path, digest, version = await self._check_adapter(source, sha256)
             internal = f"honed_{next(self._ids)}"
             assert self.batcher is not None
-            await self.batcher.between(self._attach, path, internal)
+            try:
+                await self.batcher.between(self._attach, path, internal)
+            except (RuntimeError, ValueError, KeyError, TypeError, OSError) as err:
+                raise self._attach_failed(source, internal, err) from None
             old = self.adapters.get(name)
             slot = AdapterSlot(internal, source, digest, version)
             self.adapters[name] = slot  # new requests go to the new weights from here on
@@ -286,21 +299,41 @@ class GenerativeModel:
         await self.batcher.between(self._detach, internal)
 
     async def _check_adapter(self, source: str, sha256: str | None) -> tuple[Path, str, str | None]:
-        """(folder, sha256 of the weights, registry version or None) of an adapter to load."""
+        """(folder, sha256 of the weights, registry version or None) of an adapter to load.
+        What the caller names may be any path: until it proves to be an adapter folder, the
+        answer says only "not found or not readable" (details go to the server log)."""
         try:
             path, version = await asyncio.to_thread(loading.resolve, source)
-            if loading.detect_kind(path) != "adapter":
-                raise InvalidRequest(f"{source!r} is not a causal-LM LoRA adapter", param="source")
+            cfg = await asyncio.to_thread(adapters.check_adapter_folder, path)
+        except AdapterNotFound as err:
+            raise _not_found(source, err) from None
+        except adapters.AdapterError as err:  # an adapter folder, but a broken one
+            raise _bad_adapter(source, err) from None
+        except HonedError as err:  # no such folder or registry ref, not an adapter folder
+            raise _not_found(source, err) from None
+        try:
+            if str(cfg.get("task_type") or "CAUSAL_LM") != "CAUSAL_LM":
+                raise InvalidRequest(
+                    f"{source[:200]!r} is not a causal-LM LoRA adapter", param="source"
+                )
+            adapters.check_target_modules(cfg, self.model)
             digest = await asyncio.to_thread(loading.adapter_digest, path)
             trained_on = loading.base_digest_of(path)
-            if trained_on and trained_on != await self.base_digest():
-                raise InvalidRequest(
-                    f"{source!r} was trained on another base model (lineage digest differs)",
-                    code="base_mismatch",
-                    param="source",
-                )
-        except HonedError as err:  # unknown folder/ref, not an adapter, unreadable files
-            raise InvalidRequest(str(err), param="source", code="bad_adapter") from None
+        except adapters.AdapterError as err:  # a module the base does not have
+            raise _bad_adapter(source, err) from None
+        except HonedError as err:  # unreadable lineage or weights: messages hold paths
+            log.warning("adapter %r refused: %s", source[:200], err)
+            raise InvalidRequest(
+                f"adapter {source[:200]!r} is broken: unreadable files (see the server log)",
+                param="source",
+                code="bad_adapter",
+            ) from None
+        if trained_on and trained_on != await self.base_digest():
+            raise InvalidRequest(
+                f"{source[:200]!r} was trained on another base model (lineage digest differs)",
+                code="base_mismatch",
+                param="source",
+            )
         if sha256 is not None and sha256 != digest:
             raise InvalidRequest(
                 "adapter weights do not match the given sha256",
@@ -328,6 +361,24 @@ class GenerativeModel:
             self.model.load_adapter(str(path), adapter_name=internal)
         self.model.to(self.device).eval()
 
+    def _attach_failed(self, source: str, internal: str, err: Exception) -> Exception:
+        """A checked adapter peft still could not attach: undo what it added, answer 400.
+        Running out of device memory is the server's problem, not the adapter's."""
+        if type(err).__name__ == "OutOfMemoryError":
+            return err
+        log.error("adapter %r could not be attached: %s", source[:200], err)
+        if internal in (getattr(self.model, "peft_config", None) or {}):
+            try:
+                self.model.delete_adapter(internal)
+            except Exception:  # best effort: the adapter is not served either way
+                log.exception("removing the half-attached adapter failed")
+        return InvalidRequest(
+            f"adapter {source[:200]!r} does not fit the base model (its weights or modules "
+            "differ from what the base has; details in the server log)",
+            param="source",
+            code="bad_adapter",
+        )
+
     def _detach(self, internal: str) -> None:
         active = self.model.active_adapter
         if active == internal and len(self.model.peft_config) > 1:
@@ -338,3 +389,20 @@ class GenerativeModel:
     @property
     def queue_depth(self) -> int:
         return self.batcher.depth if self.batcher else 0
+
+
+def _not_found(source: str, err: Exception) -> InvalidRequest:
+    log.warning("adapter %r refused: %s", source[:200], err)
+    return InvalidRequest(
+        f"adapter {source[:200]!r} not found or not readable: name a LoRA adapter folder or "
+        "registry ref (NAME@ALIAS, NAME/VERSION) this server can read",
+        param="source",
+        code="adapter_not_found",
+    )
+
+
+def _bad_adapter(source: str, err: HonedError) -> InvalidRequest:
+    """400 for an adapter folder that is broken (its message names files, never paths)."""
+    return InvalidRequest(
+        f"adapter {source[:200]!r} is broken: {err}", param="source", code="bad_adapter"
+    )

@@ -48,6 +48,13 @@ log = logging.getLogger("honed.serve")
 def create_app(settings: ServeSettings | None = None, engine: Engine | None = None) -> FastAPI:
     settings = settings or ServeSettings()
     keys = KeyStore.from_settings(settings)
+    if settings.insecure_dev and not keys.enabled:
+        log.warning(
+            "INSECURE DEV MODE (--insecure-dev): no API keys; every route, admin included, "
+            "answers anyone who reaches %s:%s. Never expose this server.",
+            settings.host,
+            settings.port,
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

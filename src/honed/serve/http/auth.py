@@ -3,18 +3,27 @@
 `AccessMiddleware` (pure ASGI) runs before routing, so with keys configured nothing but
 `/healthz` answers without a valid key: not the docs, not /metrics, not even a 404.
 Route dependencies (`deps.InferKey`, `deps.AdminKey`) then check the key's scopes.
+
+Keys travel in the `Authorization` header only: a query parameter named like a credential
+(`?api_key=`, `?token=`, ...) is refused with 400, since URLs end up in proxies' and access
+logs; `QueryKeyFilter` masks such parameters in uvicorn's access log all the same.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 import json
+import logging
+import re
 import secrets
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
 
 import yaml
 from fastapi import HTTPException
@@ -23,6 +32,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from honed.serve.settings import ApiKeyEntry, ServeConfigError, ServeSettings
 
 OPEN_PATHS = frozenset({"/healthz"})
+#: Query parameter names that look like credentials (refused, and masked in the access log).
+_SECRET_NAME = re.compile(r"key|token|secret|passw(or)?d|auth|credential", re.IGNORECASE)
+_SECRET_PARAM = re.compile(
+    r"([?&][^=&\s\"]*(?:key|token|secret|passw(?:or)?d|auth|credential)[^=&\s\"]*=)[^&\s\"]*",
+    re.IGNORECASE,
+)
 
 
 def hash_key(key: str) -> str:
@@ -155,10 +170,15 @@ class AccessMiddleware:
         self.retry_after = retry_after
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        refusal = self._authenticate(scope)
+        refusal = _key_in_query(scope)
+        if refusal is None and scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        if refusal is None:
+            refusal = self._authenticate(scope)
         if refusal is None:
             refusal = self._check_length(scope)
         if refusal is not None:
@@ -243,6 +263,49 @@ class AccessMiddleware:
         except BodyTooLarge:
             if not started:
                 await _send(send, *self._too_large())
+
+
+def _key_in_query(scope: Scope) -> tuple | None:
+    """400 for a credential-like query parameter: keys go in the Authorization header."""
+    query = scope.get("query_string", b"").decode("latin-1")
+    names = [name for name, _ in parse_qsl(query, keep_blank_values=True)]
+    found = next((n for n in names if _SECRET_NAME.search(n)), None)
+    if found is None:
+        return None
+    msg = (
+        f"credentials are not accepted in the URL (query parameter {found[:40]!r}): URLs end "
+        "up in proxy and access logs; send 'Authorization: Bearer <key>' instead"
+    )
+    return (400, *_error(400, msg, "invalid_request_error", "key_in_query"))
+
+
+def redact_query_secrets(text: str) -> str:
+    """`?api_key=hk-...&x=1` -> `?api_key=[REDACTED]&x=1` (any credential-like name)."""
+    return _SECRET_PARAM.sub(r"\1[REDACTED]", text)
+
+
+class QueryKeyFilter(logging.Filter):
+    """Masks credential-like query parameters in uvicorn's access log lines (the request
+    line is one of the record's arguments)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                redact_query_secrets(a) if isinstance(a, str) else a for a in record.args
+            )
+        elif isinstance(record.msg, str):
+            record.msg = redact_query_secrets(record.msg)
+        return True
+
+
+def access_log_config() -> dict[str, Any]:
+    """uvicorn's default logging config with `QueryKeyFilter` on its access handler."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["redact_query_keys"] = {"()": QueryKeyFilter}
+    config["handlers"]["access"].setdefault("filters", []).append("redact_query_keys")
+    return config
 
 
 def _bearer(scope: Scope) -> str | None:

@@ -7,6 +7,7 @@ load (py-spy, /v1/classify at concurrency 32).
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -16,6 +17,8 @@ from honed.serve.engine.core import Engine
 from honed.serve.http.auth import ApiKey
 from honed.serve.http.errors import APIError
 from honed.serve.settings import ServeSettings
+
+log = logging.getLogger("honed.serve")
 
 # auto_error=False: AccessMiddleware already refused missing/wrong keys; this documents the
 # bearer scheme in the OpenAPI schema so clients and fuzzers know to send it.
@@ -67,9 +70,29 @@ async def require_admin(request: Request, _: Bearer) -> ApiKey | None:
             403, "admin routes are disabled on this server", "permission_error", "admin_disabled"
         )
     key = _caller(request)
-    if key is not None and "admin" not in key.scopes:
+    if key is None:
+        return _keyless_admin(request)
+    if "admin" not in key.scopes:
         raise APIError(403, "this key lacks the 'admin' scope", "permission_error", "forbidden")
     return key
+
+
+def _keyless_admin(request: Request) -> None:
+    """A server without keys runs admin routes only in insecure development mode."""
+    if not request.app.state.settings.insecure_dev:
+        raise APIError(
+            403,
+            "admin routes need an API key with the 'admin' scope, and this server has no keys: "
+            "create one (`honed apikey create NAME --scopes infer,admin --file keys.yaml`) and "
+            "restart with `--api-keys-file keys.yaml` (development only: --insecure-dev)",
+            "permission_error",
+            "admin_key_required",
+        )
+    log.warning(
+        "INSECURE DEV MODE: admin call %s %s without an API key",
+        request.method,
+        request.url.path,
+    )
 
 
 SettingsDep = Annotated[ServeSettings, Depends(get_settings)]

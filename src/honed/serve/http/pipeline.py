@@ -49,6 +49,7 @@ from honed.serve.http.guards import (
 )
 from honed.serve.http.logprob_shapes import chat_logprobs, completion_logprobs
 from honed.serve.http.output_filter import ChoiceStream, OutputScreen
+from honed.serve.http.request_ids import log_texts
 from honed.serve.http.response_format import JsonFormat
 from honed.serve.http.schemas import (
     ChatCompletionRequest,
@@ -80,7 +81,7 @@ async def run(
         ctx, work = await _admit(request, call, engine, settings, key, tracker)
     except (APIError, EngineError) as err:
         raise _refused(tracker, err, settings) from None
-    tracker.records = [{"input": text} for text in call.inputs]
+    tracker.records = [log_texts(settings, input=text) for text in call.inputs]
     if call.regenerate is not None:
         caller = caller_of(request, ctx.api_key)
         tracker.watch_regenerate(caller, call.regenerate, is_sampled(call.body))
@@ -124,7 +125,10 @@ async def _admit(
     ctx = GuardContext(call.route, call.body.model, call.texts, key.name if key else None)
     run_input_guards(request.app.state.input_guards, ctx)
     await _configured_guards(request, call, tracker)
-    return ctx, call.submit(model, settings)
+    # Off the event loop: rendering a chat template and tokenizing a long prompt would hold
+    # every other request (and /healthz) for as long as they take.
+    prepared = await asyncio.to_thread(call.prepare, model, settings)
+    return ctx, call.submit(model, prepared)
 
 
 async def _configured_guards(request: Request, call: _Call, tracker: Tracker) -> None:
@@ -137,7 +141,8 @@ async def _configured_guards(request: Request, call: _Call, tracker: Tracker) ->
     try:
         texts = await screen_inputs(tracker, call.texts, roles)
     except APIError:  # the refused input stays in the log (redacted there), for review
-        tracker.records = [{"input": text} for text in call.inputs or call.texts]
+        settings = tracker.state.settings
+        tracker.records = [log_texts(settings, input=t) for t in call.inputs or call.texts]
         raise
     if texts != call.texts:
         call.use_texts(texts)
@@ -205,11 +210,20 @@ class _Generate:
     ) -> list[list[int]]:
         raise NotImplementedError
 
-    def submit(self, gen: GenerativeModel, settings: ServeSettings) -> list[GenJob]:
+    def prepare(
+        self, gen: GenerativeModel, settings: ServeSettings
+    ) -> tuple[SamplingParams, list[list[int]]]:
+        """Worker thread: the decoding settings and the prompts' token ids."""
         params = sampling_params(self.body, settings, vocab_size(gen))
         prompts = self.prompts(gen, params, settings)
         for ids in prompts:
             check_prompt(ids, settings)
+        return params, prompts
+
+    def submit(
+        self, gen: GenerativeModel, prepared: tuple[SamplingParams, list[list[int]]]
+    ) -> list[GenJob]:
+        params, prompts = prepared
         return gen.submit_all(prompts, self.body.model, params)
 
     async def wait(self, request: Request, jobs: list[GenJob], timeout: float) -> None:
@@ -222,7 +236,7 @@ class _Generate:
             screen.record(tracker)
         n = jobs[0].params.n
         for p, rec in enumerate(tracker.records):  # each prompt's first choice
-            rec["output"] = done[p * n][1]
+            rec.update(log_texts(tracker.state.settings, output=done[p * n][1]))
         u = usage(jobs)
         tracker.prompt_tokens = u["prompt_tokens"]
         tracker.completion_tokens = u["completion_tokens"]
@@ -286,6 +300,7 @@ class _Chat(_Generate):
         self, gen: GenerativeModel, params: SamplingParams, settings: ServeSettings
     ) -> list[list[int]]:
         fields.check_template(self.body.messages, gen.tokenizer)
+        check_prompt_chars(sum(len(t) for t in self.texts), gen, settings)
         return [gen.encode_chat(self.messages)]
 
     def choice(self, index: int, text: str, reason: str, lps: list | None) -> dict[str, Any]:
@@ -344,7 +359,11 @@ class _Completion(_Generate):
     ) -> list[list[int]]:
         if len(self.texts) * params.n > settings.max_batch_size * 4:
             raise APIError(400, "too many prompts x n for one request", param="prompt")
-        return self.token_ids or [gen.encode_text(p) for p in self.texts]
+        if self.token_ids is not None:
+            return self.token_ids
+        for p in self.texts:
+            check_prompt_chars(len(p), gen, settings)
+        return [gen.encode_text(p) for p in self.texts]
 
     def choice(self, index: int, text: str, reason: str, lps: list | None) -> dict[str, Any]:
         shaped = None if lps is None else completion_logprobs(self.gen.tokenizer, lps)[0]
@@ -389,7 +408,10 @@ class _Classify:
     def use_texts(self, texts: list[str]) -> None:
         self.texts = texts
 
-    def submit(self, clf: ClassifierModel, settings: ServeSettings) -> ClassifyJob:
+    def prepare(self, clf: ClassifierModel, settings: ServeSettings) -> None:
+        return None  # the classifier's worker tokenizes
+
+    def submit(self, clf: ClassifierModel, prepared: None) -> ClassifyJob:
         return clf.submit(self.texts)
 
     async def wait(self, request: Request, job: ClassifyJob, timeout: float) -> None:
@@ -403,8 +425,13 @@ class _Classify:
             for i, r in enumerate(job.future.result())
         ]
         tracker.prompt_tokens = job.prompt_tokens
+        settings = tracker.state.settings
         tracker.records = [
-            {"input": t, "output": d["label"], "label": d["label"], "score": d["score"]}
+            {
+                **log_texts(settings, input=t, output=d["label"]),
+                "label": d["label"],
+                "score": d["score"],
+            }
             for t, d in zip(self.texts, data, strict=True)
         ]
         usage = {"prompt_tokens": job.prompt_tokens, "total_tokens": job.prompt_tokens}
@@ -464,6 +491,18 @@ def check_prompt(ids: list[int], settings: ServeSettings) -> None:
         raise APIError(
             400,
             f"prompt has {len(ids)} tokens; this server's limit is {settings.max_prompt_tokens}",
+            code="context_length_exceeded",
+        )
+
+
+def check_prompt_chars(chars: int, gen: GenerativeModel, settings: ServeSettings) -> None:
+    """Refuse before tokenizing a prompt too long for max_prompt_tokens however it tokenizes
+    (x2 for normalizers that merge characters): a 750 KB prompt costs no tokenizer time."""
+    if chars > settings.max_prompt_tokens * gen.max_token_chars * 2:
+        raise APIError(
+            400,
+            f"prompt has {chars} characters, more than this server's limit of "
+            f"{settings.max_prompt_tokens} tokens can hold",
             code="context_length_exceeded",
         )
 

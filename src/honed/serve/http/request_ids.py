@@ -13,6 +13,9 @@ in the header only, where the `openai` client reads it (`APIStatusError.request_
 
 This is the outermost middleware, so a handler crash is answered here (500, with the id)
 instead of by Starlette's server-error middleware, which would bypass the header.
+
+Texts go to the request log capped (`log_texts`, settings.request_log_max_chars): a 750,000
+character prompt is stored as its first 8,192 characters, a marker and its length.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ from honed.serve.http.tracking import (
 )
 
 log = logging.getLogger("honed.serve")
+
+#: Ends a text cut for the request log; the row's extra holds the original length.
+TRUNCATED = "...[truncated]"
 
 _HEADER = REQUEST_ID_HEADER.lower().encode()
 # Inference paths: (route label, id prefix). Errors elsewhere get the header, no log row.
@@ -78,6 +84,20 @@ class RequestIdMiddleware:
             await _internal_error(send_with_id)
         if route is not None and status >= 400 and not state.get("logged"):
             _record_refusal(scope, route, prefix, status, started)
+
+
+def log_texts(settings: Any, **texts: str | None) -> dict[str, Any]:
+    """Request-log fields for ``texts`` (``input=...``, ``output=...``), each cut at
+    ``settings.request_log_max_chars``; a cut one ends with TRUNCATED and its length is in
+    ``<name>_chars`` (an unknown key: the row's ``extra``)."""
+    limit = settings.request_log_max_chars
+    out: dict[str, Any] = {}
+    for name, text in texts.items():
+        out[name] = text
+        if isinstance(text, str) and len(text) > limit:
+            out[name] = text[:limit] + TRUNCATED
+            out[f"{name}_chars"] = len(text)
+    return out
 
 
 def _client_header(scope: Scope) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Path
 
 from honed.serve.engine.canary import HIDDEN
-from honed.serve.engine.errors import NotFound
+from honed.serve.engine.errors import Conflict, NotFound
 from honed.serve.http.deps import AdminKey, ReadyEngine
 from honed.serve.http.errors import ERROR_RESPONSES
 from honed.serve.http.schemas import AdapterDeleted, AdapterInfo, AdapterLoadRequest
@@ -17,6 +17,13 @@ router = APIRouter(tags=["admin"])
 @router.post("/v1/adapters", response_model=AdapterInfo, status_code=201, responses=ERROR_RESPONSES)
 async def load_adapter(body: AdapterLoadRequest, engine: ReadyEngine, key: AdminKey) -> AdapterInfo:
     gen = engine.adapter_host()
+    kind = next((k for mid, k, _ in engine.ids() if mid == body.name), None)
+    if kind not in (None, "adapter"):  # an adapter id is replaced (hot swap); others are not
+        raise Conflict(
+            f"{body.name!r} is already served as a {kind} model; pick another adapter name",
+            code="name_taken",
+            param="name",
+        )
     slot = await gen.load_adapter(body.name, body.source, body.sha256)
     await audit("adapter.loaded", key, name=body.name, source=slot.source, sha256=slot.sha256)
     return AdapterInfo(name=body.name, parent=gen.name, source=slot.source, sha256=slot.sha256)
