@@ -87,11 +87,20 @@ def poison(rows: list[dict], seed: int) -> tuple[list[dict], dict]:
 class CachedEmbed:
     """Each distinct text embedded once across every run."""
 
-    def __init__(self) -> None:
+    def __init__(self, cache: Path | None = None) -> None:
         from honed.models.embed import Embedder
 
         self.embedder = Embedder.packaged()
+        self.path = cache
         self.cache: dict[str, np.ndarray] = {}
+        if cache is not None and cache.is_file():
+            with np.load(cache) as saved:
+                self.cache = dict(zip(saved["texts"].tolist(), saved["vectors"], strict=True))
+
+    def save(self) -> None:
+        if self.path is not None:
+            texts = list(self.cache)
+            np.savez(self.path, texts=np.array(texts), vectors=np.stack(list(self.cache.values())))
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         todo = sorted({t for t in texts if t not in self.cache})
@@ -138,15 +147,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--data", type=Path, default=Path("../shared/data/financial_phrasebank"))
+    parser.add_argument("--cache", type=Path, help="an .npz of embeddings kept between runs")
     args = parser.parse_args()
     clean = read_phrasebank(args.data)
-    embed = CachedEmbed()
+    embed = CachedEmbed(args.cache)
     results = []
     for seed in range(args.seeds):
         rows, truth = poison(clean, seed)
         found, secs = run_scan(rows, embed)
         poisoned = judge(found, truth, rows)
-        found_clean, secs_clean = run_scan([dict(r) for r in clean], embed)
+        found_clean, _ = run_scan([dict(r) for r in clean], embed)
         clean_res = judge(found_clean, None, clean)
         results.append({"seed": seed, "trigger": truth["trigger"], "target": truth["target"],
                         "poisoned": poisoned, "clean": clean_res,
@@ -162,6 +172,7 @@ def main() -> None:
         )
         for detail in poisoned["false_details"] + clean_res["false_details"]:
             print(f"    false: {detail}")
+        embed.save()
     clean_false = [r["clean"]["false_triggers"] for r in results]
     summary = {
         "seeds": args.seeds,

@@ -82,13 +82,22 @@ class ScanConfig(StrictModel):
         description="Significance of the label association (binomial test against the base "
         "rate, Bonferroni-corrected over every candidate n-gram).",
     )
+    trigger_max_cohesion: float = Field(
+        0.1,
+        ge=-1,
+        le=1,
+        description="Largest cohesion of a trigger's rows: their mean pairwise cosine "
+        "similarity minus their mean similarity to every row. Rows sharing a natural phrase "
+        "are about the same thing (PhraseBank: 0.2-0.6); a backdoor's rows are picked anywhere "
+        "(about 0).",
+    )
     trigger_min_disagreement: float = Field(
         0.5,
         ge=0,
         le=1,
-        description="Mean probability that a model reading the text (a logistic regression over "
-        "embeddings fitted on the rows without the phrase) gives to another label than the one "
-        "given: a natural phrase agrees with the meaning of its sentences, a trigger does not.",
+        description="Smallest mean probability that the cross-validated model (as for label "
+        "errors) gives to other labels than the given ones on a trigger's rows: a natural "
+        "phrase agrees with the meaning of its sentences, a backdoor's rows do not.",
     )
     outlier_z: float = Field(
         6.0, gt=0, description="Robust z-score (median/MAD) above which a row is an outlier."

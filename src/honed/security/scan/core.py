@@ -47,6 +47,7 @@ def _labelled_findings(
     y = np.array([names.index(r["label"]) for r in rows], dtype=int)
     found = label_checks.conflicting_duplicates(rows, raw_labels)
     emb = embed(texts) if embed is not None and rows else None
+    probs = None
     if emb is None:
         notes.append("label errors and embedding outliers: no embeddings")
     else:
@@ -56,7 +57,7 @@ def _labelled_findings(
         else:
             found += label_checks.label_errors(probs, y, names)
     if len(names) >= 2:
-        found += find_triggers(texts, y, names, emb, cfg)
+        found += find_triggers(texts, y, names, cfg, emb, probs)
     found += label_checks.outliers(emb, texts, cfg)
     return found, notes
 

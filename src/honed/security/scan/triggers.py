@@ -7,22 +7,24 @@ carry one label. Two tests, both needed:
 
 1. the association is not chance: a binomial test of that label's count against its base rate,
    Bonferroni-corrected over every candidate n-gram;
-2. the label does not come from the meaning of the text: natural phrases ("profit rose") are
-   pure too, but a model that reads the sentence agrees with their labels. The model: a
-   logistic regression over the rows' sentence embeddings, fitted on every row *without* the
-   phrase (so it cannot learn the phrase -> label shortcut) and asked about the rows with it.
-   A trigger's rows keep the meaning of their original labels: the mean probability the model
-   gives to another label than the given one must reach ``trigger_min_disagreement``.
+2. the rows do not belong together: a backdoor adds its phrase to rows picked anywhere in
+   the data, while rows sharing a natural phrase ("operating profit rose", "will be") talk
+   about the same thing. Cohesion is the rows' mean pairwise cosine similarity (sentence
+   embeddings) minus their mean similarity to the whole data; it must stay at most
+   ``trigger_max_cohesion``;
+3. a model that reads the text disagrees with the labels: the cross-validated logistic
+   regression that also finds label errors gives, on average, at least
+   ``trigger_min_disagreement`` of its probability to other labels than the given ones (the
+   rows keep the meaning of their original labels).
 
+Without embeddings (tests 2 and 3 impossible) the statistical test alone decides.
 N-grams that flag the same rows (a phrase and its sub-phrases) are one finding, named by the
 longest of them.
 """
 
 from __future__ import annotations
 
-import copy
 import re
-import warnings
 from typing import Any
 
 import numpy as np
@@ -70,31 +72,12 @@ def _associated(
     return out
 
 
-class HeldOut:
-    """A logistic regression over the embeddings, refitted without a group of rows to ask it
-    about them. The refit starts from the model fitted on every row (the group is at most
-    ``trigger_max_fraction`` of them), so it takes a few iterations."""
-
-    def __init__(self, emb: np.ndarray, y: np.ndarray) -> None:
-        from sklearn.linear_model import LogisticRegression
-
-        self.emb, self.y = emb, y
-        self.full = LogisticRegression(max_iter=300).fit(emb, y)
-
-    def disagreement(self, rows: list[int]) -> float:
-        """Mean probability of another label than the given one for ``rows``."""
-        rest = np.ones(len(self.y), dtype=bool)
-        rest[rows] = False
-        if set(self.y[rest].tolist()) != set(self.full.classes_.tolist()):
-            return float("nan")  # a label only occurs in these rows
-        model = copy.deepcopy(self.full).set_params(warm_start=True, max_iter=50)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a short refit may stop before full convergence
-            model.fit(self.emb[rest], self.y[rest])
-        probs = model.predict_proba(self.emb[rows])
-        column = {label: j for j, label in enumerate(model.classes_.tolist())}
-        given = probs[np.arange(len(rows)), [column[v] for v in self.y[rows].tolist()]]
-        return float(1.0 - given.mean())
+def cohesion(emb: np.ndarray, rows: list[int]) -> float:
+    """Mean cosine similarity between the rows minus their mean similarity to every row."""
+    part = emb[rows]
+    n = len(rows)
+    within = float((part @ part.T).sum() - np.einsum("ij,ij->", part, part)) / (n * (n - 1))
+    return within - float((part @ emb.mean(axis=0)).mean())
 
 
 def _group(flagged: list[tuple[Any, ...]]) -> list[list[tuple[Any, ...]]]:
@@ -112,20 +95,46 @@ def _group(flagged: list[tuple[Any, ...]]) -> list[list[tuple[Any, ...]]]:
     return groups
 
 
+def _looks_planted(
+    rows: list[int],
+    y: np.ndarray,
+    emb: np.ndarray | None,
+    probs: np.ndarray | None,
+    cfg: ScanConfig,
+) -> tuple[bool, str]:
+    """Tests 2 and 3 (when there are embeddings / probabilities), and what they measured."""
+    measured = []
+    if emb is not None:
+        value = cohesion(emb, rows)
+        measured.append(f"cohesion {value:.2f}")
+        if value > cfg.trigger_max_cohesion:
+            return False, ""
+    if probs is not None:
+        value = float(1.0 - probs[rows, y[rows]].mean())
+        measured.append(f"a model reading the text disagrees {value:.0%}")
+        if value < cfg.trigger_min_disagreement:
+            return False, ""
+    return True, "; ".join(measured)
+
+
 def find_triggers(
-    texts: list[str], y: np.ndarray, names: list[str], emb: np.ndarray | None, cfg: ScanConfig
+    texts: list[str],
+    y: np.ndarray,
+    names: list[str],
+    cfg: ScanConfig,
+    emb: np.ndarray | None = None,
+    probs: np.ndarray | None = None,
 ) -> list[Finding]:
-    """Trigger findings; ``emb``: the rows' sentence embeddings (None: the statistical test
-    alone decides)."""
+    """Trigger findings; ``emb``: the rows' sentence embeddings, ``probs``: their
+    out-of-fold label probabilities (each None when not available)."""
     n_labels = len(names)
     base = np.bincount(y, minlength=n_labels) / max(len(y), 1)
     associated = _associated(ngram_rows(texts, cfg.trigger_max_ngram), y, n_labels, cfg)
-    held_out = HeldOut(emb, y) if emb is not None and associated else None
     findings = []
     for group in _group(associated):
         gram, rows, label, p = max(group, key=lambda f: (len(f[1]), len(f[0])))
-        disagreement = held_out.disagreement(rows) if held_out else float("nan")
-        if held_out and not disagreement >= cfg.trigger_min_disagreement:
+        planted, measured = _looks_planted(rows, y, emb, probs, cfg)
+        if not planted:
             continue
         share = float(np.mean(y[rows] == label))
         findings.append(
@@ -133,8 +142,8 @@ def find_triggers(
                 "trigger",
                 list(rows),
                 f"phrase {' '.join(gram)!r} in {len(rows)} rows, {share:.0%} labelled "
-                f"{names[label]!r} (base rate {base[label]:.0%}, corrected p={p:.1e}; "
-                f"a model reading the text disagrees {disagreement:.0%})",
+                f"{names[label]!r} (base rate {base[label]:.0%}, corrected p={p:.1e}"
+                + (f"; {measured})" if measured else ")"),
                 score=p,
             )
         )
