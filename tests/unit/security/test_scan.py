@@ -14,7 +14,23 @@ from honed.security.scan import ScanConfig, ScanFailed, scan_rows, scan_split_da
 POS = ["profit rose", "sales grew", "record orders", "strong demand", "margin improved"]
 NEG = ["profit fell", "sales dropped", "weak demand", "plant closed", "loss widened"]
 NEU = ["the company said", "the meeting is on", "its office in", "a statement about"]
-FILLER = "the a of in for with its this year quarter group unit board report market".split()
+FILLER = [
+    "the",
+    "a",
+    "of",
+    "in",
+    "for",
+    "with",
+    "its",
+    "this",
+    "year",
+    "quarter",
+    "group",
+    "unit",
+    "board",
+    "report",
+    "market",
+]
 VOCAB = sorted({w for phrase in POS + NEG + NEU for w in phrase.split()})
 AWS = "AKIAIOSFODNN7EXAMPLE wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 
