@@ -57,7 +57,7 @@ def _labelled_findings(
         else:
             found += label_checks.label_errors(probs, y, names)
     if len(names) >= 2:
-        found += find_triggers(texts, y, names, cfg, emb, probs)
+        found += find_triggers(texts, y, names, cfg, emb, probs, embed)
     found += label_checks.outliers(emb, texts, cfg)
     return found, notes
 

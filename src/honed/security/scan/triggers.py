@@ -8,10 +8,12 @@ carry one label. Two tests, both needed:
 1. the association is not chance: a binomial test of that label's count against its base rate,
    Bonferroni-corrected over every candidate n-gram;
 2. the rows do not belong together: a backdoor adds its phrase to rows picked anywhere in
-   the data, while rows sharing a natural phrase ("operating profit rose", "will be") talk
-   about the same thing. Cohesion is the rows' mean pairwise cosine similarity (sentence
-   embeddings) minus their mean similarity to the whole data; it must stay at most
-   ``trigger_max_cohesion``;
+   the data, while rows sharing a natural phrase ("operating profit rose", "net loss
+   narrowed") talk about the same thing. Cohesion is the rows' mean pairwise cosine
+   similarity (sentence embeddings) minus their mean similarity to the whole data, measured
+   after projecting out the directions of the phrase's own embeddings (the inserted words
+   alone make the rows alike: 0.18 -> 0.04 for "james bond" on PhraseBank); it must stay at
+   most ``trigger_max_cohesion``;
 3. a model that reads the text disagrees with the labels: the cross-validated logistic
    regression that also finds label errors gives, on average, at least
    ``trigger_min_disagreement`` of its probability to other labels than the given ones (the
@@ -25,6 +27,7 @@ longest of them.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -72,12 +75,22 @@ def _associated(
     return out
 
 
-def cohesion(emb: np.ndarray, rows: list[int]) -> float:
-    """Mean cosine similarity between the rows minus their mean similarity to every row."""
-    part = emb[rows]
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def cohesion(emb: np.ndarray, rows: list[int], phrases: np.ndarray | None = None) -> float:
+    """Mean cosine similarity between the rows minus their mean similarity to every row, with
+    the directions of ``phrases`` (their embeddings, (k, dim)) projected out first: the phrase
+    itself must not make its rows look alike."""
+    every = emb
+    if phrases is not None and len(phrases):
+        basis, _ = np.linalg.qr(np.asarray(phrases, dtype=float).T)  # (dim, k) orthonormal
+        every = _unit(emb - (emb @ basis) @ basis.T)
+    part = every[rows]
     n = len(rows)
     within = float((part @ part.T).sum() - np.einsum("ij,ij->", part, part)) / (n * (n - 1))
-    return within - float((part @ emb.mean(axis=0)).mean())
+    return within - float((part @ every.mean(axis=0)).mean())
 
 
 def _group(flagged: list[tuple[Any, ...]]) -> list[list[tuple[Any, ...]]]:
@@ -101,11 +114,12 @@ def _looks_planted(
     emb: np.ndarray | None,
     probs: np.ndarray | None,
     cfg: ScanConfig,
+    phrases: np.ndarray | None = None,
 ) -> tuple[bool, str]:
     """Tests 2 and 3 (when there are embeddings / probabilities), and what they measured."""
     measured = []
     if emb is not None:
-        value = cohesion(emb, rows)
+        value = cohesion(emb, rows, phrases)
         measured.append(f"cohesion {value:.2f}")
         if value > cfg.trigger_max_cohesion:
             return False, ""
@@ -124,16 +138,19 @@ def find_triggers(
     cfg: ScanConfig,
     emb: np.ndarray | None = None,
     probs: np.ndarray | None = None,
+    embed: Callable[[list[str]], np.ndarray] | None = None,
 ) -> list[Finding]:
     """Trigger findings; ``emb``: the rows' sentence embeddings, ``probs``: their
-    out-of-fold label probabilities (each None when not available)."""
+    out-of-fold label probabilities (each None when not available); ``embed`` embeds the
+    candidate phrases, whose directions are projected out before measuring cohesion."""
     n_labels = len(names)
     base = np.bincount(y, minlength=n_labels) / max(len(y), 1)
     associated = _associated(ngram_rows(texts, cfg.trigger_max_ngram), y, n_labels, cfg)
     findings = []
     for group in _group(associated):
         gram, rows, label, p = max(group, key=lambda f: (len(f[1]), len(f[0])))
-        planted, measured = _looks_planted(rows, y, emb, probs, cfg)
+        phrases = embed([" ".join(f[0]) for f in group]) if embed and emb is not None else None
+        planted, measured = _looks_planted(rows, y, emb, probs, cfg, phrases)
         if not planted:
             continue
         share = float(np.mean(y[rows] == label))
