@@ -67,11 +67,6 @@ def _files_holding(folder: Path, needles: tuple[str, ...]) -> list[str]:
     return hits
 
 
-@pytest.mark.xfail(
-    reason="trigger detection misses this planted phrase: the inserted words make the rows "
-    "as cohesive as a natural phrase's in MiniLM space (0.27 vs 0.26); see the report",
-    strict=False,
-)
 def test_run_stops_on_the_trigger_by_default(repro_spec, tmp_path):
     spec = repro_spec()
     proc = honed("run", str(spec), cwd=tmp_path, check=False)
@@ -96,9 +91,10 @@ def test_nothing_sensitive_reaches_artifacts(repro_spec, tmp_path, _isolated_sta
     scan = report["scan"]
     assert scan["spans_redacted"] == {"secret": 2, "pii": 2}
     assert scan["rows_dropped"]["conflicting_duplicate"] == 1
+    assert scan["findings"]["trigger"] == 1
     assert (run / "reference_profile").is_dir()
     assert "## Data scan" in (run / "README.md").read_text()
-    assert "| trigger |" in (run / "README.md").read_text()
+    assert "| trigger | 1 | warn |" in (run / "README.md").read_text()
     assert _files_holding(run, SENSITIVE) == []
     assert _files_holding(_isolated_state, SENSITIVE) == []
     assert not any(n in (proc.stdout + proc.stderr).lower() for n in SENSITIVE)
