@@ -81,4 +81,7 @@ def classification_spec_dict(model: Path, data: Path, out: Path, method: str = "
             "num_threads": 1,
         },
         "eval": {"worst_examples": 3},
+        # The synthetic rows' label is exactly their stem phrase, the rest random filler: a
+        # planted trigger by construction, which the data scan would stop the run on.
+        "scan": {"policy": {"trigger": "warn"}},
     }

@@ -22,6 +22,7 @@ from honed.quiet import defer_bitsandbytes, filter_unavoidable_warnings
 _COMMAND_MODULES = (
     "honed.pipeline.commands",
     "honed.pipeline.loop_commands",
+    "honed.pipeline.scan_commands",
     "honed.registry.commands",
     "honed.serve.commands",
     "honed.monitor.commands",

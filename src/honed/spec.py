@@ -9,6 +9,7 @@ training: {...}  -> honed.train.config.TrainingConfig
 eval:     {...}  -> honed.evals.config.EvalConfig
 registry: {...}  -> honed.registry.config.RegistryConfig
 loop:     {...}  -> honed.pipeline.config.LoopConfig
+scan:     {...}  -> honed.security.scan.config.ScanConfig (the data scan before training)
 card:     {...}  -> CardConfig (model card text)
 """
 
@@ -29,6 +30,7 @@ from honed.models.config import ModelConfig
 from honed.monitor.config import CanaryConfig, DriftConfig
 from honed.pipeline.config import LoopConfig
 from honed.registry.config import RegistryConfig
+from honed.security.scan.config import ScanConfig
 from honed.train.config import MethodConfig, TrainingConfig
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -70,6 +72,11 @@ class RunSpec(StrictModel):
     )
     canary: CanaryConfig = Field(default_factory=CanaryConfig, description="Canary analysis.")
     card: CardConfig = Field(default_factory=CardConfig)
+    scan: ScanConfig = Field(
+        default_factory=ScanConfig,
+        description="The data scan before training (PII, secrets, conflicting duplicates, "
+        "label errors, trigger phrases, outliers) and the policy per finding.",
+    )
     loop: LoopConfig = Field(
         default_factory=LoopConfig,
         description="The retraining loop (`honed loop run`): triggers, inbox, canary.",

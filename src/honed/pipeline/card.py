@@ -232,6 +232,24 @@ def _example(spec: RunSpec, labels: list[str]) -> str:
     return "operating profit rose" if labels else ""
 
 
+def _scan_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per finding kind for the card's data-scan table (from data_report.json)."""
+    scan = report.get("scan") or {}
+    if not scan.get("enabled"):
+        return []
+    redacted = scan.get("spans_redacted") or {}
+    return [
+        {
+            "kind": kind.replace("_", " "),
+            "found": found,
+            "policy": (scan.get("policy") or {}).get(kind, "?"),
+            "dropped": (scan.get("rows_dropped") or {}).get(kind, 0),
+            "redacted": redacted.get(kind, "-"),
+        }
+        for kind, found in (scan.get("findings") or {}).items()
+    ]
+
+
 def render_card(
     spec: RunSpec,
     metrics: dict[str, Any],
@@ -277,6 +295,8 @@ def render_card(
         task=spec.task,
         training=spec.training,
         packages=lineage.get("packages", {}),
+        scan=report.get("scan") or {},
+        scan_rows=_scan_rows(report),
     )
     # The template's optional blocks leave runs of blank lines; one blank line is enough.
     return re.sub(r"\n{3,}", "\n\n", str(rendered)).rstrip() + "\n"

@@ -71,11 +71,13 @@ def gate(metrics: dict[str, Any], floors: dict[str, float]) -> list[str]:
     return failures
 
 
-def _write_profile(paths: RunPaths, data, outputs: dict[str, Any]) -> None:
-    """The reference profile drift checks compare traffic with (evals/profile.py).
+def _write_profile(paths: RunPaths, data, outputs: dict[str, Any], embedder: Any = None) -> None:
+    """The reference profile drift checks compare traffic with (evals/profile.py), built from
+    the scanned (cleaned) training rows.
 
     Embeddings come from the packaged all-MiniLM-L6-v2 whatever the base, so profiles of
-    different models are comparable. A profile that cannot be built is reported, not fatal.
+    different models are comparable (``embedder``: the scan's, when it embedded with that
+    model already). A profile that cannot be built is reported, not fatal.
     """
     from honed.evals.profile import ProfileError, write_run_profile
     from honed.models.embed import Embedder
@@ -86,10 +88,26 @@ def _write_profile(paths: RunPaths, data, outputs: dict[str, Any]) -> None:
             data.train,
             predictions=outputs.get("predictions"),
             confidences=outputs.get("confidences"),
-            embedder=Embedder.packaged(),
+            embedder=embedder or Embedder.packaged(),
         )
     except (ProfileError, HonedError) as err:
         logger.warning("no reference profile written: %s", err)
+
+
+def scan_before_training(spec: RunSpec, data: SplitData, base_path: Path) -> Any:
+    """The data scan (security.scan) on the prepared rows, in place: 'drop' and 'redact'
+    findings are applied, 'fail' findings stop the run (ScanFailed, a DataError). Returns the
+    packaged-MiniLM embedder it used, for the reference profile (None otherwise)."""
+    from honed.pipeline.scan import scan_data, scan_embedder, summary_lines
+
+    labelled = spec.scan.enabled and spec.task == "classification"
+    embedder = scan_embedder(spec, base_path) if labelled else None
+    outcome = scan_data(spec, data, embedder)
+    if outcome is not None and outcome.findings:
+        logger.warning("\n".join(summary_lines(outcome)))
+    if outcome is not None:
+        outcome.raise_on_fail()
+    return embedder if spec.scan.embeddings == "packaged" else None
 
 
 def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -118,6 +136,8 @@ def train_and_evaluate(
     sets = choose_eval_sets(spec, task)
     # Only tasks that take a frozen set get one (choose_eval_sets refuses it for the others).
     data = task.prepare_data(spec, frozen=sets.frozen) if sets.frozen else task.prepare_data(spec)
+    # Everything below (training, evaluation files, profile, report, card) sees cleaned rows.
+    embedder = scan_before_training(spec, data, base.path)
     paths = _prepare_folder(Path(output_dir or default_output_dir(spec)), resume, overwrite)
     write_eval_sets(spec, paths, data, sets)
     _write_json(paths.data_report, portable_report(data.report, paths.root))
@@ -129,7 +149,7 @@ def train_and_evaluate(
     # Written before evaluation: loading an adapter folder needs its base model's lineage.
     _write_json(paths.lineage, lineage)
     metrics = task.evaluate(spec, data, base, paths)
-    _write_profile(paths, data, metrics.pop("reference_outputs", None) or {})
+    _write_profile(paths, data, metrics.pop("reference_outputs", None) or {}, embedder)
     metrics["train"] = {k: v for k, v in train_metrics.items() if k != "log_history"}
     metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
     lineage["metrics"] = _summary(metrics)
