@@ -215,6 +215,8 @@ def cmd_history(args: argparse.Namespace) -> int:
 
     registry = Registry()
     entries = read_history(args.name, registry)
+    if not entries:
+        registry.latest(args.name)  # an unknown name: a RegistryError naming it (exit 2)
     aliases = sorted({e["alias"] for e in entries if e.get("alias")})
     intervals = {alias: served(entries, alias) for alias in aliases}
     if args.json:

@@ -141,3 +141,5 @@ def test_cli_promote_runs_the_gate_force_rollback_and_history(registry, capsys):
         "rollback",
         "promote",
     ]
+    assert main(["models", "history", "no-such-model"]) == 2
+    assert "no-such-model: no registered versions" in capsys.readouterr().err
