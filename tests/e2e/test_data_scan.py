@@ -1,7 +1,7 @@
 """Issue 13's repro through the real CLI: an 80-row file with an e-mail, a card number, an AWS
 key pair, a duplicated text with conflicting labels and a trigger phrase on 6 relabelled rows.
-By default the run stops on the trigger; with the trigger only warned about, nothing of the
-secret or PII reaches the run folder, the registry or the reference profile."""
+By default the trigger's rows are dropped and nothing of the secret or PII reaches the run
+folder, the registry or the reference profile; with `scan.policy.trigger: fail` the run stops."""
 
 from __future__ import annotations
 
@@ -66,8 +66,8 @@ def _files_holding(folder: Path, needles: tuple[str, ...]) -> list[str]:
     return hits
 
 
-def test_run_stops_on_the_trigger_by_default(repro_spec, tmp_path):
-    spec = repro_spec()
+def test_run_stops_on_the_trigger_when_told(repro_spec, tmp_path):
+    spec = repro_spec(policy={"trigger": "fail"})
     proc = honed("run", str(spec), cwd=tmp_path, check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "data scan" in proc.stderr and "trigger: phrase 'zq vex' in 6 rows" in proc.stderr
@@ -83,17 +83,17 @@ def test_run_stops_on_the_trigger_by_default(repro_spec, tmp_path):
 
 
 def test_nothing_sensitive_reaches_artifacts(repro_spec, tmp_path, _isolated_state):
-    spec = repro_spec(policy={"trigger": "warn"})
+    spec = repro_spec(policy={})  # the defaults: the trigger's rows are dropped
     proc = honed("run", str(spec), cwd=tmp_path)
     run = tmp_path / "run"
     report = json.loads((run / "data_report.json").read_text())
     scan = report["scan"]
     assert scan["spans_redacted"] == {"secret": 2, "pii": 2}
     assert scan["rows_dropped"]["conflicting_duplicate"] == 1
-    assert scan["findings"]["trigger"] == 1
+    assert scan["findings"]["trigger"] == 1 and scan["rows_dropped"]["trigger"] == 6
     assert (run / "reference_profile").is_dir()
     assert "## Data scan" in (run / "README.md").read_text()
-    assert "| trigger | 1 | warn |" in (run / "README.md").read_text()
+    assert "| trigger | 1 | drop |" in (run / "README.md").read_text()
     assert _files_holding(run, SENSITIVE) == []
     assert _files_holding(_isolated_state, SENSITIVE) == []
     assert not any(n in (proc.stdout + proc.stderr).lower() for n in SENSITIVE)

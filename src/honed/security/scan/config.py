@@ -3,8 +3,13 @@
 Each kind of finding has a policy: ``fail`` stops the run (a clear error listing the
 findings), ``drop`` removes the rows, ``redact`` rewrites the sensitive spans (PII and secrets
 only) and ``warn`` keeps the rows and reports them. The defaults keep secrets and PII out of
-every artifact, drop duplicates whose labels disagree, stop on a planted trigger phrase and
-only report likely label errors and outliers (real data has some of both).
+every artifact, drop duplicates whose labels disagree, drop the rows of a planted trigger
+phrase and only report likely label errors and outliers (real data has some of both).
+
+Why a trigger's rows are dropped rather than the run stopped: the test keeps a natural phrase
+now and then (PhraseBank's 'a significant', 6 rows all positive, at corrected p 0.04 in the
+loop demo's sample); dropping its few rows costs little, while a real backdoor's rows removed
+leave the model without it. `fail` is there for teams that want to look first.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ class ScanPolicy(StrictModel):
         "warn", description="Likely label errors (cleanlab on cross-validated probabilities)."
     )
     trigger: RowPolicy = Field(
-        "fail", description="Planted trigger phrases: the rows that contain the phrase."
+        "drop", description="Planted trigger phrases: the rows that contain the phrase."
     )
     outlier: RowPolicy = Field(
         "warn", description="Rows far from every other row (embedding) or of extreme length."
