@@ -120,7 +120,14 @@ def write_spec(out: Path, data: Path, size: dict) -> Path:
         # agreement and prediction shift are loosened; the users' thumbs decide.
         "canary": {"min_requests": 100, "min_agreement": 0.5, "max_prediction_shift": 0.35},
         "registry": {"alias_on_register": "challenger"},
+        # The scan flags one natural phrase in this sample ('a significant', 6 rows all
+        # positive) as a possible trigger; the demo keeps those rows (warn) so the champion is
+        # trained on the same sentences as the documented run.
+        "scan": {"policy": {"trigger": "warn"}},
         "loop": {
+            # The simulated users share one API key, so feedback cannot be told apart by key:
+            # round 2's wrong corrections reach training and the gate is what refuses them.
+            "hold_flagged_feedback": False,
             # Round 1 fires on drift; round 2 on the volume of (wrong) corrections.
             "triggers": {"drift": True, "min_feedback": size["round2"] - 10},
             "poll_seconds": 5,
@@ -177,6 +184,8 @@ def start_server(env: dict[str, str], port: int, out: Path, key: str) -> subproc
     cmd = [*HONED, "serve", f"{NAME}={NAME}@champion", "--port", str(port)]
     cmd += ["--api-keys-file", str(out / "keys.yaml")]
     cmd += ["--classify-workers", "1"]
+    # One key stands for every simulated user: no per-key feedback cap (1,000/hour by default).
+    env = {**env, "HONED_SERVE_FEEDBACK_PER_KEY_PER_HOUR": "0"}
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
