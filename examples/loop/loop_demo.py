@@ -120,10 +120,19 @@ def write_spec(out: Path, data: Path, size: dict) -> Path:
         # agreement and prediction shift are loosened; the users' thumbs decide.
         "canary": {"min_requests": 100, "min_agreement": 0.5, "max_prediction_shift": 0.35},
         "registry": {"alias_on_register": "challenger"},
-        # The scan flags one natural phrase in this sample ('a significant', 6 rows all
-        # positive) as a possible trigger; the demo keeps those rows (warn) so the champion is
-        # trained on the same sentences as the documented run.
-        "scan": {"policy": {"trigger": "warn"}},
+        # The scan reports but changes nothing here, so the champion's data and split are those
+        # of the documented run: on this sample it flags one natural phrase as a possible
+        # trigger ('a significant', 6 rows all positive), one conflicting duplicate and a
+        # press-release phone number; dropping them moved the split enough that round 1's
+        # challenger no longer beat the champion on the frozen set (docs/benchmarks.md).
+        "scan": {
+            "policy": {
+                "trigger": "warn",
+                "conflicting_duplicate": "warn",
+                "pii": "warn",
+                "secret": "warn",
+            }
+        },
         "loop": {
             # The simulated users share one API key, so feedback cannot be told apart by key:
             # round 2's wrong corrections reach training and the gate is what refuses them.
