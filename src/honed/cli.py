@@ -25,6 +25,7 @@ _COMMAND_MODULES = (
     "honed.pipeline.scan_commands",
     "honed.registry.commands",
     "honed.serve.commands",
+    "honed.deploy.commands",
     "honed.monitor.commands",
     "honed.security.commands",
     "honed.security.audit_commands",

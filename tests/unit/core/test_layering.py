@@ -11,6 +11,8 @@ import honed
 #: Low -> high. Core modules sit at the bottom; cli at the top.
 # monitor/ (request log, drift, feedback) is a library the server writes to and mounts, so it
 # sits below serve/; the pipeline (honed run) sits above the registry it writes to.
+# deploy/ renders manifests that run the server, training and the loop elsewhere (Kubernetes,
+# Kubeflow, KServe, managed endpoints), so it sits on top of all of them.
 # security/ (PII detection, data scan, guards, supply-chain checks, audit log) reads rows and
 # loads models, and is used by everything from the request log to the pipeline and the server.
 STAGES = (
@@ -24,6 +26,7 @@ STAGES = (
     "monitor",
     "pipeline",
     "serve",
+    "deploy",
 )
 CORE = {"__init__", "errors", "config_base", "spec", "paths", "state", "plugins", "templates"}
 TOP = {"cli"}

@@ -194,7 +194,7 @@ def test_dockerfile_base_is_pinned_by_digest():
 
 
 def test_dockerfile_installs_under_constraints_and_runs_as_the_pod_uid():
-    from honed.serve.deploy import RUN_AS
+    from honed.deploy.common import RUN_AS
 
     assert "ARG CONSTRAINTS=constraints/cpu.txt" in DOCKERFILE
     assert re.search(r"pip install .*-c \$\{CONSTRAINTS\}", DOCKERFILE)
@@ -210,7 +210,7 @@ def test_dockerfile_installs_under_constraints_and_runs_as_the_pod_uid():
 def test_compose_is_pinned_and_hardened():
     import yaml
 
-    from honed.serve.deploy import RUN_AS
+    from honed.deploy.common import RUN_AS
 
     svc = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())["services"]["honed"]
     assert not svc["image"].endswith(":latest") and ":" in svc["image"]

@@ -8,7 +8,6 @@ that registry: an Inference Endpoint loads the hub repo `honed push` uploaded (m
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import re
@@ -16,61 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from honed.errors import HonedError
-
-IMAGE_REPO = "ghcr.io/honed/honed-serve"
-PORT = 8000
-_K8S_NAME = re.compile(r"[^a-z0-9-]+")
-#: The image's non-root user (deploy/Dockerfile creates it with this uid and gid).
-RUN_AS = 10001
-#: Writable paths on a read-only root filesystem: temp files and library caches
-#: (HOME=/home/honed in the image; torch, triton and HF write under ~/.cache).
-SCRATCH_MOUNTS = {"tmp": "/tmp", "cache": "/home/honed/.cache"}
-_DOCKER_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_IMAGE_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-
-
-class DeployError(HonedError):
-    """A deployment artefact cannot be produced (bad option, unknown model, offline push)."""
-
-
-def image_tag() -> str:
-    """The image tag of this honed release: its version (a local `+build` part as `-build`)."""
-    try:
-        version = importlib.metadata.version("honed")
-    except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
-        raise DeployError("honed's version is unknown (not installed); pass --image") from None
-    return version.replace("+", "-")
-
-
-def image_ref(image: str | None = None, tag: str | None = None) -> str:
-    """The image to deploy, pinned: IMAGE_REPO at this honed version, `tag` (a tag or a
-    sha256 digest) on `image` or IMAGE_REPO, or `image` as given; never untagged or :latest,
-    which would run whatever was pushed last."""
-    if tag:
-        repo = image or IMAGE_REPO
-        if _IMAGE_DIGEST.match(tag):
-            return f"{repo}@{tag}"
-        if not _DOCKER_TAG.match(tag):
-            raise DeployError(f"--image-tag {tag!r}: not a tag or a sha256:<64 hex> digest")
-        image = f"{repo}:{tag}"
-    image = image or f"{IMAGE_REPO}:{image_tag()}"
-    _check_pinned(image)
-    return image
-
-
-def _check_pinned(image: str) -> None:
-    if "@sha256:" in image:
-        return
-    last = image.rsplit("/", 1)[-1]
-    tag = last.partition(":")[2]
-    if not tag or tag == "latest":
-        raise DeployError(
-            f"image {image!r}: pin a version tag or a digest (REPO:TAG, REPO@sha256:...), "
-            "not an untagged or :latest image that changes under the deployment"
-        )
+from honed.deploy.common import (
+    PORT,
+    RUN_AS,
+    SCRATCH_MOUNTS,
+    DeployError,
+    image_ref,
+    security_context,
+    to_yaml,
+)
 
 
 @dataclass(frozen=True)
@@ -91,14 +44,6 @@ class DeployOptions:
     target_cpu_percent: int = 70
 
 
-def k8s_name(text: str) -> str:
-    """A DNS-1123 label from a model name (`financial-sentiment@champion` -> ...-champion)."""
-    name = _K8S_NAME.sub("-", text.lower()).strip("-")[:53]
-    if not name:
-        raise DeployError(f"cannot derive a Kubernetes name from {text!r}; pass --name")
-    return name
-
-
 def _probe_key_exec(path: str) -> dict[str, Any]:
     # With API keys on, /readyz needs a key: probe from inside the pod with the probe key.
     script = (
@@ -107,22 +52,6 @@ def _probe_key_exec(path: str) -> dict[str, Any]:
         "headers={'Authorization':'Bearer '+os.environ['HONED_PROBE_KEY']}),timeout=4)"
     )
     return {"exec": {"command": ["python", "-c", script]}}
-
-
-def _security_context() -> dict[str, Any]:
-    """The container's: non-root, read-only root filesystem, no privilege escalation, no
-    Linux capabilities, the runtime's default seccomp profile (the restricted Pod Security
-    Standard)."""
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": RUN_AS,
-        "runAsGroup": RUN_AS,
-        "readOnlyRootFilesystem": True,
-        "allowPrivilegeEscalation": False,
-        "privileged": False,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
 
 
 def _keys_env(o: DeployOptions) -> list[dict[str, Any]]:
@@ -163,7 +92,7 @@ def _container(o: DeployOptions) -> dict[str, Any]:
         "env": env,
         "volumeMounts": mounts,
         "resources": resources,
-        "securityContext": _security_context(),
+        "securityContext": security_context(),
         "readinessProbe": {
             **_probe_key_exec("/readyz"),  # keys are always on: /readyz needs the probe key
             "periodSeconds": 5,
@@ -276,18 +205,6 @@ def k8s_manifests(o: DeployOptions) -> list[dict[str, Any]]:
         },
     }
     return [deployment, service, hpa]
-
-
-class _NoAliasDumper(yaml.SafeDumper):
-    """Plain YAML: a dict used twice (the labels) is written twice, not as &id001/*id001,
-    which some tools (kubectl diff, policy engines, humans) read badly."""
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
-
-
-def to_yaml(doc: dict[str, Any]) -> str:
-    return yaml.dump(doc, Dumper=_NoAliasDumper, sort_keys=False)
 
 
 def write_k8s(o: DeployOptions, out: Path) -> list[Path]:

@@ -10,14 +10,8 @@ import pytest
 import yaml
 
 from honed.cli import main
-from honed.serve.deploy import (
-    DeployError,
-    DeployOptions,
-    EndpointSource,
-    endpoint_config,
-    k8s_name,
-    push,
-)
+from honed.deploy.common import DeployError, k8s_name
+from honed.deploy.serving import DeployOptions, EndpointSource, endpoint_config, push
 
 
 def test_k8s_render_kinds_and_probes(tiny, tmp_path, capsys):
@@ -64,7 +58,7 @@ def test_k8s_render_kinds_and_probes(tiny, tmp_path, capsys):
 
 
 def test_k8s_with_keys_probes_with_a_key():
-    dep = __import__("honed.serve.deploy", fromlist=["k8s_manifests"]).k8s_manifests(
+    dep = __import__("honed.deploy.serving", fromlist=["k8s_manifests"]).k8s_manifests(
         DeployOptions(model_ref="fin@champion", name="fin", keys_secret="honed-keys")
     )[0]
     c = dep["spec"]["template"]["spec"]["containers"][0]
@@ -133,8 +127,8 @@ def test_sagemaker_endpoint_loads_model_data_from_s3(tiny, tmp_path, capsys):
 
 
 def test_endpoint_hub_repo_from_a_recorded_push(tiny, tmp_path):
+    from honed.deploy.serving import record_push
     from honed.registry.store import Registry
-    from honed.serve.deploy import record_push
 
     registry = Registry()
     run_id, uri = registry.log_run("tiny", "tiny", tiny["clf"], {}, {}, {})
@@ -252,7 +246,7 @@ def test_sagemaker_ping_and_invocations(tiny):
 def test_pushed_card_names_the_repo_in_its_loading_examples(tmp_path):
     from huggingface_hub import ModelCard
 
-    from honed.serve.deploy import CARD_PLACEHOLDER, card_for_repo
+    from honed.deploy.serving import CARD_PLACEHOLDER, card_for_repo
 
     assert card_for_repo(tmp_path, "me/model") is None  # no card: nothing to rewrite
     (tmp_path / "README.md").write_text(
@@ -266,14 +260,14 @@ def test_pushed_card_names_the_repo_in_its_loading_examples(tmp_path):
 
 # -- hardening (issue 13) ---------------------------------------------------------------------
 def _pod(**options) -> dict:
-    from honed.serve.deploy import k8s_manifests
+    from honed.deploy.serving import k8s_manifests
 
     opts = DeployOptions(model_ref="fin@champion", name="fin", **options)
     return k8s_manifests(opts)[0]["spec"]["template"]["spec"]
 
 
 def test_k8s_pods_run_hardened():
-    from honed.serve.deploy import RUN_AS
+    from honed.deploy.common import RUN_AS
 
     pod = _pod(keys_secret="honed-keys")
     assert pod["automountServiceAccountToken"] is False
@@ -297,7 +291,7 @@ def test_k8s_pods_run_hardened():
 def test_k8s_image_is_the_honed_version_never_latest(tmp_path):
     import importlib.metadata
 
-    from honed.serve.deploy import IMAGE_REPO, image_ref
+    from honed.deploy.common import IMAGE_REPO, image_ref
 
     version = importlib.metadata.version("honed")
     image = _pod(keys_secret="k")["containers"][0]["image"]
@@ -334,7 +328,7 @@ def test_k8s_without_keys_is_refused_unless_they_come_from_elsewhere(tmp_path, c
 
 
 def test_k8s_yaml_has_no_anchors(tmp_path):
-    from honed.serve.deploy import write_k8s
+    from honed.deploy.serving import write_k8s
 
     files = write_k8s(DeployOptions("fin@champion", "fin", keys_secret="k"), tmp_path)
     for path in files:
@@ -347,7 +341,7 @@ def test_k8s_yaml_has_no_anchors(tmp_path):
 @pytest.mark.parametrize("options", [{"keys_secret": "k", "gpus": 1}, {"external_keys": True}])
 def test_k8s_manifests_validate_against_the_kubernetes_schemas(options):
     k8s = pytest.importorskip("kubernetes_validate")  # a dev dependency; offline schemas
-    from honed.serve.deploy import k8s_manifests
+    from honed.deploy.serving import k8s_manifests
 
     for doc in k8s_manifests(DeployOptions("fin@champion", "fin", **options)):
         k8s.validate(doc, k8s.latest_version(), strict=True)  # raises on any unknown field

@@ -1,4 +1,4 @@
-"""Tiny random models, built once per test session."""
+"""Tiny random models for unit tests (serve, deploy), built once per test session."""
 
 from __future__ import annotations
 
