@@ -97,13 +97,23 @@ def measure(spec: Any, rounds: list[dict[str, Any]], now: datetime) -> Measureme
 
 
 def count_new_corrections(spec: Any, since: datetime | None) -> int:
+    """New explicit corrections since ``since``. With ``loop.hold_flagged_feedback`` on, the
+    rows of keys whose corrections disagree with the others' are not counted: the export holds
+    them back, so they must not start a round that would train on nothing new."""
+    from honed.monitor.disagreement import judge_keys
     from honed.monitor.feedback import FeedbackStore
 
-    rows = FeedbackStore(request_log_url(spec)).joined(since)
+    store = FeedbackStore(request_log_url(spec))
+    rows = store.joined(since)
+    flagged = set()
+    if spec.loop.hold_flagged_feedback and rows:
+        flagged = {t.key for t in judge_keys(store.joined()) if t.flagged}
     return sum(
         1
         for r in rows
-        if (r.get("signal") or "explicit") == "explicit" and (r["correction"] or r["preferred"])
+        if (r.get("signal") or "explicit") == "explicit"
+        and (r["correction"] or r["preferred"])
+        and r.get("key_name") not in flagged
     )
 
 

@@ -263,6 +263,44 @@ def test_new_feedback_is_counted_from_the_last_rounds_cut(tmp_path) -> None:
     assert triggers.count_new_corrections(spec, triggers.last_cursor(cut)) == 2
 
 
+def test_new_feedback_of_flagged_keys_does_not_fire_the_trigger(tmp_path, monkeypatch) -> None:
+    """The export holds a flagged key's rows back, so they must not start a round either."""
+    from sqlalchemy import insert
+
+    from honed.monitor import disagreement
+    from honed.monitor.requestlog import FeedbackRow, RequestLogger
+
+    spec = _spec(tmp_path)
+    logger = RequestLogger(spec.loop.request_log_url)
+    for i in range(4):
+        logger.submit({"id": f"r{i}", "input_text": f"t{i}", "predicted_label": "a"})
+    logger.flush()
+    keys = ["honest", "flipper", "flipper", "flipper"]
+    rows = [
+        {
+            "request_id": f"r{i}",
+            "item": 0,
+            "created_at": NOW,
+            "signal": "explicit",
+            "correction": "b",
+            "key_name": k,
+        }
+        for i, k in enumerate(keys)
+    ]
+    with logger.engine.begin() as conn:
+        conn.execute(insert(FeedbackRow), rows)
+    logger.close()
+
+    class Flagged:
+        key, flagged = "flipper", True
+
+    monkeypatch.setattr(disagreement, "judge_keys", lambda rows: [Flagged()])
+    assert triggers.count_new_corrections(spec, None) == 1
+    loop = spec.loop.model_copy(update={"hold_flagged_feedback": False})
+    spec = spec.model_copy(update={"loop": loop})  # exported anyway: counted too
+    assert triggers.count_new_corrections(spec, None) == 4
+
+
 # --- the real steps with fake adapters -----------------------------------------------------
 
 
