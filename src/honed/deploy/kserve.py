@@ -258,10 +258,13 @@ MODEL_REF is a registry ref the pods resolve from that volume (NAME/VERSION pref
 
 Canary rollout (Knative mode): 1) apply the champion (`deploy kserve fin/3`); 2) apply the
 challenger with `--canary fin/4 --canary-percent 10`: the predictor runs fin/4 and KServe
-sends 10%% to that latest revision, the rest to the previous ready one; 3) promote by
+sends 10% to that latest revision, the rest to the previous ready one; 3) promote by
 applying fin/4 without --canary (or with --canary-percent 100), roll back by applying fin/3.
 honed's own canary (POST /admin/canary) splits inside one server instead, with sticky arms,
-shadow mode and per-arm request logs."""
+shadow mode and per-arm request logs. Knative mode needs Knative's config-features
+kubernetes.podspec-securitycontext, kubernetes.podspec-persistent-volume-claim and
+kubernetes.podspec-persistent-volume-write enabled; --deployment-mode Standard (a Deployment,
+no canary) does not."""
 
 
 def register(psub: argparse._SubParsersAction) -> None:
