@@ -123,6 +123,10 @@ def test_schema_refuses_typos_and_wrong_types():
     wrong_type["spec"]["predictor"]["canaryTrafficPercent"] = "10%"
     with pytest.raises(ManifestInvalidError, match="canaryTrafficPercent"):
         validate_manifest(wrong_type)
+    bad_metric = copy.deepcopy(isvc)
+    bad_metric["spec"]["predictor"]["scaleMetric"] = "gpu"
+    with pytest.raises(ManifestInvalidError, match="scaleMetric"):
+        validate_manifest(bad_metric)
     no_predictor = copy.deepcopy(isvc)
     del no_predictor["spec"]["predictor"]
     with pytest.raises(ManifestInvalidError, match="predictor"):
