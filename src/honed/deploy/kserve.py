@@ -7,7 +7,8 @@ container is `kserve-container` with one port (8000, named `http1` as Knative wa
 on `/healthz`, readiness on `/readyz` from inside the pod with the probe key (keys are always
 on: the pods listen on 0.0.0.0), API keys from a Secret (or `--external-keys`), HONED_HOME on
 the models volume claim (rendered as a PersistentVolumeClaim, or `--existing-claim`), the
-restricted security context, and min/max replicas with a scale metric. The pods resolve the
+restricted security context (the API token off through the pods' ServiceAccount, as Knative
+refuses the pod field), and min/max replicas with a scale metric. The pods resolve the
 model ref from the registry on that volume, so the ref must be a registry ref (NAME@ALIAS or
 NAME/VERSION); a folder on this machine is refused.
 
@@ -60,6 +61,9 @@ HPA_METRICS = ("cpu", "memory")
 _ISVC_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 # Fields of the pod `deploy k8s` renders that Knative's revision spec refuses.
 _KNATIVE_DISALLOWED_POD = ("automountServiceAccountToken", "terminationGracePeriodSeconds")
+#: The pods' ServiceAccount: it turns the token off for them, which Knative mode cannot do in
+#: the pod spec (the server never calls the Kubernetes API).
+SERVICE_ACCOUNT = "honed-serve"
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,7 @@ def _kserve_container(container: dict[str, Any]) -> dict[str, Any]:
 def _predictor(o: KServeOptions) -> dict[str, Any]:
     pod = _pod_spec(_deploy_options(o))
     pod["containers"] = [_kserve_container(c) for c in pod["containers"]]
+    pod["serviceAccountName"] = SERVICE_ACCOUNT
     if o.knative:
         for field in _KNATIVE_DISALLOWED_POD:
             pod.pop(field, None)
@@ -223,11 +228,21 @@ def models_claim(o: KServeOptions) -> dict[str, Any] | None:
     }
 
 
+def service_account() -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": SERVICE_ACCOUNT, "labels": {"app.kubernetes.io/name": "honed-serve"}},
+        "automountServiceAccountToken": False,
+    }
+
+
 def kserve_manifests(o: KServeOptions) -> list[dict[str, Any]]:
-    """The InferenceService, and the models PersistentVolumeClaim unless it exists."""
+    """The InferenceService, its ServiceAccount (no API token), and the models
+    PersistentVolumeClaim unless it exists."""
     _check_options(o)
     claim = models_claim(o)
-    return [inference_service(o), *([claim] if claim else [])]
+    return [inference_service(o), service_account(), *([claim] if claim else [])]
 
 
 def write_kserve(o: KServeOptions, out: Path) -> list[Path]:

@@ -36,7 +36,11 @@ def _container(isvc):
 
 def test_champion_is_a_valid_inference_service():
     isvc, docs = _isvc()
-    assert [d["kind"] for d in docs] == ["InferenceService", "PersistentVolumeClaim"]
+    assert [d["kind"] for d in docs] == [
+        "InferenceService",
+        "ServiceAccount",
+        "PersistentVolumeClaim",
+    ]
     assert isvc["apiVersion"] == "serving.kserve.io/v1beta1"
     predictor = isvc["spec"]["predictor"]
     assert "canaryTrafficPercent" not in predictor
@@ -53,10 +57,12 @@ def test_champion_is_a_valid_inference_service():
     assert c["securityContext"] == expected
     assert predictor["securityContext"]["runAsNonRoot"] is True
     assert predictor["securityContext"]["fsGroup"] == 10001
-    assert "automountServiceAccountToken" not in predictor  # Knative refuses the field
+    assert "automountServiceAccountToken" not in predictor  # Knative refuses the field...
+    assert predictor["serviceAccountName"] == docs[1]["metadata"]["name"]
+    assert docs[1]["automountServiceAccountToken"] is False  # ...its ServiceAccount turns it off
     volumes = {v["name"]: v for v in predictor["volumes"]}
     assert volumes["models"]["persistentVolumeClaim"]["claimName"] == "honed-models"
-    assert docs[1]["metadata"]["name"] == "honed-models"
+    assert docs[2]["metadata"]["name"] == "honed-models"
     assert any(m["mountPath"] == "/models" for m in c["volumeMounts"])
 
 
@@ -153,7 +159,7 @@ def test_unreachable_refs_are_refused(tmp_path):
 
 def test_existing_claim_is_mounted_not_created():
     isvc, docs = _isvc(claim="team-state", existing_claim=True)
-    assert [d["kind"] for d in docs] == ["InferenceService"]
+    assert [d["kind"] for d in docs] == ["InferenceService", "ServiceAccount"]
     volumes = {v["name"]: v for v in isvc["spec"]["predictor"]["volumes"]}
     assert volumes["models"]["persistentVolumeClaim"]["claimName"] == "team-state"
 
@@ -169,12 +175,12 @@ def test_cli_writes_validated_plain_yaml(tmp_path, capsys):
     extra = ["--canary", "fin@challenger", "--canary-percent", "20", "--gpus", "1"]
     assert main([*argv, *extra, "--max-replicas", "6", "--storage-class", "nfs"]) == 0
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["inferenceservice.yaml", "persistentvolumeclaim.yaml"]
-    assert capsys.readouterr().out.split() == [str(out / f) for f in files]
+    assert files == ["inferenceservice.yaml", "persistentvolumeclaim.yaml", "serviceaccount.yaml"]
+    assert sorted(capsys.readouterr().out.split()) == [str(out / f) for f in files]
     texts = [(out / f).read_text() for f in files]
     assert not any("&id" in t or "*id" in t for t in texts)  # no YAML anchors
-    isvc, pvc = (yaml.safe_load(t) for t in texts)
-    validate_manifests([isvc, pvc])
+    isvc, pvc, account = (yaml.safe_load(t) for t in texts)
+    validate_manifests([isvc, pvc, account])
     assert isvc["metadata"]["name"] == "fin"
     predictor = isvc["spec"]["predictor"]
     assert predictor["canaryTrafficPercent"] == 20 and predictor["maxReplicas"] == 6
