@@ -32,8 +32,8 @@ splits between pods at the ingress, per request, with each revision scaled on it
 when a challenger needs its own pods (a new generative base) or the platform owns rollouts.
 Knative mode needs the Knative feature flags `kubernetes.podspec-securitycontext`,
 `kubernetes.podspec-persistent-volume-claim` and `kubernetes.podspec-persistent-volume-write`
-enabled (config-features). `--deployment-mode Standard` renders a plain Deployment-backed
-service (no revisions, so no canary).
+enabled (config-features; Knative 1.10 or later). `--deployment-mode Standard` renders a plain
+Deployment-backed service (no revisions, so no canary).
 """
 
 from __future__ import annotations
@@ -61,6 +61,25 @@ HPA_METRICS = ("cpu", "memory")
 _ISVC_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 # Fields of the pod `deploy k8s` renders that Knative's revision spec refuses.
 _KNATIVE_DISALLOWED_POD = ("automountServiceAccountToken", "terminationGracePeriodSeconds")
+# The security-context fields Knative (1.10 and later) lets a revision set; it refuses any
+# other (`privileged`, `fsGroupChangePolicy`, ...) rather than ignore it.
+_KNATIVE_POD_SECURITY = (
+    "runAsUser",
+    "runAsGroup",
+    "runAsNonRoot",
+    "fsGroup",
+    "supplementalGroups",
+    "seccompProfile",
+)
+_KNATIVE_CONTAINER_SECURITY = (
+    "runAsUser",
+    "runAsGroup",
+    "runAsNonRoot",
+    "readOnlyRootFilesystem",
+    "allowPrivilegeEscalation",
+    "capabilities",
+    "seccompProfile",
+)
 #: The pods' ServiceAccount: it turns the token off for them, which Knative mode cannot do in
 #: the pod spec (the server never calls the Kubernetes API).
 SERVICE_ACCOUNT = "honed-serve"
@@ -158,7 +177,11 @@ def _deploy_options(o: KServeOptions) -> DeployOptions:
     )
 
 
-def _kserve_container(container: dict[str, Any]) -> dict[str, Any]:
+def _only(fields: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, Any]:
+    return {key: value for key, value in fields.items() if key in allowed}
+
+
+def _kserve_container(container: dict[str, Any], knative: bool) -> dict[str, Any]:
     """`deploy k8s`'s container with KServe's conventions: its name, one port named http1
     (Knative routes to it), probes on that port or exec (Knative refuses other ports)."""
     c = copy.deepcopy(container)
@@ -168,18 +191,19 @@ def _kserve_container(container: dict[str, Any]) -> dict[str, Any]:
     # /healthz answers as soon as the server is up (the model loads in the background), so
     # liveness needs no startup probe, which older Knative releases refuse.
     c.pop("startupProbe", None)
-    # Knative refuses the `privileged` field; unset, a container is not privileged.
-    c["securityContext"].pop("privileged", None)
+    if knative:  # e.g. no `privileged` field: unset, a container is not privileged
+        c["securityContext"] = _only(c["securityContext"], _KNATIVE_CONTAINER_SECURITY)
     return c
 
 
 def _predictor(o: KServeOptions) -> dict[str, Any]:
     pod = _pod_spec(_deploy_options(o))
-    pod["containers"] = [_kserve_container(c) for c in pod["containers"]]
+    pod["containers"] = [_kserve_container(c, o.knative) for c in pod["containers"]]
     pod["serviceAccountName"] = SERVICE_ACCOUNT
     if o.knative:
         for field in _KNATIVE_DISALLOWED_POD:
             pod.pop(field, None)
+        pod["securityContext"] = _only(pod["securityContext"], _KNATIVE_POD_SECURITY)
     predictor: dict[str, Any] = {
         "minReplicas": o.min_replicas,
         "maxReplicas": o.max_replicas,

@@ -104,6 +104,7 @@ def test_standard_mode_scales_on_cpu_through_an_hpa():
     assert annotations["serving.kserve.io/autoscalerClass"] == "hpa"
     assert (predictor["scaleMetric"], predictor["scaleTarget"]) == ("cpu", 70)
     assert predictor["automountServiceAccountToken"] is False  # a plain pod keeps it off
+    assert _container(isvc)["securityContext"] == security_context()  # all of it
 
 
 def test_vendored_schema_is_a_json_schema_with_its_source():
