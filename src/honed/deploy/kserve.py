@@ -123,12 +123,15 @@ class KServeOptions:
 def check_reachable(ref: str, flag: str = "MODEL_REF") -> None:
     """Pods resolve registry refs from the state volume; a folder on this machine (or any
     other path) does not exist there."""
-    if not _is_registry_ref(ref):
-        raise DeployError(
-            f"{flag} {ref!r}: the pods cannot reach a folder on this machine; they resolve "
-            "registry refs (NAME@ALIAS, NAME/VERSION) from the registry on the models volume "
-            "(HONED_HOME=/models/.honed). Register the model there and pass NAME/VERSION"
-        )
+    if _is_registry_ref(ref):
+        return
+    local = Path(ref).expanduser().exists()
+    what = "the pods cannot reach a folder on this machine" if local else "not a registry ref"
+    raise DeployError(
+        f"{flag} {ref!r}: {what}; the pods resolve registry refs (NAME@ALIAS, NAME/VERSION) "
+        "from the registry on the models volume (HONED_HOME=/models/.honed). Register the "
+        "model there and pass NAME/VERSION"
+    )
 
 
 def _check_options(o: KServeOptions) -> None:

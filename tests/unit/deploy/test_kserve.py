@@ -156,6 +156,8 @@ def test_unreachable_refs_are_refused(tmp_path):
     assert str(folder) in str(err.value)
     with pytest.raises(DeployError, match="--canary"):
         _isvc(canary_ref=str(folder), canary_percent=10)
+    with pytest.raises(DeployError, match="not a registry ref"):
+        _isvc(model_ref="runs/fin-sentiment")  # a path that is not even here
 
 
 def test_existing_claim_is_mounted_not_created():
