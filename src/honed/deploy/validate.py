@@ -51,6 +51,24 @@ def _crd_schema(path: Path) -> dict[str, Any]:
     return data.get("schema", data)  # {"source": ..., "schema": {...}} or the bare schema
 
 
+@cache
+def _crd_validator(path: Path) -> Any:
+    # Not checked against its meta-schema here (seconds for a CRD's schema, at every
+    # command): the tests check each vendored file once (check_vendored_schema).
+    import jsonschema
+
+    schema = _crd_schema(path)
+    return jsonschema.validators.validator_for(schema)(schema)
+
+
+def check_vendored_schema(path: Path) -> None:
+    """Raise jsonschema.SchemaError when a vendored file is not a valid JSON Schema."""
+    import jsonschema
+
+    schema = _crd_schema(path)
+    jsonschema.validators.validator_for(schema).check_schema(schema)
+
+
 def _validate_builtin(doc: dict[str, Any], k8s_version: str | None) -> None:
     try:
         import kubernetes_validate
@@ -71,10 +89,10 @@ def _validate_crd(doc: dict[str, Any]) -> None:
     path = crd_schema_path(doc)
     if not path.is_file():
         raise ManifestInvalidError(f"{_name(doc)}: no vendored schema {path.name}")
-    try:
-        jsonschema.validate(doc, _crd_schema(path))
-    except jsonschema.ValidationError as err:
-        raise ManifestInvalidError(f"{_name(doc)}: {err.message} at {_where(err)}") from err
+    # As jsonschema.validate does, with the validator (and its schema check) cached.
+    error = jsonschema.exceptions.best_match(_crd_validator(path).iter_errors(doc))
+    if error is not None:
+        raise ManifestInvalidError(f"{_name(doc)}: {error.message} at {_where(error)}")
 
 
 def _name(doc: dict[str, Any]) -> str:
