@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -88,6 +89,27 @@ def security_context() -> dict[str, Any]:
     }
 
 
+def pod_security_context() -> dict[str, Any]:
+    """The pod's: the image's non-root user, and volumes (PVCs, emptyDirs) group-owned by it
+    so that it can write them; ownership is changed only when the volume's root does not
+    match already (a recursive chown of a large data volume at every start is slow)."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "fsGroup": RUN_AS,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def scratch_volumes() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, mounts) of the writable scratch folders on a read-only root filesystem."""
+    volumes = [{"name": name, "emptyDir": {}} for name in SCRATCH_MOUNTS]
+    mounts = [{"name": name, "mountPath": path} for name, path in SCRATCH_MOUNTS.items()]
+    return volumes, mounts
+
+
 class _NoAliasDumper(yaml.SafeDumper):
     """Plain YAML: a dict used twice (the labels) is written twice, not as &id001/*id001,
     which some tools (kubectl diff, policy engines, humans) read badly."""
@@ -96,5 +118,39 @@ class _NoAliasDumper(yaml.SafeDumper):
         return True
 
 
+def _str(dumper: yaml.SafeDumper, text: str) -> yaml.Node:
+    # A multi-line value (a spec in a ConfigMap) as a readable `|` block, not one quoted line.
+    style = "|" if "\n" in text else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_NoAliasDumper.add_representer(str, _str)
+
+
 def to_yaml(doc: dict[str, Any]) -> str:
     return yaml.dump(doc, Dumper=_NoAliasDumper, sort_keys=False)
+
+
+def manifest_files(docs: list[dict[str, Any]], out: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """Where each doc goes: `<kind>.yaml`, or `<kind>-<name>.yaml` when a kind repeats."""
+    kinds = [doc["kind"].lower() for doc in docs]
+    files = []
+    for kind, doc in zip(kinds, docs, strict=True):
+        stem = kind if kinds.count(kind) == 1 else f"{kind}-{doc['metadata']['name']}"
+        files.append((out / f"{stem}.yaml", doc))
+    return files
+
+
+def write_manifests(
+    docs: list[dict[str, Any]], out: Path, extra: list[tuple[Path, dict[str, Any]]] | None = None
+) -> list[Path]:
+    """Validate every doc (and every `extra` (path, doc)) against its schema, then write each
+    as plain YAML: a refusal leaves nothing behind."""
+    from honed.deploy.validate import validate_manifests  # validate imports this module
+
+    files = [*manifest_files(docs, out), *(extra or [])]
+    validate_manifests([doc for _, doc in files])
+    for path, doc in files:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(to_yaml(doc))
+    return [path for path, _ in files]
