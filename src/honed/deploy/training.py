@@ -207,8 +207,8 @@ def pod_spec_for(spec_path: Path, options: TrainOptions) -> PodSpecFile:
     raw["output_dir"] = f"{HONED_HOME}/runs/{spec.name}"  # with the registry, on the state volume
     rewritten = parse_spec(raw, source=f"{spec_path} (as rewritten for the pods)")
     header = (
-        f"# {spec_path.name}, rewritten by `honed deploy train` for the pods: local paths on "
-        f"the data volume ({DATA_MOUNT}), the run folder on the state volume ({HONED_HOME}).\n"
+        f"# {spec_path.name}, rewritten by `honed deploy train` for the pods: local paths\n"
+        f"# on the data volume ({DATA_MOUNT}), the run folder on the state volume ({HONED_HOME}).\n"
     )
     return PodSpecFile(rewritten, header + to_yaml(raw), paths.uploads, paths.on_volume)
 
@@ -308,6 +308,10 @@ def _workload(o: TrainOptions, name: str, nproc: int, data: bool) -> dict[str, A
             "spec": {"backoffLimit": o.backoff_limit, "template": template},
         }
     template = _template(o, name, PYTORCH_CONTAINER, nproc, data)
+    # The operator's headless Service and MASTER_PORT use this port (its default, explicit).
+    template["spec"]["containers"][0]["ports"] = [
+        {"name": "pytorchjob-port", "containerPort": 23456}
+    ]
     replicas = {"Master": 1, "Worker": o.workers - 1}
     return {
         "apiVersion": "kubeflow.org/v1",

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from honed.deploy.common import DeployError
-from honed.serve.engine.loading import _REGISTRY_REF  # what `honed serve` resolves in a registry
 
 STATE_CLAIM = "honed-models"
 STATE_MOUNT = "/models"
@@ -125,6 +124,8 @@ def check_pod_ref(ref: str, claim: str = STATE_CLAIM) -> None:
     """A model ref a pod can resolve: a registry ref (NAME@ALIAS, NAME/VERSION, models:/...),
     resolved on the state volume, or `packaged:NAME` (installed in the image). A folder or
     file of this machine is refused, naming it and how to get it onto the state volume."""
+    from honed.serve.engine.loading import _REGISTRY_REF  # what `honed serve` resolves
+
     if ref.startswith("packaged:"):
         return
     local = _exists(ref)
