@@ -22,8 +22,8 @@ from honed.deploy.common import (
     pod_security_context,
     scratch_volumes,
     security_context,
-    write_manifests,
 )
+from honed.deploy.manifests import write_manifests
 from honed.deploy.volumes import (
     STATE_CLAIM,
     STATE_MOUNT,

@@ -27,13 +27,12 @@ from honed.deploy.common import (
     DeployError,
     image_ref,
     k8s_name,
-    manifest_files,
     pod_security_context,
     scratch_volumes,
     security_context,
     to_yaml,
-    write_manifests,
 )
+from honed.deploy.manifests import manifest_files, write_manifests
 from honed.deploy.volumes import (
     DATA_CLAIM,
     DATA_MOUNT,
