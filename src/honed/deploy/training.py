@@ -120,14 +120,14 @@ class _PodPaths:
             if _on_data_volume(value):
                 self.on_volume = True
                 return value  # written for the cluster: already on the data volume
-            raise DeployError(f"{where}: {value} is a path on this machine; {self._how(path)}")
+            raise DeployError(f"{where}: {value} is a path on this machine; {self.how(path)}")
         local = (self.base_dir / path).resolve()
         try:
             relative = local.relative_to(self.root)
         except ValueError:
             raise DeployError(
                 f"{where}: {value} is outside {self.root}, the folder the data volume mirrors; "
-                f"{self._how(local)}; or pass --data-root with a folder holding both"
+                f"{self.how(local)}; or pass --data-root with a folder holding both"
             ) from None
         if not local.exists():
             raise DeployError(f"{where}: {value}: no such file or folder ({local})")
@@ -136,7 +136,7 @@ class _PodPaths:
         self.on_volume = True
         return remote
 
-    def _how(self, local: Path) -> str:
+    def how(self, local: Path) -> str:
         remote = f"{DATA_MOUNT}/{local.name}"
         return (
             "the pods cannot reach it. Put it on the data volume and point the spec at its "
@@ -173,6 +173,31 @@ def _rewrite_eval_and_model(raw: dict[str, Any], paths: _PodPaths) -> None:
         raw["model"]["base"] = paths.rewrite(base, "model.base")  # else a Hub id
 
 
+#: Sections `honed run` does not read (the loop's inbox is the embedded loop's business).
+_NOT_READ_BY_RUN = {"loop"}
+
+
+def _check_no_local_paths(node: Any, paths: _PodPaths, where: str = "") -> None:
+    """Any other field naming an existing file or folder of this machine (a task option, a
+    field added later) would be a path the pods silently lack: refuse it by name."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if not where and key in _NOT_READ_BY_RUN:
+                continue
+            _check_no_local_paths(value, paths, f"{where}.{key}" if where else str(key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            _check_no_local_paths(value, paths, f"{where}[{index}]")
+    elif isinstance(node, str) and _names_a_local_path(node, paths):
+        raise DeployError(f"{where}: {node} is a path on this machine; {paths.how(Path(node))}")
+
+
+def _names_a_local_path(value: str, paths: _PodPaths) -> bool:
+    if value.startswith(("packaged:", f"{DATA_MOUNT}/", f"{STATE_MOUNT}/")):
+        return False  # in the image, or on a volume
+    return ("/" in value or bool(Path(value).suffix)) and paths.is_local(value)
+
+
 def _check_tracking(raw: dict[str, Any]) -> None:
     uri = (raw.get("registry") or {}).get("tracking_uri")
     if uri and not str(uri).startswith(_REMOTE_TRACKING):
@@ -203,6 +228,7 @@ def pod_spec_for(spec_path: Path, options: TrainOptions) -> PodSpecFile:
     _rewrite_data(raw, spec, paths)
     _rewrite_eval_and_model(raw, paths)
     _check_tracking(raw)
+    _check_no_local_paths(raw, paths)
     raw["output_dir"] = f"{HONED_HOME}/runs/{spec.name}"  # with the registry, on the state volume
     rewritten = parse_spec(raw, source=f"{spec_path} (as rewritten for the pods)")
     header = (

@@ -211,6 +211,21 @@ def test_paths_no_pod_can_reach_are_refused(tmp_path, changes, named, hint):
     assert named in str(err.value) and hint in str(err.value)
 
 
+def test_any_other_field_naming_a_local_file_is_refused(tmp_path):
+    # A field the rewrite does not know (here a task option) that names a file of this
+    # machine would silently be missing in the pod.
+    spec = _spec(tmp_path, task="seq2seq", task_options={"target_field": "golden.jsonl"})
+    spec_data = yaml.safe_load(spec.read_text())
+    spec_data["data"].pop("labels")
+    spec.write_text(yaml.safe_dump(spec_data))
+    with pytest.raises(DeployError, match=r"task_options.target_field: golden.jsonl is a path"):
+        train_manifests(TrainOptions(spec))
+    spec_data["task_options"]["target_field"] = "summary"  # not a file: fine
+    spec_data["loop"] = {"inbox": "data"}  # not read by `honed run`
+    spec.write_text(yaml.safe_dump(spec_data))
+    train_manifests(TrainOptions(spec))
+
+
 def test_data_root_widens_the_folder_the_data_volume_mirrors(tmp_path):
     (tmp_path / "shared").mkdir()
     (tmp_path / "shared" / "train.jsonl").write_text('{"text": "a", "label": "pos"}\n')
