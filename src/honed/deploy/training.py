@@ -359,7 +359,10 @@ def _upload_pod(o: TrainOptions, name: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": f"{name}-upload", "labels": _labels(name)},
+        "metadata": {
+            "name": f"{name}-upload",
+            "labels": {**_labels(name), "app.kubernetes.io/component": "upload"},
+        },
         "spec": {
             "automountServiceAccountToken": False,
             "securityContext": pod_security_context(),
