@@ -1,4 +1,4 @@
-"""CLI: `honed deploy k8s|endpoint`, `honed push`."""
+"""CLI: `honed deploy k8s|train|endpoint`, `honed push`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from honed.deploy.volumes import Claim
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,8 +55,16 @@ def _register_deploy(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="API keys reach the pod another way (HONED_SERVE_API_KEYS_FILE, HONED_PROBE_KEY)",
     )
-    k8s.add_argument("--no-check", action="store_true", help="do not resolve the ref now")
+    k8s.add_argument(
+        "--no-check",
+        action="store_true",
+        help="do not resolve the ref in this machine's registry (e.g. a model registered on "
+        "the cluster by `honed deploy train`)",
+    )
+    _claim_flags(k8s, "state", "claim", "20Gi", "the state volume (HONED_HOME: the registry)")
+    _storage_flags(k8s)
     k8s.set_defaults(func=_deploy_k8s)
+    _register_train(psub)
     ep = psub.add_parser(
         "endpoint",
         help="HF Inference Endpoints or SageMaker config",
@@ -82,16 +94,114 @@ def _register_deploy(sub: argparse._SubParsersAction) -> None:
     kserve.register(psub)
 
 
+def _claim_flags(
+    parser: argparse.ArgumentParser, volume: str, alias: str | None, size: str, what: str
+) -> None:
+    """--VOLUME-claim NAME (created by the output) | --existing-VOLUME-claim NAME, size,
+    storage class, access mode; `alias` adds --ALIAS / --existing-ALIAS spellings."""
+    group = parser.add_mutually_exclusive_group()
+    names = [f"--{volume}-claim", *([f"--{alias}"] if alias else [])]
+    group.add_argument(
+        *names,
+        dest=f"{volume}_claim",
+        metavar="NAME",
+        help=f"claim of {what}, created by the output",
+    )
+    names = [f"--existing-{volume}-claim", *([f"--existing-{alias}"] if alias else [])]
+    group.add_argument(
+        *names,
+        dest=f"existing_{volume}_claim",
+        metavar="NAME",
+        help=f"an existing claim of {what}: mounted, not created",
+    )
+    sizes = [f"--{volume}-size", *(["--size"] if alias else [])]
+    parser.add_argument(*sizes, dest=f"{volume}_size", default=size, help=f"size (default {size})")
+
+
+def _storage_flags(parser: argparse.ArgumentParser) -> None:
+    from honed.deploy.volumes import ACCESS_MODES
+
+    parser.add_argument(
+        "--storage-class", help="StorageClass of created claims (default: the cluster's)"
+    )
+    parser.add_argument(
+        "--access-mode",
+        choices=ACCESS_MODES,
+        help="of created claims (default: ReadWriteMany when pods on several nodes share "
+        "them, else ReadWriteOnce)",
+    )
+
+
+def _claim(args: argparse.Namespace, volume: str, default: str, shared: bool) -> Claim:
+    from honed.deploy.volumes import claim_from_flags
+
+    return claim_from_flags(
+        getattr(args, f"{volume}_claim"),
+        getattr(args, f"existing_{volume}_claim"),
+        default,
+        size=getattr(args, f"{volume}_size"),
+        storage_class=args.storage_class,
+        access_mode=args.access_mode,
+        shared=shared,
+    )
+
+
+def _register_train(psub: argparse._SubParsersAction) -> None:
+    train = psub.add_parser(
+        "train",
+        help="Kubernetes Job / Kubeflow PyTorchJob running `honed run SPEC`",
+        description="Write the manifests that train SPEC on Kubernetes: a Job (one pod) or a "
+        "Kubeflow Training Operator PyTorchJob (--workers > 1), running the same launch "
+        "command in honed's image, the spec in a ConfigMap, its data on the data volume and "
+        "HONED_HOME (registry, run folders) on the state volume that `honed deploy k8s` "
+        "serves from. Prints the steps that upload the data.",
+    )
+    train.add_argument("spec", type=Path, help="run spec (YAML)")
+    train.add_argument("--out", type=Path, required=True, help="output folder")
+    train.add_argument("--name", help="Kubernetes name (default: from the spec's name)")
+    train.add_argument("--workers", type=int, default=1, help="pods (more than 1: PyTorchJob)")
+    train.add_argument("--gpus", type=int, default=0, help="GPUs per pod (nvidia.com/gpu)")
+    train.add_argument(
+        "--processes", type=int, help="training processes per pod (default: one per GPU)"
+    )
+    train.add_argument("--cpu", default="4", help="CPU request per pod")
+    train.add_argument("--memory", default="16Gi", help="memory request and limit per pod")
+    train.add_argument(
+        "--image", default=None, help="container image (default: honed-serve at this version)"
+    )
+    train.add_argument("--image-tag", help="image tag or sha256:<digest> (default: honed version)")
+    train.add_argument(
+        "--data-root",
+        type=Path,
+        help="local folder the data volume mirrors (default: the spec's folder); the spec's "
+        "relative paths must lie under it",
+    )
+    _claim_flags(train, "data", None, "10Gi", "the data volume (the spec's files)")
+    _claim_flags(train, "state", None, "20Gi", "the state volume (HONED_HOME: the registry)")
+    _storage_flags(train)
+    train.set_defaults(func=_deploy_train)
+
+
 def _check_ref(ref: str) -> None:
+    from honed.deploy.common import DeployError
+    from honed.errors import HonedError
     from honed.serve.engine.loading import resolve_folder
 
-    resolve_folder(ref)  # a clear error now beats a crash-looping pod later
+    try:
+        resolve_folder(ref)  # a clear error now beats a crash-looping pod later
+    except HonedError as err:
+        raise DeployError(
+            f"{err} (checked in this machine's registry; if {ref} is registered on the "
+            "cluster's state volume, e.g. by `honed deploy train`, pass --no-check)"
+        ) from None
 
 
 def _deploy_k8s(args: argparse.Namespace) -> int:
     from honed.deploy.common import image_ref, k8s_name
     from honed.deploy.serving import DeployOptions, check_keys, write_k8s
+    from honed.deploy.volumes import STATE_CLAIM, check_pod_ref
 
+    claim = _claim(args, "state", STATE_CLAIM, max(args.replicas, args.max_replicas) > 1)
     opts = DeployOptions(
         model_ref=args.model_ref,
         name=args.name or k8s_name(args.model_ref),
@@ -101,12 +211,53 @@ def _deploy_k8s(args: argparse.Namespace) -> int:
         gpus=args.gpus,
         keys_secret=args.keys_secret,
         external_keys=args.external_keys,
+        volume_claim=claim.name,
+        create_claim=claim.create,
+        claim_size=claim.size,
+        storage_class=claim.storage_class,
+        access_mode=claim.access_mode,
     )
     check_keys(opts)
+    check_pod_ref(args.model_ref, claim.name)  # before the local check: a folder is never ok
     if not args.no_check:
         _check_ref(args.model_ref)
     for path in write_k8s(opts, args.out):
         print(path)
+    return 0
+
+
+def _deploy_train(args: argparse.Namespace) -> int:
+    from honed.deploy import training
+    from honed.deploy.common import image_ref
+    from honed.deploy.volumes import DATA_CLAIM, STATE_CLAIM
+
+    shared = args.workers > 1
+    opts = training.TrainOptions(
+        spec_path=args.spec,
+        name=args.name,
+        image=image_ref(args.image, args.image_tag),
+        workers=args.workers,
+        gpus=args.gpus,
+        processes=args.processes,
+        cpu=args.cpu,
+        memory=args.memory,
+        data=_claim(args, "data", DATA_CLAIM, shared),
+        state=_claim(args, "state", STATE_CLAIM, shared),
+        data_root=args.data_root,
+    )
+    plan = training.train_manifests(opts)
+    for path in training.write_train(plan, args.out):
+        print(path)
+    print("\nto train:")
+    for step in training.upload_steps(plan, args.out):
+        print(f"  {step}")
+    registry = plan.spec.registry
+    if registry.enabled:
+        ref = f"{plan.spec.registered_name()}@{registry.alias_on_register or 'ALIAS'}"
+        print(
+            f"then serve it from the same state volume: honed deploy k8s {ref} --out DIR "
+            f"--existing-claim {opts.state.name} --no-check"
+        )
     return 0
 
 

@@ -88,12 +88,42 @@ def security_context() -> dict[str, Any]:
     }
 
 
+def pod_security_context() -> dict[str, Any]:
+    """The pod's: the image's non-root user, and volumes (PVCs, emptyDirs) group-owned by it
+    so that it can write them; ownership is changed only when the volume's root does not
+    match already (a recursive chown of a large data volume at every start is slow)."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "fsGroup": RUN_AS,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def scratch_volumes() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, mounts) of the writable scratch folders on a read-only root filesystem."""
+    volumes = [{"name": name, "emptyDir": {}} for name in SCRATCH_MOUNTS]
+    mounts = [{"name": name, "mountPath": path} for name, path in SCRATCH_MOUNTS.items()]
+    return volumes, mounts
+
+
 class _NoAliasDumper(yaml.SafeDumper):
     """Plain YAML: a dict used twice (the labels) is written twice, not as &id001/*id001,
     which some tools (kubectl diff, policy engines, humans) read badly."""
 
     def ignore_aliases(self, data: Any) -> bool:
         return True
+
+
+def _str(dumper: yaml.SafeDumper, text: str) -> yaml.Node:
+    # A multi-line value (a spec in a ConfigMap) as a readable `|` block, not one quoted line.
+    style = "|" if "\n" in text else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_NoAliasDumper.add_representer(str, _str)
 
 
 def to_yaml(doc: dict[str, Any]) -> str:

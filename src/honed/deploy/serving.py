@@ -17,12 +17,21 @@ from typing import Any
 
 from honed.deploy.common import (
     PORT,
-    RUN_AS,
-    SCRATCH_MOUNTS,
     DeployError,
     image_ref,
+    pod_security_context,
+    scratch_volumes,
     security_context,
-    to_yaml,
+)
+from honed.deploy.manifests import write_manifests
+from honed.deploy.volumes import (
+    STATE_CLAIM,
+    STATE_MOUNT,
+    Claim,
+    check_pod_ref,
+    claim_volume,
+    pvc_docs,
+    state_env,
 )
 
 
@@ -36,7 +45,14 @@ class DeployOptions:
     cpu: str = "2"
     memory: str = "4Gi"
     gpus: int = 0
-    volume_claim: str = "honed-models"
+    volume_claim: str = STATE_CLAIM  # the state volume: HONED_HOME (registry), HF cache
+    # True: the output creates the claim (a PersistentVolumeClaim); False: it exists already
+    # (`--existing-claim`), e.g. the one `honed deploy train` created.
+    create_claim: bool = True
+    claim_size: str = "20Gi"
+    storage_class: str | None = None  # None: the cluster's default StorageClass
+    # None: ReadWriteMany when replicas on several nodes may mount it, else ReadWriteOnce.
+    access_mode: str | None = None
     keys_secret: str | None = None
     # API keys reach the pod another way (a secrets operator, a CSI driver, a patch): the pod
     # still gets HONED_SERVE_API_KEYS_FILE and HONED_PROBE_KEY, from that source.
@@ -74,14 +90,12 @@ def _container(o: DeployOptions) -> dict[str, Any]:
     if o.gpus:
         resources["limits"]["nvidia.com/gpu"] = o.gpus
     env = [
-        {"name": "HONED_HOME", "value": "/models/.honed"},
-        {"name": "HF_HOME", "value": "/models/.hf"},
+        *state_env(),
         {"name": "HONED_SERVE_HOST", "value": "0.0.0.0"},
         {"name": "HONED_SERVE_PORT", "value": str(PORT)},
         *_keys_env(o),
     ]
-    mounts = [{"name": "models", "mountPath": "/models"}]
-    mounts += [{"name": name, "mountPath": path} for name, path in SCRATCH_MOUNTS.items()]
+    mounts = [{"name": "models", "mountPath": STATE_MOUNT}, *scratch_volumes()[1]]
     if o.keys_secret:
         mounts.append({"name": "keys", "mountPath": "/keys", "readOnly": True})
     return {
@@ -113,11 +127,16 @@ def _container(o: DeployOptions) -> dict[str, Any]:
     }
 
 
+def state_claim(o: DeployOptions) -> Claim:
+    """The state volume's claim; ReadWriteMany by default when the HPA may scale the pods
+    beyond one (pods on other nodes cannot attach a ReadWriteOnce volume)."""
+    shared = max(o.replicas, o.max_replicas) > 1
+    mode = o.access_mode or ("ReadWriteMany" if shared else "ReadWriteOnce")
+    return Claim(o.volume_claim, o.create_claim, o.claim_size, o.storage_class, mode)  # type: ignore[arg-type]
+
+
 def _volumes(o: DeployOptions) -> list[dict[str, Any]]:
-    volumes: list[dict[str, Any]] = [
-        {"name": "models", "persistentVolumeClaim": {"claimName": o.volume_claim}}
-    ]
-    volumes += [{"name": name, "emptyDir": {}} for name in SCRATCH_MOUNTS]
+    volumes = [claim_volume("models", state_claim(o)), *scratch_volumes()[0]]
     if o.keys_secret:
         volumes.append(
             {
@@ -148,13 +167,7 @@ def check_keys(o: DeployOptions) -> None:
 def _pod_spec(o: DeployOptions) -> dict[str, Any]:
     return {
         "automountServiceAccountToken": False,  # the server never calls the Kubernetes API
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS,
-            "runAsGroup": RUN_AS,
-            "fsGroup": RUN_AS,  # the models volume is writable by the image's user
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security_context(),  # the models volume writable by its user
         "containers": [_container(o)],
         "volumes": _volumes(o),
         "terminationGracePeriodSeconds": 60,
@@ -162,8 +175,10 @@ def _pod_spec(o: DeployOptions) -> dict[str, Any]:
 
 
 def k8s_manifests(o: DeployOptions) -> list[dict[str, Any]]:
-    """Deployment (readiness /readyz, liveness /healthz), Service, HorizontalPodAutoscaler."""
+    """Deployment (readiness /readyz, liveness /healthz), Service, HorizontalPodAutoscaler,
+    and the state volume's PersistentVolumeClaim unless it exists already."""
     check_keys(o)
+    check_pod_ref(o.model_ref, o.volume_claim)
     labels = {"app.kubernetes.io/name": "honed-serve", "app.kubernetes.io/instance": o.name}
     meta = {"name": o.name, "labels": labels, "annotations": {"honed.dev/model-ref": o.model_ref}}
     deployment = {
@@ -204,18 +219,12 @@ def k8s_manifests(o: DeployOptions) -> list[dict[str, Any]]:
             ],
         },
     }
-    return [deployment, service, hpa]
+    return [deployment, service, hpa, *pvc_docs([state_claim(o)])]
 
 
 def write_k8s(o: DeployOptions, out: Path) -> list[Path]:
-    docs = k8s_manifests(o)  # before any file is written: a refusal leaves nothing behind
-    out.mkdir(parents=True, exist_ok=True)
-    files = []
-    for doc in docs:
-        path = out / f"{doc['kind'].lower()}.yaml"
-        path.write_text(to_yaml(doc))
-        files.append(path)
-    return files
+    """Render, validate every doc, then write: a refusal leaves nothing behind."""
+    return write_manifests(k8s_manifests(o), out)
 
 
 # Where each managed container finds the model: Inference Endpoints mounts the endpoint's

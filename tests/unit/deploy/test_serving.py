@@ -14,14 +14,15 @@ from honed.deploy.common import DeployError, k8s_name
 from honed.deploy.serving import DeployOptions, EndpointSource, endpoint_config, push
 
 
-def test_k8s_render_kinds_and_probes(tiny, tmp_path, capsys):
+def test_k8s_render_kinds_and_probes(tmp_path, capsys):
     out = tmp_path / "k8s"
     assert (
         main(
             [
                 "deploy",
                 "k8s",
-                str(tiny["base"]),
+                "fin@champion",
+                "--no-check",
                 "--out",
                 str(out),
                 "--name",
@@ -38,7 +39,12 @@ def test_k8s_render_kinds_and_probes(tiny, tmp_path, capsys):
     )
     docs = [yaml.safe_load(p.read_text()) for p in sorted(out.glob("*.yaml"))]
     by_kind = {d["kind"]: d for d in docs}
-    assert set(by_kind) == {"Deployment", "Service", "HorizontalPodAutoscaler"}
+    assert set(by_kind) == {
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PersistentVolumeClaim",
+    }
     dep = by_kind["Deployment"]
     assert dep["apiVersion"] == "apps/v1"
     pod = dep["spec"]["template"]
@@ -46,7 +52,7 @@ def test_k8s_render_kinds_and_probes(tiny, tmp_path, capsys):
     c = pod["spec"]["containers"][0]
     assert "/readyz" in str(c["readinessProbe"]["exec"])
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert c["args"] == ["serve", str(tiny["base"])]
+    assert c["args"] == ["serve", "fin@champion"]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert {v["name"] for v in pod["spec"]["volumes"]} == {"models", "tmp", "cache", "keys"}
     svc = by_kind["Service"]
@@ -55,6 +61,11 @@ def test_k8s_render_kinds_and_probes(tiny, tmp_path, capsys):
     hpa = by_kind["HorizontalPodAutoscaler"]
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["scaleTargetRef"]["name"] == "fin" and hpa["spec"]["maxReplicas"] == 3
+    # The claim the pods mount is in the output.
+    pvc = by_kind["PersistentVolumeClaim"]
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["models"]["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]  # the HPA may add pods elsewhere
 
 
 def test_k8s_with_keys_probes_with_a_key():
@@ -71,6 +82,67 @@ def test_k8s_unknown_model_fails_fast(tmp_path, capsys):
     out = str(tmp_path / "o")
     assert main(["deploy", "k8s", str(tmp_path / "nope"), "--out", out, "--external-keys"]) == 2
     assert "nope" in capsys.readouterr().err
+    # Not in this machine's registry: the hint for a model registered on the cluster.
+    assert main(["deploy", "k8s", "nope@champion", "--out", out, "--external-keys"]) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and "--no-check" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("extra", [[], ["--no-check"]])
+def test_k8s_refuses_a_local_folder_the_pod_cannot_see(tiny, tmp_path, capsys, extra):
+    out = tmp_path / "o"
+    argv = ["deploy", "k8s", str(tiny["base"]), "--out", str(out), "--external-keys", *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert str(tiny["base"]) in err and "a folder on this machine" in err
+    assert "NAME@ALIAS" in err and "HONED_HOME=/models/.honed" in err and "Traceback" not in err
+    assert not out.exists()
+    with pytest.raises(DeployError, match="folder on this machine"):
+        __import__("honed.deploy.serving", fromlist=["k8s_manifests"]).k8s_manifests(
+            DeployOptions(model_ref=str(tiny["base"]), name="x", external_keys=True)
+        )
+
+
+def test_k8s_packaged_and_registered_refs_resolve_in_the_pod(tmp_path):
+    from honed.deploy.volumes import check_pod_ref
+
+    for ref in ("packaged:all-minilm-l6-v2", "fin@champion", "fin/3", "models:/fin@champion"):
+        check_pod_ref(ref)
+    with pytest.raises(DeployError, match="not a registry ref"):
+        check_pod_ref("some/where/model")
+
+
+def _k8s_docs(out, *extra: str) -> dict[str, dict]:
+    argv = ["deploy", "k8s", "fin@champion", "--out", str(out), "--no-check", "--external-keys"]
+    assert main([*argv, *extra]) == 0
+    return {d["kind"]: d for d in (yaml.safe_load(p.read_text()) for p in out.glob("*.yaml"))}
+
+
+def test_k8s_state_claim_created_with_its_options_or_required_explicitly(tmp_path):
+    from honed.deploy.validate import validate_manifests
+
+    docs = _k8s_docs(
+        tmp_path / "a",
+        *["--claim", "reg", "--size", "50Gi", "--storage-class", "nfs", "--max-replicas", "1"],
+    )
+    validate_manifests(list(docs.values()))
+    pvc = docs["PersistentVolumeClaim"]
+    assert pvc["metadata"]["name"] == "reg" and pvc["spec"]["storageClassName"] == "nfs"
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "50Gi"
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]  # one pod at most
+    docs = _k8s_docs(tmp_path / "b", "--access-mode", "ReadWriteOnce")
+    assert docs["PersistentVolumeClaim"]["spec"]["accessModes"] == ["ReadWriteOnce"]
+    # An existing claim (e.g. the one `honed deploy train` created): mounted, not created.
+    docs = _k8s_docs(tmp_path / "c", "--existing-claim", "honed-models")
+    assert "PersistentVolumeClaim" not in docs
+    volumes = docs["Deployment"]["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "models", "persistentVolumeClaim": {"claimName": "honed-models"}} in volumes
+    with pytest.raises(SystemExit):  # create a claim or mount one, not both
+        _k8s_docs(tmp_path / "d", "--claim", "a", "--existing-claim", "b")
+    argv = ["deploy", "k8s", "fin@champion", "--out", str(tmp_path / "e"), "--no-check"]
+    assert main([*argv, "--external-keys", "--size", "big"]) == 2
+    assert not (tmp_path / "e").exists()
 
 
 def test_names():
@@ -342,6 +414,10 @@ def test_k8s_yaml_has_no_anchors(tmp_path):
 def test_k8s_manifests_validate_against_the_kubernetes_schemas(options):
     k8s = pytest.importorskip("kubernetes_validate")  # a dev dependency; offline schemas
     from honed.deploy.serving import k8s_manifests
+    from honed.deploy.validate import validate_manifests
 
-    for doc in k8s_manifests(DeployOptions("fin@champion", "fin", **options)):
+    docs = k8s_manifests(DeployOptions("fin@champion", "fin", **options))
+    assert "PersistentVolumeClaim" in {doc["kind"] for doc in docs}
+    for doc in docs:
         k8s.validate(doc, k8s.latest_version(), strict=True)  # raises on any unknown field
+    validate_manifests(docs)  # what write_k8s runs before writing anything
