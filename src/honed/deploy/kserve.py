@@ -45,8 +45,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from honed.deploy.common import PORT, DeployError, image_ref, k8s_name, to_yaml
-from honed.deploy.serving import DeployOptions, _is_registry_ref, _pod_spec, check_keys
+from honed.deploy.common import PORT, DeployError, image_ref, k8s_name
+from honed.deploy.manifests import write_manifests
+from honed.deploy.serving import DeployOptions, _pod_spec, check_keys
+from honed.deploy.volumes import Claim, check_pod_ref, pvc_docs
 
 API_VERSION = "serving.kserve.io/v1beta1"
 #: The container name KServe gives (and looks for in) a custom predictor.
@@ -120,25 +122,11 @@ class KServeOptions:
         return self.scale_metric or ("concurrency" if self.knative else "cpu")
 
 
-def check_reachable(ref: str, flag: str = "MODEL_REF") -> None:
-    """Pods resolve registry refs from the state volume; a folder on this machine (or any
-    other path) does not exist there."""
-    if _is_registry_ref(ref):
-        return
-    local = Path(ref).expanduser().exists()
-    what = "the pods cannot reach a folder on this machine" if local else "not a registry ref"
-    raise DeployError(
-        f"{flag} {ref!r}: {what}; the pods resolve registry refs (NAME@ALIAS, NAME/VERSION) "
-        "from the registry on the models volume (HONED_HOME=/models/.honed). Register the "
-        "model there and pass NAME/VERSION"
-    )
-
-
 def _check_options(o: KServeOptions) -> None:
     check_keys(_deploy_options(o))
-    check_reachable(o.model_ref)
+    check_pod_ref(o.model_ref, o.claim)
     if o.canary_ref:
-        check_reachable(o.canary_ref, "--canary")
+        check_pod_ref(o.canary_ref, o.claim)
     if (o.canary_ref is None) != (o.canary_percent is None):
         raise DeployError("--canary REF and --canary-percent N go together")
     if o.canary_percent is not None and not 0 <= o.canary_percent <= 100:
@@ -236,23 +224,11 @@ def inference_service(o: KServeOptions) -> dict[str, Any]:
     }
 
 
-def models_claim(o: KServeOptions) -> dict[str, Any] | None:
-    """The models volume (HONED_HOME: the registry the pods resolve refs from), or None when
+def models_claim(o: KServeOptions) -> Claim:
+    """The models volume (HONED_HOME: the registry the pods resolve refs from), created unless
     `--existing-claim` names one. ReadWriteMany: the replicas of both revisions mount it."""
-    if o.existing_claim:
-        return None
-    spec: dict[str, Any] = {
-        "accessModes": ["ReadWriteMany"],
-        "resources": {"requests": {"storage": o.storage_size}},
-    }
-    if o.storage_class:
-        spec["storageClassName"] = o.storage_class
-    return {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": o.claim, "labels": {"app.kubernetes.io/name": "honed-serve"}},
-        "spec": spec,
-    }
+    create = not o.existing_claim
+    return Claim(o.claim, create, o.storage_size, o.storage_class, "ReadWriteMany")
 
 
 def service_account() -> dict[str, Any]:
@@ -268,22 +244,11 @@ def kserve_manifests(o: KServeOptions) -> list[dict[str, Any]]:
     """The InferenceService, its ServiceAccount (no API token), and the models
     PersistentVolumeClaim unless it exists."""
     _check_options(o)
-    claim = models_claim(o)
-    return [inference_service(o), service_account(), *([claim] if claim else [])]
+    return [inference_service(o), service_account(), *pvc_docs([models_claim(o)])]
 
 
 def write_kserve(o: KServeOptions, out: Path) -> list[Path]:
-    from honed.deploy.validate import validate_manifests
-
-    docs = kserve_manifests(o)
-    validate_manifests(docs)  # before any file is written: a refusal leaves nothing behind
-    out.mkdir(parents=True, exist_ok=True)
-    files = []
-    for doc in docs:
-        path = out / f"{doc['kind'].lower()}.yaml"
-        path.write_text(to_yaml(doc))
-        files.append(path)
-    return files
+    return write_manifests(kserve_manifests(o), out)  # validated before any file is written
 
 
 def model_name(ref: str) -> str:

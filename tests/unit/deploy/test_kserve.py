@@ -151,10 +151,10 @@ def test_keys_are_required():
 def test_unreachable_refs_are_refused(tmp_path):
     folder = tmp_path / "my-model"
     folder.mkdir()
-    with pytest.raises(DeployError, match="cannot reach a folder") as err:
+    with pytest.raises(DeployError, match="a folder on this machine") as err:
         _isvc(model_ref=str(folder))
-    assert str(folder) in str(err.value)
-    with pytest.raises(DeployError, match="--canary"):
+    assert str(folder) in str(err.value) and "honed deploy train" in str(err.value)
+    with pytest.raises(DeployError, match="a folder on this machine"):
         _isvc(canary_ref=str(folder), canary_percent=10)
     with pytest.raises(DeployError, match="not a registry ref"):
         _isvc(model_ref="runs/fin-sentiment")  # a path that is not even here
