@@ -77,6 +77,9 @@ def _register_deploy(sub: argparse._SubParsersAction) -> None:
     ep.add_argument("--image-tag", help="image tag or sha256:<digest> (default: honed version)")
     ep.add_argument("--instance", help="instance type")
     ep.set_defaults(func=_deploy_endpoint)
+    from honed.deploy import kfp_loop  # light: kfp is imported when the command runs
+
+    kfp_loop.register(psub)
 
 
 def _check_ref(ref: str) -> None:
