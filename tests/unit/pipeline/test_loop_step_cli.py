@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 from tests.unit.pipeline.test_loop import _fake_steps, _spec
+from tests.unit.pipeline.test_loop_tiny import _registry_state
+from tests.unit.pipeline.test_loop_tiny import loop_spec as tiny_loop_spec  # noqa: F401
 
 from honed.cli import main
 from honed.pipeline import loop_steps, triggers
 from honed.pipeline.loop import STEPS, LoopHome, LoopRunner, lock_for
+from honed.spec import load_spec
 
 CLOCK = {"started", "ended", "until"}  # when a step ran or cut its data: differs per run
 
@@ -162,3 +165,31 @@ def test_a_trigger_that_is_not_a_json_object_is_refused(tmp_path, capsys) -> Non
     with pytest.raises(SystemExit):
         _step("collect", spec_file, "--round", "1", "--trigger", "[1]")
     assert "a JSON object" in capsys.readouterr().err
+
+
+def test_the_real_steps_one_by_one_on_a_tiny_model(request, capsys) -> None:
+    """The round of test_loop_tiny's first test, as a pipeline runs it: five processes'
+    worth of `honed loop step`, each picking up the state the previous one left."""
+    tiny_loop_spec = request.getfixturevalue("tiny_loop_spec")  # a champion + new inbox rows
+    n = tiny_loop_spec.parent / "round"
+    assert _step("collect", tiny_loop_spec, "--round", "next", "--round-output", str(n)) == 0
+    number = n.read_text()
+    for name in STEPS[1:]:
+        out = tiny_loop_spec.parent / f"{name}.json"
+        assert _step(name, tiny_loop_spec, "--round", number, "--output", str(out)) == 0
+    spec = load_spec(tiny_loop_spec)
+    state = LoopHome.for_spec(spec).rounds()[0]
+    steps = state["steps"]
+    assert [steps[s]["outcome"] for s in ("collect", "train")] == ["collected", "trained"]
+    assert steps["canary"]["outcome"] == "skipped" and state["ended"]
+    assert all(r["attempts"] == 1 for r in steps.values())
+    versions, champion = _registry_state(spec)
+    assert versions == [1, 2]
+    assert (champion == "2") == (steps["gate"]["outcome"] == "passed")
+    assert state["outcome"] == ("promoted" if champion == "2" else "rejected")
+    decide = json.loads((tiny_loop_spec.parent / "decide.json").read_text())
+    assert decide["round_outcome"] == state["outcome"] and decide["ran"]
+    # a retried task (kfp "retry") finds its step done and changes nothing
+    assert _step("train", tiny_loop_spec, "--round", number) == 0
+    assert "train already done: trained" in capsys.readouterr().out
+    assert _registry_state(spec)[0] == [1, 2]
