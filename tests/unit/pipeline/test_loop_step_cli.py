@@ -170,14 +170,14 @@ def test_a_trigger_that_is_not_a_json_object_is_refused(tmp_path, capsys) -> Non
 def test_the_real_steps_one_by_one_on_a_tiny_model(request, capsys) -> None:
     """The round of test_loop_tiny's first test, as a pipeline runs it: five processes'
     worth of `honed loop step`, each picking up the state the previous one left."""
-    tiny_loop_spec = request.getfixturevalue("tiny_loop_spec")  # a champion + new inbox rows
-    n = tiny_loop_spec.parent / "round"
-    assert _step("collect", tiny_loop_spec, "--round", "next", "--round-output", str(n)) == 0
+    spec_file = request.getfixturevalue("tiny_loop_spec")  # a champion + new inbox rows
+    n = spec_file.parent / "round"
+    assert _step("collect", spec_file, "--round", "next", "--round-output", str(n)) == 0
     number = n.read_text()
     for name in STEPS[1:]:
-        out = tiny_loop_spec.parent / f"{name}.json"
-        assert _step(name, tiny_loop_spec, "--round", number, "--output", str(out)) == 0
-    spec = load_spec(tiny_loop_spec)
+        out = spec_file.parent / f"{name}.json"
+        assert _step(name, spec_file, "--round", number, "--output", str(out)) == 0
+    spec = load_spec(spec_file)
     state = LoopHome.for_spec(spec).rounds()[0]
     steps = state["steps"]
     assert [steps[s]["outcome"] for s in ("collect", "train")] == ["collected", "trained"]
@@ -187,9 +187,9 @@ def test_the_real_steps_one_by_one_on_a_tiny_model(request, capsys) -> None:
     assert versions == [1, 2]
     assert (champion == "2") == (steps["gate"]["outcome"] == "passed")
     assert state["outcome"] == ("promoted" if champion == "2" else "rejected")
-    decide = json.loads((tiny_loop_spec.parent / "decide.json").read_text())
+    decide = json.loads((spec_file.parent / "decide.json").read_text())
     assert decide["round_outcome"] == state["outcome"] and decide["ran"]
     # a retried task (kfp "retry") finds its step done and changes nothing
-    assert _step("train", tiny_loop_spec, "--round", number) == 0
+    assert _step("train", spec_file, "--round", number) == 0
     assert "train already done: trained" in capsys.readouterr().out
     assert _registry_state(spec)[0] == [1, 2]
