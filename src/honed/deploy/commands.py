@@ -89,9 +89,11 @@ def _register_deploy(sub: argparse._SubParsersAction) -> None:
     ep.add_argument("--image-tag", help="image tag or sha256:<digest> (default: honed version)")
     ep.add_argument("--instance", help="instance type")
     ep.set_defaults(func=_deploy_endpoint)
-    from honed.deploy import kserve
+    # Light modules: kfp and the schemas are imported when their command runs.
+    from honed.deploy import kfp_loop, kserve
 
     kserve.register(psub)
+    kfp_loop.register(psub)
 
 
 def _claim_flags(

@@ -17,6 +17,10 @@ finished; the next run of the loop skips ``done`` steps (their recorded ``data``
 later ones) and re-runs a ``running`` one, which must be idempotent (the training step resumes
 from its checkpoints). The champion alias moves only in the ``decide`` step, after the gate
 and the canary.
+
+``honed loop step STEP SPEC --round N`` runs one step of a round through the same code and
+records (:meth:`LoopRunner.run_step`): a Kubeflow pipeline (``honed deploy pipeline``) runs
+each step as its own task on the shared state volume.
 """
 
 from __future__ import annotations
@@ -255,6 +259,11 @@ class Round:
     def finished_steps(self) -> list[str]:
         return [s for s in STEPS if (self.state["steps"].get(s) or {}).get("status") == "done"]
 
+    def waiting_for(self, name: str) -> list[str]:
+        """The steps before ``name`` that have not finished (a step runs only after them)."""
+        done = set(self.finished_steps())
+        return [s for s in STEPS[: STEPS.index(name)] if s not in done]
+
     def run(
         self,
         steps: Mapping[str, Step],
@@ -262,31 +271,44 @@ class Round:
     ) -> dict[str, Any]:
         """Run every step not yet done; return the final state."""
         for name in STEPS:
-            record = self.state["steps"].get(name) or {}
-            if record.get("status") == "done":
+            if (self.state["steps"].get(name) or {}).get("status") == "done":
                 continue  # finished before a crash: never run twice
-            ctx = make_context(self._done())
-            ctx.progress = dict(record.get("progress") or {})
-            ctx.save_progress = self._progress_saver(name, ctx)
-            if record.get("status") == "running":
-                ctx.say(f"  {name}: resuming (interrupted at {record.get('started')})")
-            attempts = int(record.get("attempts") or 0) + 1  # > 1: resumed after a crash
-            self.record(
-                name, status="running", started=now().isoformat(), ended=None, attempts=attempts
-            )
-            result = steps[name](ctx)
-            self.record(
-                name,
-                status="done",
-                ended=now().isoformat(),
-                outcome=result.outcome,
-                summary=result.summary,
-                evidence=result.evidence,
-                data=result.data,
-            )
-            ctx.say(
-                f"  {name}: {result.outcome}" + (f" - {result.summary}" if result.summary else "")
-            )
+            self.run_step(name, steps[name], make_context)
+        return self.finish()
+
+    def run_step(
+        self,
+        name: str,
+        step: Step,
+        make_context: Callable[[dict[str, dict[str, Any]]], RoundContext],
+    ) -> dict[str, Any]:
+        """Run one step (recorded ``running``, then ``done`` with its result); return its
+        record. The embedded loop and ``honed loop step`` (a pipeline task) both come here."""
+        record = self.state["steps"].get(name) or {}
+        ctx = make_context(self._done())
+        ctx.progress = dict(record.get("progress") or {})
+        ctx.save_progress = self._progress_saver(name, ctx)
+        if record.get("status") == "running":
+            ctx.say(f"  {name}: resuming (interrupted at {record.get('started')})")
+        attempts = int(record.get("attempts") or 0) + 1  # > 1: resumed after a crash
+        self.record(
+            name, status="running", started=now().isoformat(), ended=None, attempts=attempts
+        )
+        result = step(ctx)
+        self.record(
+            name,
+            status="done",
+            ended=now().isoformat(),
+            outcome=result.outcome,
+            summary=result.summary,
+            evidence=result.evidence,
+            data=result.data,
+        )
+        ctx.say(f"  {name}: {result.outcome}" + (f" - {result.summary}" if result.summary else ""))
+        return self.state["steps"][name]
+
+    def finish(self) -> dict[str, Any]:
+        """Close the round after its last step: its outcome is the decision's."""
         decide = self.state["steps"].get("decide") or {}
         self.state.update(ended=now().isoformat(), outcome=decide.get("outcome"))
         self.save()
@@ -334,8 +356,11 @@ class LoopRunner:
         )
         return self._run(Round.load(self.home.round_dir(number)))
 
+    def next_number(self) -> int:
+        return len(self.home.rounds()) + 1
+
     def run_once(self, trigger: dict[str, Any]) -> dict[str, Any]:
-        number = len(self.home.rounds()) + 1
+        number = self.next_number()
         self.say(f"round {number}: triggered by {trigger.get('kind')}: {trigger.get('reason', '')}")
         return self._run(Round.start(self.home.round_dir(number), number, trigger))
 
@@ -352,7 +377,52 @@ class LoopRunner:
             done.append(self.run_once(fired))
         return done
 
-    def _run(self, rnd: Round) -> dict[str, Any]:
+    def run_step(self, name: str, number: int, trigger: dict[str, Any]) -> tuple[Round, bool]:
+        """Run one step of round ``number`` (a pipeline task's unit of work) with the same
+        steps, context and records as :meth:`run_once`. The first step starts the round; a
+        later one refuses to run before its predecessors finished; a finished step is not run
+        again. Returns the round and whether the step ran now."""
+        if name not in STEPS:
+            raise HonedError(f"unknown loop step {name!r}: one of {', '.join(STEPS)}")
+        folder = self.home.round_dir(number)
+        if (folder / STATE_FILE).is_file():
+            rnd = Round.load(folder)
+        else:
+            self._check_new_round(name, number)
+            self.say(
+                f"round {number}: triggered by {trigger.get('kind')}: {trigger.get('reason', '')}"
+            )
+            rnd = Round.start(folder, number, trigger)
+        if (rnd.state["steps"].get(name) or {}).get("status") == "done":
+            return rnd, False
+        waiting = rnd.waiting_for(name)
+        if waiting:
+            raise HonedError(
+                f"round {number}: {name} runs after {', '.join(waiting)}, which "
+                f"{'has' if len(waiting) == 1 else 'have'} not finished; run "
+                f"`honed loop step {waiting[0]} ... --round {number}` first"
+            )
+        rnd.run_step(name, self.steps[name], self._context_factory(rnd))
+        if name == STEPS[-1]:
+            self._end(rnd.finish())
+        return rnd, True
+
+    def _check_new_round(self, name: str, number: int) -> None:
+        if name != STEPS[0]:
+            raise HonedError(
+                f"round {number} has not started: its first step is {STEPS[0]} "
+                f"(`honed loop step {STEPS[0]} ... --round {number}`)"
+            )
+        pending = self.home.unfinished()
+        if pending is not None:
+            raise HonedError(
+                f"round {pending['round']} is unfinished: finish it first (its remaining "
+                f"steps with --round {pending['round']}, or `honed loop run SPEC --resume`)"
+            )
+        if number != self.next_number():
+            raise HonedError(f"round {number}: the next round of this loop is {self.next_number()}")
+
+    def _context_factory(self, rnd: Round) -> Callable[[dict[str, dict[str, Any]]], RoundContext]:
         previous = [r for r in self.home.rounds() if r.get("round") != rnd.state["round"]]
 
         def make_context(results: dict[str, dict[str, Any]]) -> RoundContext:
@@ -367,7 +437,12 @@ class LoopRunner:
                 say=self.say,
             )
 
-        state = rnd.run(self.steps, make_context)
+        return make_context
+
+    def _run(self, rnd: Round) -> dict[str, Any]:
+        return self._end(rnd.run(self.steps, self._context_factory(rnd)))
+
+    def _end(self, state: dict[str, Any]) -> dict[str, Any]:
         self.say(f"round {state['round']}: {state['outcome']}")
         if self.on_round_end is not None:
             self.on_round_end(self.home)

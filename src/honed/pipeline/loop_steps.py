@@ -307,4 +307,20 @@ def _evidence_for_history(ctx: RoundContext) -> dict[str, Any]:
     }
 
 
+def ended_at(outcomes: dict[str, str | None]) -> str | None:
+    """The step after which the round can no longer promote (nothing collected, no
+    challenger, the gate or the canary refused), or None. Later steps still run: they
+    record ``skipped`` (``decide`` rejects), as in the embedded loop."""
+    over = {
+        "collect": lambda o: o == "nothing_new",
+        "train": lambda o: o != "trained",
+        "gate": lambda o: o != "passed",
+        "canary": lambda o: o not in ("promote", "skipped"),
+    }
+    for step, ends in over.items():
+        if step in outcomes and ends(outcomes[step]):
+            return step
+    return None
+
+
 STEPS = {"collect": collect, "train": train, "gate": gate, "canary": canary, "decide": decide}
