@@ -338,18 +338,27 @@ def analyse(
 ) -> tuple[np.ndarray, float, dict[str, float]]:
     """Words per text (n,), OOV rate against ``vocab`` and language shares, tokenising each
     text once (a 100k-request window costs a few seconds, not three passes of that)."""
-    lengths = np.empty(len(texts), dtype=np.float64)
-    langs: Counter[str] = Counter()
-    total = unknown = 0
-    for i, text in enumerate(texts):
-        tokens = words(text)
-        lengths[i] = len(tokens)
-        total += len(tokens)
-        unknown += sum(t not in vocab for t in tokens)
-        langs[guess_language(text, tokens)] += 1
+    lengths, unknown, langs = analyse_counts(texts, vocab)
+    total = int(lengths.sum())  # word counts: exact in float64
     n = max(len(texts), 1)
     shares = {lang: langs.get(lang, 0) / n for lang in LANGUAGES}
     return lengths, (unknown / total if total else 0.0), shares
+
+
+def analyse_counts(
+    texts: Sequence[str], vocab: set[str] | frozenset[str]
+) -> tuple[np.ndarray, int, Counter[str]]:
+    """:func:`analyse` as counts, which add up over chunks of a window: words per text (n,),
+    out-of-vocabulary words, texts per language."""
+    lengths = np.empty(len(texts), dtype=np.float64)
+    langs: Counter[str] = Counter()
+    unknown = 0
+    for i, text in enumerate(texts):
+        tokens = words(text)
+        lengths[i] = len(tokens)
+        unknown += sum(t not in vocab for t in tokens)
+        langs[guess_language(text, tokens)] += 1
+    return lengths, unknown, langs
 
 
 def word_lengths(texts: Sequence[str]) -> np.ndarray:
