@@ -73,9 +73,11 @@ class Reservoir:
         self.items.extend(items[:fill])
         rest = items[fill:]
         if rest:
-            # One draw per item, vectorised: slot j in [0, t] for the item seen t-th.
+            # Slot j in [0, t] for the item seen t-th, one uniform double each: unlike
+            # Generator.integers (which buffers 32-bit halves per call), the draws do not
+            # depend on how the stream is cut into chunks.
             seen = np.arange(self.seen + fill, self.seen + len(items)) + 1
-            slots = self._rng.integers(0, seen)
+            slots = (self._rng.random(len(rest)) * seen).astype(np.int64)
             for i in np.flatnonzero(slots < self.size):
                 self.items[slots[i]] = rest[i]
         self.seen += len(items)
