@@ -104,7 +104,7 @@ class StreamSums:
         self.conf_counts = np.zeros(len(CONFIDENCE_EDGES) - 1, dtype=np.int64)
 
     def add(self, profile: ReferenceProfile, rows: list[Any], vocab: frozenset[str]) -> None:
-        texts = [r.input_text for r in rows]
+        _pks, texts, labels, scores = zip(*rows, strict=True)  # columns: cheaper than Row.attr
         lengths, unknown, langs = textstats.analyse_counts(texts, vocab)
         edges = profile.length_edges
         bins = np.searchsorted(edges, lengths, side="right")
@@ -114,8 +114,8 @@ class StreamSums:
         self.languages.update(langs)
         self.texts += len(rows)
         # str(): as profile.shares counts labels
-        self.labels.update(str(r.predicted_label) for r in rows if r.predicted_label is not None)
-        conf = [r.score for r in rows if r.score is not None]
+        self.labels.update(str(label) for label in labels if label is not None)
+        conf = [score for score in scores if score is not None]
         if conf:
             values = unit_interval(np.asarray(conf, dtype=np.float64))
             self.conf_total += float(values.sum())
@@ -194,7 +194,7 @@ def stream_drift(
     vocab = frozenset(profile.text["vocab"])
     for rows in iter_chunks(store, since, until, model, chunk_size):
         sums.add(profile, rows, vocab)
-        reservoir.extend([(r.pk, r.input_text) for r in rows])
+        reservoir.extend(rows)  # (pk, input_text, ...) rows, as fetched
     report = _report(profile, store, sums, reservoir, embedder, cfg)
     report.window_start = since.isoformat() if since else None
     report.window_end = (until or datetime.now(UTC)).isoformat()
@@ -248,19 +248,19 @@ def _shares(counts: Counter) -> dict[str, float]:
 def _sample_embeddings(
     profile: ReferenceProfile,
     store: RequestStore,
-    items: list[tuple[int, str]],
+    items: list[Any],
     embedder: TextEmbedder | None,
 ) -> np.ndarray:
     """(m, d) embeddings of the sampled rows: cached ones read by primary key (only for the
     sample, never for the whole window), the others embedded and cached."""
     cached: dict[int, bytes | None] = {}
-    pks = [pk for pk, _ in items]
+    pks = [item[0] for item in items]
     for start in range(0, len(pks), 500):  # bounded IN lists
         part = pks[start : start + 500]
         query = select(RequestRow.pk, RequestRow.embedding).where(RequestRow.pk.in_(part))
         with store.engine.connect() as conn:
             cached.update((r.pk, r.embedding) for r in conn.execute(query))
-    rows = [{"pk": pk, "input_text": text, "embedding": cached.get(pk)} for pk, text in items]
+    rows = [{"pk": i[0], "input_text": i[1], "embedding": cached.get(i[0])} for i in items]
     return row_embeddings(store, rows, embedder, profile.dim)
 
 
