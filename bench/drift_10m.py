@@ -165,8 +165,24 @@ def stream(db: Path, profile_dir: Path, chunk: int, sample: int) -> dict:
     profile = ReferenceProfile.load(profile_dir)
     store = RequestStore(f"sqlite:///{db}")
     start = time.perf_counter()
+    step = max(1_000_000 // chunk, 1)
+
+    def progress(rows: int) -> None:  # a line per ~1M rows, to stderr (a cut run still tells)
+        nonlocal step
+        step -= 1
+        if step == 0:
+            step = max(1_000_000 // chunk, 1)
+            took = time.perf_counter() - start
+            line = {"rows": rows, "seconds": round(took), "rss_mb": round(rss_mb())}
+            print(json.dumps(line), file=sys.stderr, flush=True)
+
     report = stream_drift(
-        profile, store, embedder=HashEmbedder(), chunk_size=chunk, embed_sample=sample
+        profile,
+        store,
+        embedder=HashEmbedder(),
+        chunk_size=chunk,
+        embed_sample=sample,
+        progress=progress,
     )
     took = time.perf_counter() - start
     n = report.window_size
@@ -221,12 +237,15 @@ def main() -> None:
     parser.add_argument("--db", default="/tmp/honed-drift-10m/requests.db")
     parser.add_argument("--chunk-size", type=int, default=50_000)
     parser.add_argument("--embed-sample", type=int, default=10_000)
-    parser.add_argument("--phase", choices=["all", "stream", "baseline"], default="all")
+    parser.add_argument("--phase", choices=["all", "generate", "stream", "baseline"], default="all")
     parser.add_argument("--how", default="fetch")
     parser.add_argument("--skip-baseline", action="store_true", help="Only generate + stream.")
     args = parser.parse_args()
     db = Path(args.db)
     profile_dir = db.parent / "profile"
+    if args.phase == "generate":
+        print(json.dumps(generate(db, args.rows)))
+        return
     if args.phase == "stream":
         print(json.dumps(stream(db, profile_dir, args.chunk_size, args.embed_sample)))
         return

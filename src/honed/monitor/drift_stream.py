@@ -32,13 +32,13 @@ whatever the window's size.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from honed.errors import HonedError
 from honed.evals import textstats
@@ -154,16 +154,24 @@ def iter_chunks(
     short query each (no cursor held open across chunks)."""
     if chunk_size < 1:
         raise HonedError(f"chunk size must be >= 1, got {chunk_size}")
-    query = select(*_COLUMNS).where(RequestRow.input_text.is_not(None), RequestRow.input_text != "")
+    where = []
     if since is not None:
-        query = query.where(RequestRow.created_at >= as_utc(since))
+        where.append(RequestRow.created_at >= as_utc(since))
     if until is not None:
-        query = query.where(RequestRow.created_at < as_utc(until))
+        where.append(RequestRow.created_at < as_utc(until))
     if model is not None:
-        query = query.where(RequestRow.model == model)
-    last = None
+        where.append(RequestRow.model == model)
+    first, end = _key_range(store, where)
+    if first is None:
+        return
+    last = first - 1
+    query = select(*_COLUMNS).where(
+        RequestRow.input_text.is_not(None), RequestRow.input_text != "", *where
+    )
+    if end is not None:
+        query = query.where(RequestRow.pk <= end)
     while True:
-        page = query if last is None else query.where(RequestRow.pk > last)
+        page = query.where(RequestRow.pk > last)
         with store.engine.connect() as conn:
             rows = conn.execute(page.order_by(RequestRow.pk).limit(chunk_size)).all()
         if not rows:
@@ -172,6 +180,19 @@ def iter_chunks(
         last = rows[-1].pk
         if len(rows) < chunk_size:
             return
+
+
+def _key_range(store: RequestStore, where: list) -> tuple[int | None, int | None]:
+    """The smallest and largest primary key in the window ((0, None): the whole log; (None,
+    None): an empty window), so that a window inside a long log does not scan the rows
+    around it. ``pk + 0``: for min(pk) SQLite would walk the table in key order; this way it
+    reads the created_at index."""
+    if not where:
+        return 0, None
+    key = RequestRow.pk + 0
+    with store.engine.connect() as conn:
+        first, end = conn.execute(select(func.min(key), func.max(key)).where(*where)).one()
+    return first, end
 
 
 def stream_drift(
@@ -185,9 +206,11 @@ def stream_drift(
     config: DriftConfig | None = None,
     chunk_size: int = DEFAULT_CHUNK,
     embed_sample: int = DEFAULT_EMBED_SAMPLE,
+    progress: Callable[[int], None] | None = None,
 ) -> drift.DriftReport:
     """The drift check of :func:`honed.monitor.window.drift_for_window` over the window
-    ``[since, until)`` of ``store``, read in chunks (see the module docstring)."""
+    ``[since, until)`` of ``store``, read in chunks (see the module docstring).
+    ``progress(rows_so_far)`` is called after each chunk."""
     cfg = config or DriftConfig()
     sums = StreamSums(len(profile.length_edges) + 1)
     reservoir = Reservoir(embed_sample, cfg.seed)
@@ -195,6 +218,8 @@ def stream_drift(
     for rows in iter_chunks(store, since, until, model, chunk_size):
         sums.add(profile, rows, vocab)
         reservoir.extend(rows)  # (pk, input_text, ...) rows, as fetched
+        if progress is not None:
+            progress(sums.texts)
     report = _report(profile, store, sums, reservoir, embedder, cfg)
     report.window_start = since.isoformat() if since else None
     report.window_end = (until or datetime.now(UTC)).isoformat()

@@ -165,7 +165,7 @@ def test_memory_is_one_chunk_plus_the_sample(profile, sqlite_url, monkeypatch):
             held.append(len(rows))
             yield rows
 
-    sizes = []
+    sizes, seen = [], []
     extend = Reservoir.extend
 
     def watched(self, items):
@@ -182,8 +182,10 @@ def test_memory_is_one_chunk_plus_the_sample(profile, sqlite_url, monkeypatch):
         config=DriftConfig(calibrate=False),
         chunk_size=25,
         embed_sample=30,
+        progress=seen.append,
     )
     assert max(held) <= 25 and sum(held) == report.window_size == 194
+    assert seen == [min(25 * (i + 1), 194) for i in range(8)]
     assert max(sizes) == 30 and report.stream["max_rows_held"] <= 25
 
 
