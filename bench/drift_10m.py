@@ -67,6 +67,12 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def cpu_s() -> float:
+    """CPU seconds of this process: on a shared machine, the load-independent cost."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def generate(db: Path, rows: int, batch: int = 100_000) -> dict:
     from honed.monitor.requestlog import make_engine
 
@@ -164,7 +170,7 @@ def stream(db: Path, profile_dir: Path, chunk: int, sample: int) -> dict:
 
     profile = ReferenceProfile.load(profile_dir)
     store = RequestStore(f"sqlite:///{db}")
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), cpu_s()
     step = max(1_000_000 // chunk, 1)
 
     def progress(rows: int) -> None:  # a line per ~1M rows, to stderr (a cut run still tells)
@@ -173,7 +179,8 @@ def stream(db: Path, profile_dir: Path, chunk: int, sample: int) -> dict:
         if step == 0:
             step = max(1_000_000 // chunk, 1)
             took = time.perf_counter() - start
-            line = {"rows": rows, "seconds": round(took), "rss_mb": round(rss_mb())}
+            line = {"rows": rows, "seconds": round(took), "cpu_s": round(cpu_s() - cpu0)}
+            line["peak_rss_mb"] = round(rss_mb())
             print(json.dumps(line), file=sys.stderr, flush=True)
 
     report = stream_drift(
@@ -190,6 +197,8 @@ def stream(db: Path, profile_dir: Path, chunk: int, sample: int) -> dict:
         "rows": n,
         "seconds": round(took, 1),
         "rows_per_s": round(n / took),
+        "cpu_s": round(cpu_s() - cpu0, 1),
+        "cpu_us_per_row": round((cpu_s() - cpu0) / max(n, 1) * 1e6, 1),
         "peak_rss_mb": round(rss_mb()),
         "status": report.status,
         "stream": report.stream,
