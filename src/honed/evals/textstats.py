@@ -299,6 +299,11 @@ STOPWORDS: dict[str, frozenset[str]] = {
     ),
 }
 LANGUAGES = (*STOPWORDS, "non_latin", "unknown")
+# stopword -> indices (in STOPWORDS order) of the languages listing it
+_STOP_LANGS: dict[str, tuple[int, ...]] = {}
+for _j, _stop in enumerate(STOPWORDS.values()):
+    for _word in _stop:
+        _STOP_LANGS[_word] = (*_STOP_LANGS.get(_word, ()), _j)
 
 
 def words(text: str) -> list[str]:
@@ -314,11 +319,16 @@ def guess_language(text: str, tokens: list[str] | None = None) -> str:
         if letters and sum(not _is_latin(c) for c in letters) > len(letters) / 2:
             return "non_latin"
     tokens = words(text) if tokens is None else tokens
+    # One dict lookup per token instead of one set lookup per token and language (the
+    # streamed drift check runs this on every logged text).
+    hits = [0] * len(STOPWORDS)
+    for token in tokens:
+        for j in _STOP_LANGS.get(token, ()):
+            hits[j] += 1
     best, best_hits = "unknown", 0
-    for lang, stop in STOPWORDS.items():
-        hits = sum(t in stop for t in tokens)
-        if hits > best_hits:
-            best, best_hits = lang, hits
+    for lang, count in zip(STOPWORDS, hits, strict=True):
+        if count > best_hits:  # ties: the first language in STOPWORDS order
+            best, best_hits = lang, count
     return best
 
 
@@ -338,18 +348,27 @@ def analyse(
 ) -> tuple[np.ndarray, float, dict[str, float]]:
     """Words per text (n,), OOV rate against ``vocab`` and language shares, tokenising each
     text once (a 100k-request window costs a few seconds, not three passes of that)."""
-    lengths = np.empty(len(texts), dtype=np.float64)
-    langs: Counter[str] = Counter()
-    total = unknown = 0
-    for i, text in enumerate(texts):
-        tokens = words(text)
-        lengths[i] = len(tokens)
-        total += len(tokens)
-        unknown += sum(t not in vocab for t in tokens)
-        langs[guess_language(text, tokens)] += 1
+    lengths, unknown, langs = analyse_counts(texts, vocab)
+    total = int(lengths.sum())  # word counts: exact in float64
     n = max(len(texts), 1)
     shares = {lang: langs.get(lang, 0) / n for lang in LANGUAGES}
     return lengths, (unknown / total if total else 0.0), shares
+
+
+def analyse_counts(
+    texts: Sequence[str], vocab: set[str] | frozenset[str]
+) -> tuple[np.ndarray, int, Counter[str]]:
+    """:func:`analyse` as counts, which add up over chunks of a window: words per text (n,),
+    out-of-vocabulary words, texts per language."""
+    lengths = np.empty(len(texts), dtype=np.float64)
+    langs: Counter[str] = Counter()
+    unknown = 0
+    for i, text in enumerate(texts):
+        tokens = words(text)
+        lengths[i] = len(tokens)
+        unknown += sum(t not in vocab for t in tokens)
+        langs[guess_language(text, tokens)] += 1
+    return lengths, unknown, langs
 
 
 def word_lengths(texts: Sequence[str]) -> np.ndarray:

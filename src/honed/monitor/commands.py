@@ -102,6 +102,22 @@ def _add_drift(msub: argparse._SubParsersAction) -> None:
     )
     drift.add_argument("--json", action="store_true", help="Print the full result as JSON.")
     drift.add_argument("--no-save", action="store_true", help="Do not store the result.")
+    drift.add_argument(
+        "--stream",
+        action="store_true",
+        help="Read the window in chunks with bounded memory (millions of requests): text, "
+        "label and confidence components over every row, embedding components over a "
+        "uniform sample (--embed-sample); service objectives are not judged.",
+    )
+    drift.add_argument(
+        "--chunk-size", type=int, default=50_000, help="Rows per read with --stream (50000)."
+    )
+    drift.add_argument(
+        "--embed-sample",
+        type=int,
+        default=10_000,
+        help="Texts sampled for the embedding components with --stream (10000).",
+    )
     _add_db(drift)
     drift.set_defaults(func=_drift)
 
@@ -323,15 +339,34 @@ def _drift(args: argparse.Namespace) -> int:
     store = RequestStore(args.db)
     since = _since(args.since)
     lazy = _LazyEmbedder(Embedder)
-    window = load_window(store, since, model=args.served_model, embedder=lazy, dim=profile.dim)
-    report = drift_for_window(profile, window, config)
-    report.objectives = _window_objectives(store, since, args.served_model, config.objectives)
+    if args.stream:
+        report = _streamed(profile, store, since, args, lazy, config)
+    else:
+        window = load_window(store, since, model=args.served_model, embedder=lazy, dim=profile.dim)
+        report = drift_for_window(profile, window, config)
+        report.objectives = _window_objectives(store, since, args.served_model, config.objectives)
     if not args.no_save:
         store.save_drift_check(report.to_dict())
     doc = {**report.to_dict(), "combined_status": report.combined_status}
     print(json.dumps(doc, indent=2) if args.json else _table(report, config))
     _send_alerts(report, args)
     return 1 if report.combined_status == ALERT else 0
+
+
+def _streamed(profile, store, since, args: argparse.Namespace, embedder, config):
+    """The drift report of ``honed monitor drift --stream`` (honed.monitor.drift_stream)."""
+    from honed.monitor.drift_stream import stream_drift
+
+    return stream_drift(
+        profile,
+        store,
+        since,
+        model=args.served_model,
+        embedder=embedder,
+        config=config,
+        chunk_size=args.chunk_size,
+        embed_sample=args.embed_sample,
+    )
 
 
 def _send_alerts(report, args: argparse.Namespace) -> None:
@@ -393,6 +428,12 @@ def _table(report, config=None) -> str:
             f"{_num(c.alert)}  {c.status}{p}"
         )
     lines += _calibration_lines(report.calibration)
+    if report.stream:
+        s = report.stream
+        lines.append(
+            f"  streamed: {s['rows']} rows in {s['chunks']} chunks of <= {s['chunk_size']}; "
+            f"embedding components on a sample of {s['embedding_sample']} texts"
+        )
     if report.objectives:
         lines += _objectives_table(report.objectives)
     return "\n".join(lines)

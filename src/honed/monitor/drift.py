@@ -78,6 +78,9 @@ class DriftReport:
     objectives: dict[str, Any] | None = None
     # How the thresholds were calibrated (null size, draws, false-alarm rate), or why not.
     calibration: dict[str, Any] | None = None
+    # A streamed check (honed.monitor.drift_stream): rows read, chunks, rows held at once,
+    # the embedding sample's size.
+    stream: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -231,16 +234,42 @@ def _text_sample(profile: ReferenceProfile, texts: Sequence[str]) -> Sample:
 
 def text_components(profile: ReferenceProfile, sample: Sample, cfg: DriftConfig) -> list:
     """Length PSI, OOV-rate rise and language TVD of a window's text features."""
-    ref_text, lengths = profile.text, sample.lengths
-    window_len = bin_shares(lengths, profile.length_edges)
+    lengths = sample.lengths
+    counts = np.bincount(
+        np.searchsorted(profile.length_edges, lengths, side="right"),
+        minlength=len(profile.length_edges) + 1,
+    )
+    stats = TextStats(counts, float(lengths.sum()), sample.oov_rate, sample.languages)
+    return text_components_from(profile, stats, cfg)
+
+
+@dataclass
+class TextStats:
+    """A window's text features as sums (what a streamed check accumulates chunk by chunk):
+    texts per reference length bin, total words, OOV rate and language shares."""
+
+    length_counts: np.ndarray  # (n_bins,) texts per bin of profile.length_edges
+    total_words: float
+    oov_rate: float
+    languages: dict[str, float]
+
+    @property
+    def n(self) -> int:
+        return int(self.length_counts.sum())
+
+
+def text_components_from(profile: ReferenceProfile, stats: TextStats, cfg: DriftConfig) -> list:
+    """:func:`text_components` from the window's sums (:class:`TextStats`)."""
+    ref_text, n = profile.text, stats.n
+    window_len = stats.length_counts / max(n, 1)  # as bin_shares
     length = _psi_result(
         "text_length",
-        psi(np.asarray(ref_text["length_shares"]), window_len, floor(cfg, len(lengths))),
+        psi(np.asarray(ref_text["length_shares"]), window_len, floor(cfg, n)),
         cfg,
         reference_mean_words=ref_text["mean_words"],
-        window_mean_words=float(lengths.mean()),
+        window_mean_words=stats.total_words / n if n else float("nan"),
     )
-    rise = sample.oov_rate - ref_text["oov_rate"]
+    rise = stats.oov_rate - ref_text["oov_rate"]
     oov = ComponentResult(
         "oov_rate",
         "oov_rise",
@@ -248,9 +277,9 @@ def text_components(profile: ReferenceProfile, sample: Sample, cfg: DriftConfig)
         grade(rise, cfg.oov_warn, cfg.oov_alert),
         cfg.oov_warn,
         cfg.oov_alert,
-        {"reference": ref_text["oov_rate"], "window": sample.oov_rate},
+        {"reference": ref_text["oov_rate"], "window": stats.oov_rate},
     )
-    ref_lang, window_lang = ref_text["languages"], sample.languages
+    ref_lang, window_lang = ref_text["languages"], stats.languages
     tvd = 0.5 * sum(abs(window_lang.get(k, 0) - ref_lang.get(k, 0)) for k in textstats.LANGUAGES)
     lang = ComponentResult(
         "language",
@@ -286,24 +315,41 @@ def novelty_drift(
 def prediction_drift(
     profile: ReferenceProfile, predictions: Sequence[Any], cfg: DriftConfig
 ) -> ComponentResult:
+    return prediction_shares_drift(profile, shares(predictions), len(predictions), cfg)
+
+
+def prediction_shares_drift(
+    profile: ReferenceProfile, window: dict[str, float], n: int, cfg: DriftConfig
+) -> ComponentResult:
+    """PSI of the window's label shares (``shares`` of ``n`` predictions) on the reference's."""
     ref = profile.predictions or profile.labels or {}
-    window = shares(predictions)
     keys = sorted(set(ref) | set(window))
     r = np.array([ref.get(k, 0.0) for k in keys])
     w = np.array([window.get(k, 0.0) for k in keys])
-    return _psi_result(
-        "predictions", psi(r, w, floor(cfg, len(predictions))), cfg, reference=ref, window=window
-    )
+    return _psi_result("predictions", psi(r, w, floor(cfg, n)), cfg, reference=ref, window=window)
+
+
+def confidence_hist(conf: np.ndarray) -> np.ndarray:
+    """Counts of confidences per bin of CONFIDENCE_EDGES."""
+    return np.histogram(conf, bins=CONFIDENCE_EDGES)[0]
 
 
 def confidence_drift(
     profile: ReferenceProfile, confidences: Sequence[float], cfg: DriftConfig
 ) -> ComponentResult:
-    ref = profile.confidence or {}
     conf = np.asarray(confidences, dtype=np.float64)
+    return confidence_sums_drift(profile, float(conf.sum()), confidence_hist(conf), cfg)
+
+
+def confidence_sums_drift(
+    profile: ReferenceProfile, total: float, counts: np.ndarray, cfg: DriftConfig
+) -> ComponentResult:
+    """Mean-confidence drop from the window's sum of confidences and per-bin ``counts``."""
+    ref = profile.confidence or {}
+    n = int(np.sum(counts))
     window = {
-        "mean": float(conf.mean()) if len(conf) else 0.0,
-        "hist": (np.histogram(conf, bins=CONFIDENCE_EDGES)[0] / max(len(conf), 1)).tolist(),
+        "mean": total / n if n else 0.0,
+        "hist": (np.asarray(counts) / max(n, 1)).tolist(),
     }
     drop = ref.get("mean", 0.0) - window["mean"]
     status = grade(drop, cfg.confidence_warn, cfg.confidence_alert)
@@ -398,17 +444,44 @@ def _calibrate(
 ) -> dict[str, Any]:
     """Raise each component's thresholds to its calibrated ones; the calibration's summary."""
     if not cfg.calibrate:
-        return {"calibrated": [], "reason": "calibrate is off: fixed thresholds"}
-    counted = [c for c in components if c not in cfg.ignore]
-    cal = calibration.calibrate(
+        return {"calibrated": [], "reason": CALIBRATE_OFF}
+    n_conf = len(sample.confidences) if sample.confidences is not None else 0
+    cal = null_thresholds(
+        profile, list(components), n, cfg, cutoff, len(sample.predictions or ()), n_conf
+    )
+    return apply_calibration(profile, components, cal)
+
+
+CALIBRATE_OFF = "calibrate is off: fixed thresholds"
+
+
+def null_thresholds(
+    profile: ReferenceProfile,
+    names: Sequence[str],
+    n: int,
+    cfg: DriftConfig,
+    cutoff: float | None,
+    n_predictions: int = 0,
+    n_confidences: int = 0,
+) -> calibration.Calibration:
+    """Calibrated thresholds of the components ``names`` (less the ignored) for a window of
+    ``n`` texts, nulls measured by the same code as the live window (:func:`measure`)."""
+    return calibration.calibrate(
         profile,
         n,
-        counted,
+        [c for c in names if c not in cfg.ignore],
         cfg,
         lambda s: {r.name: r.value for r in measure(profile, s, cfg, cutoff)},
-        len(sample.predictions or ()),
-        len(sample.confidences) if sample.confidences is not None else 0,
+        n_predictions,
+        n_confidences,
     )
+
+
+def apply_calibration(
+    profile: ReferenceProfile, components: dict[str, ComponentResult], cal: calibration.Calibration
+) -> dict[str, Any]:
+    """Raise each component's thresholds to ``cal``'s (never below the fixed ones), note its
+    null and p-value, regrade it; the calibration's summary."""
     for name, limit in cal.thresholds.items():
         comp = components[name]
         comp.details["null"] = {

@@ -56,6 +56,26 @@ def load_window(
 ) -> Window:
     """Read the window; embed texts without a cached embedding (and cache them)."""
     rows = [r for r in store.fetch(since, until, model, _COLUMNS) if r["input_text"]]
+    emb = row_embeddings(store, rows, embedder, dim)
+    return Window(
+        ids=[r["id"] for r in rows],
+        texts=[r["input_text"] for r in rows],
+        embeddings=emb,
+        predictions=[r["predicted_label"] for r in rows if r["predicted_label"] is not None],
+        confidences=[r["score"] for r in rows if r["score"] is not None],
+        start=since,
+        end=until,
+    )
+
+
+def row_embeddings(
+    store: RequestStore,
+    rows: list[dict[str, Any]],
+    embedder: TextEmbedder | None,
+    dim: int | None,
+) -> np.ndarray:
+    """(n, d) embeddings of ``rows`` (pk, input_text, embedding): the cached ones, the others
+    embedded now and cached."""
     missing = [i for i, r in enumerate(rows) if r["embedding"] is None]
     fresh: dict[int, np.ndarray] = {}
     if missing:
@@ -66,16 +86,7 @@ def load_window(
         store.store_embeddings(
             (rows[i]["pk"], v.astype(np.float16).tobytes()) for i, v in fresh.items()
         )
-    emb = _stack(rows, fresh, dim)
-    return Window(
-        ids=[r["id"] for r in rows],
-        texts=[r["input_text"] for r in rows],
-        embeddings=emb,
-        predictions=[r["predicted_label"] for r in rows if r["predicted_label"] is not None],
-        confidences=[r["score"] for r in rows if r["score"] is not None],
-        start=since,
-        end=until,
-    )
+    return _stack(rows, fresh, dim)
 
 
 def _stack(rows: list[dict[str, Any]], fresh: dict[int, np.ndarray], dim: int | None):
