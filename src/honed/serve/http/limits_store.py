@@ -69,11 +69,12 @@ def rate_item(rps: float, burst: int) -> RateLimitItem:
     100 per 1 s (a window is at least one second, so the burst is at least one second's worth).
     """
     limit = max(burst, math.ceil(rps), 1)
-    for n in sorted(range(1, 2 * limit + 1), key=lambda n: (abs(n - burst), n)):
-        window = n / rps
-        whole = round(window)
-        if whole >= 1 and abs(n / whole - rps) <= _RATE_TOLERANCE * rps:
-            return RateLimitItemPerSecond(n, whole)
+    candidates = sorted(range(1, max(2 * limit, 100) + 1), key=lambda n: (abs(n - burst), n))
+    for tolerance in (1e-9, _RATE_TOLERANCE):  # the exact rate when some window gives it
+        for n in candidates:
+            whole = round(n / rps)
+            if whole >= 1 and abs(n / whole - rps) <= tolerance * rps:
+                return RateLimitItemPerSecond(n, whole)
     whole = max(1, round(burst / rps))  # no close fit (odd rates): nearest whole window
     return RateLimitItemPerSecond(max(1, round(rps * whole)), whole)
 
