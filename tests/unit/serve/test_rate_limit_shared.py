@@ -132,6 +132,14 @@ def test_unreachable_redis_stops_the_start_and_hides_the_password():
     assert "s3cret" not in str(err.value) and "***@127.0.0.1" in str(err.value)
 
 
+def test_the_server_refuses_to_start_on_an_unreachable_storage():
+    from honed.serve.http.app import create_app
+
+    settings = ServeSettings(rate_limit_storage=f"redis://127.0.0.1:{_free_port()}/0")
+    with pytest.raises(ServeConfigError, match="rate_limit_storage .* is unreachable"):
+        create_app(settings)
+
+
 def test_the_storage_setting_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("HONED_SERVE_RATE_LIMIT_STORAGE", "redis://cache:6379/2")
     monkeypatch.setenv("HONED_SERVE_RATE_LIMIT_ON_STORAGE_ERROR", "closed")
