@@ -46,6 +46,7 @@ _REDIS_OPTIONS = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
 _PREFIX = "honed"
 #: The rate/window search (see rate_item) accepts a window whose rate is this close to rps.
 _RATE_TOLERANCE = 0.01
+_MAX_WINDOW_S = 100_000
 
 
 @dataclass(frozen=True)
@@ -68,13 +69,17 @@ def rate_item(rps: float, burst: int) -> RateLimitItem:
     E.g. 10 rps burst 20 -> 20 per 2 s; 0.01 rps burst 3 -> 3 per 300 s; 100 rps burst 20 ->
     100 per 1 s (a window is at least one second, so the burst is at least one second's worth).
     """
-    limit = max(burst, math.ceil(rps), 1)
-    candidates = sorted(range(1, max(2 * limit, 100) + 1), key=lambda n: (abs(n - burst), n))
+    # Windows up to the one holding max(2 x burst, 100) requests (at most a day and more).
+    longest = min(math.ceil(max(2 * burst, 100) / rps), _MAX_WINDOW_S)
     for tolerance in (1e-9, _RATE_TOLERANCE):  # the exact rate when some window gives it
-        for n in candidates:
-            whole = round(n / rps)
-            if whole >= 1 and abs(n / whole - rps) <= tolerance * rps:
-                return RateLimitItemPerSecond(n, whole)
+        fits = [
+            (abs(n - burst), n, w)
+            for w in range(1, longest + 1)
+            if (n := round(rps * w)) >= 1 and abs(n / w - rps) <= tolerance * rps
+        ]
+        if fits:
+            _, n, w = min(fits)
+            return RateLimitItemPerSecond(n, w)
     whole = max(1, round(burst / rps))  # no close fit (odd rates): nearest whole window
     return RateLimitItemPerSecond(max(1, round(rps * whole)), whole)
 
