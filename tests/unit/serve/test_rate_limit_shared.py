@@ -136,7 +136,7 @@ def test_the_server_refuses_to_start_on_an_unreachable_storage():
     from honed.serve.http.app import create_app
 
     settings = ServeSettings(rate_limit_storage=f"redis://127.0.0.1:{_free_port()}/0")
-    with pytest.raises(ServeConfigError, match="rate_limit_storage .* is unreachable"):
+    with pytest.raises(ServeConfigError, match=r"rate_limit_storage .* is unreachable"):
         create_app(settings)
 
 
@@ -195,6 +195,29 @@ def test_closed_policy_answers_503_with_retry_after(tmp_path):
     r = asyncio.run(go())
     assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
     assert r.json()["error"]["code"] == "rate_limit_unavailable"
+
+
+@needs_redis
+def test_the_feedback_quota_is_shared_on_redis():
+    """Two limiters on one Redis (two replicas): the key's hourly feedback quota is one."""
+    from anyio import to_thread
+
+    from honed.serve.http.limits_store import FeedbackQuota
+
+    replicas = [SharedLimiter(REDIS_URL, on_error="closed") for _ in range(2)]
+    key = f"team-{uuid.uuid4().hex[:8]}"
+
+    def post(i: int) -> bool:  # as the feedback route does, in a worker thread
+        quota = FeedbackQuota(replicas[i % 2], key, per_hour=3)
+        if not quota.check().allowed:
+            return False
+        quota.spend()
+        return True
+
+    async def go():
+        return [await to_thread.run_sync(post, i) for i in range(5)]
+
+    assert asyncio.run(go()) == [True, True, True, False, False]
 
 
 # --- two real replicas -----------------------------------------------------------------------

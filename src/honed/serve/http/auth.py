@@ -76,7 +76,9 @@ class KeyStore:
         }
 
     @classmethod
-    def from_settings(cls, settings: ServeSettings, limiter: SharedLimiter | None = None):
+    def from_settings(
+        cls, settings: ServeSettings, limiter: SharedLimiter | None = None
+    ) -> KeyStore:
         entries = list(settings.api_keys)
         if settings.api_keys_file is not None:
             entries += read_keys_file(settings.api_keys_file)
