@@ -626,8 +626,9 @@ def _prune_requests(engine: Engine, cutoff: datetime, batch_size: int, result) -
             return 0
         ids = sorted({r.id for r in rows})
         gone = conn.execute(delete(FeedbackRow).where(FeedbackRow.request_id.in_(ids)))
-        conn.execute(delete(RequestRow).where(RequestRow.pk.in_([r.pk for r in rows])))
-    result.requests += len(rows)
+        done = conn.execute(delete(RequestRow).where(RequestRow.pk.in_([r.pk for r in rows])))
+    # Counted as deleted, not as selected: replicas sharing one database may prune together.
+    result.requests += done.rowcount or 0
     result.feedback += gone.rowcount or 0
     return len(rows)
 
@@ -635,9 +636,9 @@ def _prune_requests(engine: Engine, cutoff: datetime, batch_size: int, result) -
 def _delete_ids(engine: Engine, table: type[FeedbackRow], ids_query) -> int:
     with engine.begin() as conn:
         ids = [r[0] for r in conn.execute(ids_query)]
-        if ids:
-            conn.execute(delete(table).where(table.id.in_(ids)))
-    return len(ids)
+        if not ids:
+            return 0
+        return conn.execute(delete(table).where(table.id.in_(ids))).rowcount or 0
 
 
 async def retention_loop(
