@@ -1,4 +1,5 @@
-"""CLI: ``honed monitor drift``, ``honed monitor report``, ``honed feedback export``.
+"""CLI: ``honed monitor drift``, ``honed monitor report``, ``honed feedback export``,
+``honed logs prune``.
 
 Only argparse at import time; each handler imports what it needs.
 """
@@ -55,6 +56,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--since", help="Only feedback this recent (e.g. 7d).")
     _add_db(export)
     export.set_defaults(func=_feedback_export)
+    _add_logs(subparsers)
+
+
+#: The server's retention setting, the default of `honed logs prune --older-than`.
+RETENTION_ENV = "HONED_SERVE_REQUEST_LOG_RETENTION_DAYS"
+
+
+def _add_logs(subparsers: argparse._SubParsersAction) -> None:
+    logs = subparsers.add_parser(
+        "logs",
+        help="The request log: retention.",
+        description="Maintain the request log that `honed serve` writes.",
+    )
+    lsub = logs.add_subparsers(dest="logs_command", metavar="SUBCOMMAND")
+    logs.set_defaults(func=lambda _args: logs.print_help() or 2)
+    prune = lsub.add_parser(
+        "prune",
+        help="Delete requests older than N days, with their feedback.",
+        description="Delete request-log rows older than --older-than days, the feedback on "
+        "them and feedback rows as old, in small batches (a running server keeps logging). "
+        "What `honed serve` does hourly with request_log_retention_days. Export feedback "
+        "(`honed feedback export`) before its requests age out: it is exported only with "
+        "its request's text.",
+    )
+    prune.add_argument(
+        "--older-than",
+        type=float,
+        metavar="DAYS",
+        help=f"Age in days (fractions allowed); default: ${RETENTION_ENV}.",
+    )
+    _add_db(prune)
+    prune.set_defaults(func=_logs_prune)
 
 
 def _add_db(parser: argparse.ArgumentParser) -> None:
@@ -522,4 +555,28 @@ def _feedback_export(args: argparse.Namespace) -> int:
         )
     for why, n in sorted(skipped.items()):
         print(f"skipped {n} feedback rows: {why}")
+    return 0
+
+
+def _logs_prune(args: argparse.Namespace) -> int:
+    import os
+
+    from honed.errors import HonedError
+    from honed.monitor.requestlog import make_engine, prune
+
+    days = args.older_than
+    if days is None and os.environ.get(RETENTION_ENV):
+        try:
+            days = float(os.environ[RETENTION_ENV])
+        except ValueError:
+            raise HonedError(
+                f"{RETENTION_ENV}={os.environ[RETENTION_ENV]!r} is not a number"
+            ) from None
+    if days is None:
+        raise HonedError(f"how old? pass --older-than DAYS (or set {RETENTION_ENV})")
+    if days <= 0:
+        raise HonedError(f"--older-than must be > 0 days, got {days}")
+    done = prune(make_engine(args.db), days)
+    what = f"{done.requests} requests and {done.feedback} feedback rows"
+    print(f"pruned {what} older than {days:g} days")
     return 0

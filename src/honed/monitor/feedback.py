@@ -15,8 +15,10 @@ training data.
   same as an unknown id, so ids cannot be probed for whose they are. One explicit feedback
   per request item per key: a later post replaces the earlier (a changed mind, not a second
   vote). Each key may post ``feedback_per_key_per_hour`` (serve settings) in any rolling
-  hour; beyond it 429 with Retry-After. Without keys (loopback development) none of this
-  applies.
+  hour; beyond it 429 with Retry-After. The server counts that quota on its rate-limit
+  storage (``rate_limit_storage``: shared by every replica on Redis) and hands the route a
+  :class:`Quota` (``app.state.feedback_quota``); a replacing post spends none of it. Without
+  keys (loopback development) none of this applies.
 - Implicit signals the server sees: ``regenerate`` (the same caller sent the same prompt to
   the same model again soon after; recorded on the earlier request) and ``abandoned`` (a
   stream whose client left before the final chunk). The server queues them through its
@@ -41,10 +43,10 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from fastapi import Request  # module level: route annotations are resolved from globals
 from pydantic import BaseModel, Field, model_validator
@@ -75,11 +77,25 @@ class UnknownRequestError(HonedError):
 
 
 class FeedbackLimitError(HonedError):
-    """A key posted more feedback than ``feedback_per_key_per_hour`` allows (HTTP 429)."""
+    """A key posted more feedback than ``feedback_per_key_per_hour`` allows (HTTP 429), or
+    the quota's storage is down and the server fails closed (``status`` 503)."""
 
-    def __init__(self, message: str, retry_after: int) -> None:
+    def __init__(self, message: str, retry_after: int, status: int = 429) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.status = status
+
+
+class Quota(Protocol):
+    """A key's feedback quota (the server's: honed.serve.http.limits_store.FeedbackQuota).
+    ``check`` and ``spend`` answer an object with ``allowed``, ``retry_after`` (seconds) and
+    ``unavailable`` (the storage is down and the server fails closed)."""
+
+    per_hour: int
+
+    def check(self) -> Any: ...
+
+    def spend(self) -> Any: ...
 
 
 class InvalidFeedbackError(HonedError):
@@ -254,12 +270,14 @@ class FeedbackStore:
         self,
         feedback: FeedbackIn | dict[str, Any],
         key_name: str | None,
-        per_hour: int = 0,
+        quota: Quota | None = None,
         detail: dict[str, Any] | None = None,
     ) -> tuple[int, int]:
         """:meth:`add` for the key ``key_name`` (None: a server without keys, no checks):
-        (feedback id, earlier rows of that key on the item it replaced). ``per_hour`` > 0
-        caps the key's explicit feedback in any rolling hour (FeedbackLimitError)."""
+        (feedback id, earlier rows of that key on the item it replaced). ``quota``: the key's
+        hourly cap, checked after the feedback itself (so 404/422 come first) and spent once
+        stored, unless the post replaced earlier feedback (FeedbackLimitError when spent;
+        concurrent posts may pass it by a few)."""
         fb = feedback if isinstance(feedback, FeedbackIn) else FeedbackIn(**feedback)
         rows = self.request_rows(fb.request_id)
         if key_name is not None:
@@ -268,8 +286,8 @@ class FeedbackStore:
         if not rows:
             raise UnknownRequestError(f"unknown request id {fb.request_id!r}")
         fb = self.check(fb, rows)
-        if key_name is not None and per_hour > 0:
-            self._check_cap(key_name, per_hour)
+        if key_name is not None and quota is not None:
+            _check_quota(quota, key_name)
         row = {
             "request_id": fb.request_id,
             "item": fb.item,
@@ -293,28 +311,10 @@ class FeedbackStore:
                 )
                 replaced = conn.execute(delete(FeedbackRow).where(mine)).rowcount or 0
             result = conn.execute(insert(FeedbackRow).returning(FeedbackRow.id), [row])
-            return int(result.scalar_one()), replaced
-
-    def _check_cap(self, key_name: str, per_hour: int) -> None:
-        """FeedbackLimitError when ``key_name`` posted ``per_hour`` explicit feedback in the
-        last hour (checked before the insert: concurrent posts may pass it by a few)."""
-        since = utcnow() - timedelta(hours=1)
-        query = select(func.count(), func.min(FeedbackRow.created_at)).where(
-            (FeedbackRow.key_name == key_name)
-            & (FeedbackRow.signal == "explicit")
-            & (FeedbackRow.created_at >= since)
-        )
-        with self.engine.connect() as conn:
-            n, oldest = conn.execute(query).one()
-        if n < per_hour:
-            return
-        wait = (as_utc(oldest) + timedelta(hours=1) - utcnow()).total_seconds()
-        log.warning("feedback cap: key %r posted %d feedback in the last hour", key_name, n)
-        raise FeedbackLimitError(
-            f"feedback limit reached for this key: {per_hour} per hour "
-            "(feedback_per_key_per_hour); retry later",
-            max(1, int(wait + 0.999)),
-        )
+            feedback_id = int(result.scalar_one())
+        if key_name is not None and quota is not None and not replaced:
+            quota.spend()
+        return feedback_id, replaced
 
     def add_signal(
         self,
@@ -391,21 +391,46 @@ def build_feedback_router(
             )
         target = store or _app_store(request.app.state)
         key = getattr(getattr(request.state, "api_key", None), "name", None)
-        settings = getattr(request.app.state, "settings", None)
-        cap = getattr(settings, "feedback_per_key_per_hour", 0) or 0
         try:
-            feedback_id, replaced = target.add_for_key(body, key, per_hour=cap)
+            feedback_id, replaced = target.add_for_key(body, key, _quota(request, key))
         except UnknownRequestError as err:
             raise HTTPException(status_code=404, detail=str(err)) from None
         except InvalidFeedbackError as err:
             raise HTTPException(status_code=422, detail=str(err)) from None
         except FeedbackLimitError as err:
             headers = {"Retry-After": str(err.retry_after)}
-            raise HTTPException(status_code=429, detail=str(err), headers=headers) from None
+            raise HTTPException(err.status, detail=str(err), headers=headers) from None
         out = {"id": feedback_id, "request_id": body.request_id, "item": body.item}
         return out | {"replaced": replaced} if replaced else out
 
     return router
+
+
+def _check_quota(quota: Quota, key_name: str) -> None:
+    decision = quota.check()
+    if decision.allowed:
+        return
+    if decision.unavailable:
+        raise FeedbackLimitError(
+            "feedback quota storage unavailable; retry later", decision.retry_after, 503
+        )
+    log.warning("feedback cap: key %r reached %d posts in the last hour", key_name, quota.per_hour)
+    raise FeedbackLimitError(
+        f"feedback limit reached for this key: {quota.per_hour} per hour "
+        "(feedback_per_key_per_hour); retry later",
+        decision.retry_after,
+    )
+
+
+def _quota(request: Request, key_name: str | None) -> Quota | None:
+    """The key's feedback quota from the server (``app.state.feedback_quota(key, per_hour)``);
+    None without keys, a cap of 0, or an app that offers none."""
+    state = request.app.state
+    cap = getattr(getattr(state, "settings", None), "feedback_per_key_per_hour", 0) or 0
+    make = getattr(state, "feedback_quota", None)
+    if key_name is None or cap <= 0 or make is None:
+        return None
+    return make(key_name, cap)
 
 
 def _app_store(state: Any) -> FeedbackStore:

@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -40,6 +40,7 @@ from sqlalchemy import (
     String,
     Text,
     create_engine,
+    delete,
     event,
     insert,
     select,
@@ -570,3 +571,97 @@ class RequestStore:
             query = query.where(DriftCheckRow.created_at >= since)
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
+
+
+# --- retention -------------------------------------------------------------------------------
+
+#: Rows deleted per transaction: each batch holds its locks briefly, so the logger's inserts
+#: (and readers) interleave with a long prune instead of waiting for it.
+PRUNE_BATCH = 1000
+#: How often the server prunes (request_log_retention_days).
+PRUNE_INTERVAL_S = 3600.0
+
+
+@dataclass
+class PruneResult:
+    requests: int = 0
+    feedback: int = 0
+
+
+def prune(
+    engine: Engine,
+    older_than_days: float,
+    batch_size: int = PRUNE_BATCH,
+    now: datetime | None = None,
+) -> PruneResult:
+    """Delete request rows created more than ``older_than_days`` ago, the feedback on them
+    (cascade: a feedback row is exported only with its request's text, and retention is a
+    promise about user texts, which feedback holds too) and feedback rows as old (orphans
+    included), in batches of ``batch_size`` rows, one short transaction each.
+
+    Model versions and drift-check results are kept: they hold no user text and the
+    drift-over-time report reads them."""
+    if older_than_days <= 0:
+        raise ValueError("older_than_days must be > 0")
+    cutoff = (now or utcnow()) - timedelta(days=older_than_days)
+    result = PruneResult()
+    while batch := _prune_requests(engine, cutoff, batch_size, result):
+        log.debug("request log: pruned %d requests", batch)
+    old_feedback = select(FeedbackRow.id).where(FeedbackRow.created_at < cutoff)
+    while batch := _delete_ids(engine, FeedbackRow, old_feedback.limit(batch_size)):
+        result.feedback += batch
+    return result
+
+
+def _prune_requests(engine: Engine, cutoff: datetime, batch_size: int, result) -> int:
+    query = (
+        select(RequestRow.pk, RequestRow.id)
+        .where(RequestRow.created_at < cutoff)
+        .order_by(RequestRow.pk)
+        .limit(batch_size)
+    )
+    with engine.begin() as conn:
+        rows = conn.execute(query).all()
+        if not rows:
+            return 0
+        ids = sorted({r.id for r in rows})
+        gone = conn.execute(delete(FeedbackRow).where(FeedbackRow.request_id.in_(ids)))
+        done = conn.execute(delete(RequestRow).where(RequestRow.pk.in_([r.pk for r in rows])))
+    # Counted as deleted, not as selected: replicas sharing one database may prune together.
+    result.requests += done.rowcount or 0
+    result.feedback += gone.rowcount or 0
+    return len(rows)
+
+
+def _delete_ids(engine: Engine, table: type[FeedbackRow], ids_query) -> int:
+    with engine.begin() as conn:
+        ids = [r[0] for r in conn.execute(ids_query)]
+        if not ids:
+            return 0
+        return conn.execute(delete(table).where(table.id.in_(ids))).rowcount or 0
+
+
+async def retention_loop(
+    engine: Engine, older_than_days: float, interval_s: float = PRUNE_INTERVAL_S
+) -> None:
+    """The server's background retention task: prune now, then every ``interval_s``, on a
+    worker thread (the event loop never waits on the deletes). Errors are logged and the
+    next round tries again."""
+    import asyncio
+
+    while True:
+        try:
+            done = await asyncio.to_thread(prune, engine, older_than_days)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("request log: pruning rows older than %s days failed", older_than_days)
+        else:
+            if done.requests or done.feedback:
+                log.info(
+                    "request log: pruned %d requests and %d feedback rows older than %s days",
+                    done.requests,
+                    done.feedback,
+                    older_than_days,
+                )
+        await asyncio.sleep(interval_s)

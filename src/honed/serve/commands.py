@@ -19,6 +19,12 @@ _SERVE_FLAGS = (  # (flag, settings field, type, help)
     ("--dtype", "dtype", str, "auto, float32, bfloat16 or float16"),
     ("--rate-limit-rps", "rate_limit_rps", float, "per-key requests per second"),
     (
+        "--rate-limit-storage",
+        "rate_limit_storage",
+        str,
+        "where rate limits count: memory:// (per process) or redis://HOST:6379/0 (shared)",
+    ),
+    (
         "--request-log-max-chars",
         "request_log_max_chars",
         int,

@@ -104,6 +104,14 @@ class ServeSettings(BaseSettings):
         description="A honed `ner` run folder (e.g. from examples/pii-ner.yaml) whose model "
         "also masks people, street addresses and places in logged texts (with redact_pii).",
     )
+    request_log_retention_days: float | None = Field(
+        None,
+        gt=0,
+        description="Delete request-log rows older than this many days, with the feedback on "
+        "them and feedback rows as old (a background task of the server, hourly, in small "
+        "batches; `honed logs prune` does the same by hand). Keep it longer than the loop's "
+        "feedback collection window. None: keep everything.",
+    )
     request_log_max_chars: int = Field(
         8192,
         ge=256,
@@ -125,7 +133,9 @@ class ServeSettings(BaseSettings):
         ge=0,
         description="Most explicit feedback posts (POST /v1/feedback) one API key may make in "
         "any rolling hour; beyond it 429 with Retry-After, and a warning is logged. 0: no cap. "
-        "Applies with API keys only (a keyless loopback server has no per-key identity).",
+        "Applies with API keys only (a keyless loopback server has no per-key identity). "
+        "Counted on rate_limit_storage (shared by replicas on Redis); a post replacing the "
+        "key's earlier feedback on the same item does not count.",
     )
     # -- guards -----------------------------------------------------------------------------
     guards: list[GuardConfig] = Field(
@@ -212,9 +222,35 @@ class ServeSettings(BaseSettings):
         None, description="YAML/JSON file with `keys: [{name, sha256, scopes}]`; added to api_keys."
     )
     rate_limit_rps: float | None = Field(
-        None, gt=0, description="Default per-key requests/second (token bucket); None = no limit."
+        None,
+        gt=0,
+        description="Default per-key requests/second; None = no limit. Counted in a moving "
+        "window of N requests per W whole seconds with N/W = rps and N close to "
+        "rate_limit_burst (honed.serve.http.limits_store.rate_item); beyond it 429 with "
+        "Retry-After.",
     )
-    rate_limit_burst: int = Field(20, ge=1, description="Token-bucket size per key.")
+    rate_limit_burst: int = Field(
+        20,
+        ge=1,
+        description="Most requests a key may send at once (the window's N; at least one "
+        "second's worth of rate_limit_rps).",
+    )
+    rate_limit_storage: str = Field(
+        "memory://",
+        description="Where per-key rate limits and the feedback quota count: any `limits` "
+        "storage URI. 'memory://' counts in each server process, so N replicas allow N times "
+        "a key's limit; 'redis://HOST:6379/0' (or rediss://, redis+sentinel://) shares one "
+        "budget across replicas. A bad URI or an unreachable server stops the start with a "
+        "clear error.",
+    )
+    rate_limit_on_storage_error: Literal["local", "open", "closed"] = Field(
+        "local",
+        description="When the shared storage fails while serving: 'local' counts in this "
+        "replica's memory until it answers again (limits per replica meanwhile: at most the "
+        "limit times the replica count); 'open' lets requests through unlimited; 'closed' "
+        "answers 503 with Retry-After. Keys are still checked in every case. Logged as a "
+        "WARNING when it happens and INFO when the storage is back; retried every 5 s.",
+    )
     enable_admin: bool = Field(
         True,
         description="Expose the admin routes: POST/DELETE /v1/adapters, /admin/canary. They "

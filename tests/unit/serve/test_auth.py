@@ -132,22 +132,3 @@ def test_bad_keys_file_is_a_clear_error(tmp_path):
     bad.write_text("- just a list")
     with pytest.raises(ServeConfigError, match="'keys:' list"):
         read_keys_file(bad)
-
-
-def test_token_bucket_refills(monkeypatch):
-    from types import SimpleNamespace
-
-    from honed.serve.http import auth
-
-    now = [1024.0]  # a fake clock: the bucket's arithmetic, not the machine's speed
-    monkeypatch.setattr(auth, "time", SimpleNamespace(monotonic=lambda: now[0]))
-    bucket = auth.TokenBucket(rate=64.0, burst=1)  # powers of two: exact float steps
-    bucket.stamp = now[0]
-    assert bucket.take() == 0.0
-    assert bucket.take() == 1 / 64  # empty: one token per 1/64 s
-    now[0] += 1 / 128
-    assert bucket.take() == 1 / 128  # half a token back, half to wait
-    now[0] += 1 / 128
-    assert bucket.take() == 0.0
-    now[0] += 60
-    assert bucket.take() == 0.0 and bucket.take() > 0  # refills up to burst only

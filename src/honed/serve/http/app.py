@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 
@@ -28,6 +29,7 @@ from honed.serve.http.auth import AccessMiddleware, KeyStore
 from honed.serve.http.errors import ERROR_RESPONSES, install_error_handlers
 from honed.serve.http.guards import build_guard_set
 from honed.serve.http.json_body import JsonBodyMiddleware
+from honed.serve.http.limits_store import FeedbackQuota
 from honed.serve.http.metrics import Metrics, version_label
 from honed.serve.http.request_ids import RequestIdMiddleware
 from honed.serve.http.routes import (
@@ -48,6 +50,7 @@ log = logging.getLogger("honed.serve")
 def create_app(settings: ServeSettings | None = None, engine: Engine | None = None) -> FastAPI:
     settings = settings or ServeSettings()
     keys = KeyStore.from_settings(settings)
+    keys.limiter.check_reachable()  # a shared store that does not answer: refuse to start
     if settings.insecure_dev and not keys.enabled:
         log.warning(
             "INSECURE DEV MODE (--insecure-dev): no API keys; every route, admin included, "
@@ -60,11 +63,15 @@ def create_app(settings: ServeSettings | None = None, engine: Engine | None = No
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(_start(app, engine))
         app.state.start_task = task
+        pruning = _retention_task(app)
         try:
             yield
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+            if pruning is not None:
+                pruning.cancel()
+                await asyncio.gather(pruning, return_exceptions=True)
             if app.state.engine is not None:
                 await app.state.engine.stop()
             logger = app.state.request_logger
@@ -101,6 +108,9 @@ def create_app(settings: ServeSettings | None = None, engine: Engine | None = No
 def _init_state(app: FastAPI, settings: ServeSettings, keys: KeyStore, engine: Engine | None):
     app.state.settings = settings
     app.state.keys = keys
+    app.state.limiter = keys.limiter
+    # The feedback route's per-key quota (monitor.feedback) counts on the same storage.
+    app.state.feedback_quota = partial(FeedbackQuota, keys.limiter)
     app.state.metrics = Metrics()
     app.state.engine = engine
     app.state.load_error = None
@@ -120,6 +130,17 @@ def _request_logger(settings: ServeSettings):
 
     redact = pii_redactor(settings.pii_ner_model) if settings.redact_pii else identity
     return RequestLogger(settings.request_log_url, redact=redact)
+
+
+def _retention_task(app: FastAPI) -> asyncio.Task | None:
+    """The request log's retention (request_log_retention_days), pruned in the background."""
+    settings: ServeSettings = app.state.settings
+    logger = app.state.request_logger
+    if settings.request_log_retention_days is None or getattr(logger, "engine", None) is None:
+        return None
+    from honed.monitor.requestlog import retention_loop
+
+    return asyncio.create_task(retention_loop(logger.engine, settings.request_log_retention_days))
 
 
 def _include_feedback(app: FastAPI) -> None:

@@ -1,4 +1,4 @@
-"""API keys (stored hashed), scopes, per-key token buckets, and the body-size limit.
+"""API keys (stored hashed), scopes, per-key rate limits, and the body-size limit.
 
 `AccessMiddleware` (pure ASGI) runs before routing, so with keys configured nothing but
 `/healthz` answers without a valid key: not the docs, not /metrics, not even a 404.
@@ -7,6 +7,9 @@ Route dependencies (`deps.InferKey`, `deps.AdminKey`) then check the key's scope
 Keys travel in the `Authorization` header only: a query parameter named like a credential
 (`?api_key=`, `?token=`, ...) is refused with 400, since URLs end up in proxies' and access
 logs; `QueryKeyFilter` masks such parameters in uvicorn's access log all the same.
+
+Rate limits count on the storage named by `rate_limit_storage` (`limits_store`): in memory per
+process by default, in Redis shared by every replica.
 """
 
 from __future__ import annotations
@@ -18,9 +21,7 @@ import json
 import logging
 import re
 import secrets
-import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -29,6 +30,7 @@ import yaml
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from honed.serve.http.limits_store import Decision, SharedLimiter, rate_item
 from honed.serve.settings import ApiKeyEntry, ServeConfigError, ServeSettings
 
 OPEN_PATHS = frozenset({"/healthz"})
@@ -48,31 +50,6 @@ def new_key() -> str:
     return "hk-" + secrets.token_urlsafe(32)
 
 
-@dataclass
-class TokenBucket:
-    """`rate` tokens per second up to `burst`; one request costs one token."""
-
-    rate: float
-    burst: int
-    tokens: float = field(init=False)
-    stamp: float = field(default_factory=time.monotonic)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def __post_init__(self) -> None:
-        self.tokens = float(self.burst)
-
-    def take(self) -> float:
-        """0.0 when allowed, else seconds until a token is available."""
-        with self.lock:
-            now = time.monotonic()
-            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-            self.stamp = now
-            if self.tokens >= 1.0:
-                self.tokens -= 1.0
-                return 0.0
-            return (1.0 - self.tokens) / self.rate
-
-
 @dataclass(frozen=True)
 class ApiKey:
     """An authenticated caller (what routes see; never the key itself)."""
@@ -84,20 +61,29 @@ class ApiKey:
 class KeyStore:
     """Hashed keys; lookup compares every digest in constant time."""
 
-    def __init__(self, entries: list[ApiKeyEntry], rate: float | None, burst: int) -> None:
+    def __init__(
+        self,
+        entries: list[ApiKeyEntry],
+        rate: float | None,
+        burst: int,
+        limiter: SharedLimiter | None = None,
+    ) -> None:
         self.entries = entries
-        self.buckets: dict[str, TokenBucket] = {}
-        for e in entries:
-            r = e.rate_limit_rps or rate
-            if r is not None:
-                self.buckets[e.sha256] = TokenBucket(r, burst)
+        self.limiter = limiter or SharedLimiter()
+        # Each key's moving window (see limits_store.rate_item); keys without a rate: none.
+        self.limits = {
+            e.sha256: rate_item(r, burst) for e in entries if (r := e.rate_limit_rps or rate)
+        }
 
     @classmethod
-    def from_settings(cls, settings: ServeSettings) -> KeyStore:
+    def from_settings(
+        cls, settings: ServeSettings, limiter: SharedLimiter | None = None
+    ) -> KeyStore:
         entries = list(settings.api_keys)
         if settings.api_keys_file is not None:
             entries += read_keys_file(settings.api_keys_file)
-        return cls(entries, settings.rate_limit_rps, settings.rate_limit_burst)
+        limiter = limiter or SharedLimiter.from_settings(settings)
+        return cls(entries, settings.rate_limit_rps, settings.rate_limit_burst, limiter)
 
     @property
     def enabled(self) -> bool:
@@ -111,9 +97,12 @@ class KeyStore:
                 found = e
         return found
 
-    def throttle(self, entry: ApiKeyEntry) -> float:
-        bucket = self.buckets.get(entry.sha256)
-        return bucket.take() if bucket else 0.0
+    async def throttle(self, entry: ApiKeyEntry) -> Decision:
+        """Take one request from the key's budget (shared by every replica on Redis)."""
+        item = self.limits.get(entry.sha256)
+        if item is None:
+            return Decision(True)
+        return await self.limiter.hit(item, "rate", entry.name)
 
 
 def read_keys_file(path: Path) -> list[ApiKeyEntry]:
@@ -178,7 +167,7 @@ class AccessMiddleware:
             await self.app(scope, receive, send)
             return
         if refusal is None:
-            refusal = self._authenticate(scope)
+            refusal = await self._authenticate(scope)
         if refusal is None:
             refusal = self._check_length(scope)
         if refusal is not None:
@@ -186,7 +175,7 @@ class AccessMiddleware:
             return
         await self._call_limited(scope, receive, send)
 
-    def _authenticate(self, scope: Scope) -> tuple | None:
+    async def _authenticate(self, scope: Scope) -> tuple | None:
         if not self.keys.enabled:
             return None
         key = _bearer(scope)
@@ -204,19 +193,9 @@ class AccessMiddleware:
                     {"WWW-Authenticate": "Bearer"},
                 ),
             )
-        wait = self.keys.throttle(entry)
-        if wait > 0:
-            retry = str(max(1, int(wait + 0.999)))
-            return (
-                429,
-                *_error(
-                    429,
-                    "rate limit reached for this key",
-                    "rate_limit_error",
-                    "rate_limited",
-                    {"Retry-After": retry},
-                ),
-            )
+        decision = await self.keys.throttle(entry)
+        if not decision.allowed:
+            return _throttled(decision)
         scope.setdefault("state", {})["api_key"] = ApiKey(entry.name, frozenset(entry.scopes))
         return None
 
@@ -263,6 +242,17 @@ class AccessMiddleware:
         except BodyTooLarge:
             if not started:
                 await _send(send, *self._too_large())
+
+
+def _throttled(decision: Decision) -> tuple:
+    """429 beyond the key's rate; 503 when the shared storage is down and the policy is
+    `rate_limit_on_storage_error: closed`. Both with Retry-After."""
+    headers = {"Retry-After": str(decision.retry_after)}
+    if decision.unavailable:
+        msg = "rate-limit storage unavailable; retry later"
+        return (503, *_error(503, msg, "server_error", "rate_limit_unavailable", headers))
+    msg = "rate limit reached for this key"
+    return (429, *_error(429, msg, "rate_limit_error", "rate_limited", headers))
 
 
 def _key_in_query(scope: Scope) -> tuple | None:
