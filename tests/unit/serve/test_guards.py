@@ -80,8 +80,7 @@ def test_cli_guard_flags_reach_the_settings(tmp_path, monkeypatch):
 
     seen = {}
     monkeypatch.setattr(commands, "_check_models", lambda s: seen.setdefault("s", s))
-    monkeypatch.setitem(sys.modules, "uvicorn", ModuleType("uvicorn"))
-    sys.modules["uvicorn"].run = lambda app, **kw: None
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: None)
     monkeypatch.setattr("honed.serve.http.app.create_app", lambda s: None)
     f = tmp_path / "g.yaml"
     f.write_text("- {kind: pii_output, name: out}\n")
