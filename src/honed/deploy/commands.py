@@ -56,6 +56,11 @@ def _register_deploy(sub: argparse._SubParsersAction) -> None:
         help="API keys reach the pod another way (HONED_SERVE_API_KEYS_FILE, HONED_PROBE_KEY)",
     )
     k8s.add_argument(
+        "--rate-limit-storage",
+        metavar="URI",
+        help="shared store for per-key rate limits across replicas (redis://HOST:6379/0)",
+    )
+    k8s.add_argument(
         "--no-check",
         action="store_true",
         help="do not resolve the ref in this machine's registry (e.g. a model registered on "
@@ -218,6 +223,7 @@ def _deploy_k8s(args: argparse.Namespace) -> int:
         claim_size=claim.size,
         storage_class=claim.storage_class,
         access_mode=claim.access_mode,
+        rate_limit_storage=args.rate_limit_storage,
     )
     check_keys(opts)
     check_pod_ref(args.model_ref, claim.name)  # before the local check: a folder is never ok
@@ -225,7 +231,15 @@ def _deploy_k8s(args: argparse.Namespace) -> int:
         _check_ref(args.model_ref)
     for path in write_k8s(opts, args.out):
         print(path)
+    _warn_unshared_limits(opts)
     return 0
+
+
+def _warn_unshared_limits(opts) -> None:
+    from honed.deploy.serving import shared_limits_warning
+
+    if warning := shared_limits_warning(opts):
+        print(warning, file=sys.stderr)
 
 
 def _deploy_train(args: argparse.Namespace) -> int:

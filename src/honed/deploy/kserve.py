@@ -41,13 +41,14 @@ from __future__ import annotations
 import argparse
 import copy
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from honed.deploy.common import PORT, DeployError, image_ref, k8s_name
 from honed.deploy.manifests import write_manifests
-from honed.deploy.serving import DeployOptions, _pod_spec, check_keys
+from honed.deploy.serving import DeployOptions, _pod_spec, check_keys, shared_limits_warning
 from honed.deploy.volumes import Claim, check_pod_ref, pvc_docs
 
 API_VERSION = "serving.kserve.io/v1beta1"
@@ -94,6 +95,7 @@ class KServeOptions:
     image: str | None = None  # None: IMAGE_REPO at this honed version (see image_ref)
     keys_secret: str | None = None
     external_keys: bool = False  # keys reach the pod another way (see DeployOptions)
+    rate_limit_storage: str | None = None  # shared rate limits (see DeployOptions)
     gpus: int = 0
     cpu: str = "2"
     memory: str = "4Gi"
@@ -165,6 +167,7 @@ def _deploy_options(o: KServeOptions) -> DeployOptions:
         volume_claim=o.claim,
         keys_secret=o.keys_secret,
         external_keys=o.external_keys,
+        rate_limit_storage=o.rate_limit_storage,
     )
 
 
@@ -294,6 +297,11 @@ def register(psub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="API keys reach the pod another way (HONED_SERVE_API_KEYS_FILE, HONED_PROBE_KEY)",
     )
+    p.add_argument(
+        "--rate-limit-storage",
+        metavar="URI",
+        help="shared store for per-key rate limits across replicas (redis://HOST:6379/0)",
+    )
     p.add_argument("--canary", metavar="REF", help="challenger the predictor runs now")
     p.add_argument(
         "--canary-percent",
@@ -331,6 +339,7 @@ def _deploy_kserve(args: argparse.Namespace) -> int:
         image=image_ref(args.image, args.image_tag),
         keys_secret=args.keys_secret,
         external_keys=args.external_keys,
+        rate_limit_storage=args.rate_limit_storage,
         gpus=args.gpus,
         min_replicas=args.min_replicas,
         max_replicas=args.max_replicas,
@@ -346,4 +355,6 @@ def _deploy_kserve(args: argparse.Namespace) -> int:
     )
     for path in write_kserve(opts, args.out):
         print(path)
+    if warning := shared_limits_warning(_deploy_options(opts)):
+        print(warning, file=sys.stderr)
     return 0

@@ -58,6 +58,9 @@ class DeployOptions:
     # still gets HONED_SERVE_API_KEYS_FILE and HONED_PROBE_KEY, from that source.
     external_keys: bool = False
     target_cpu_percent: int = 70
+    # A `limits` storage URI (redis://HOST:6379/0) every replica counts per-key rates on;
+    # None: each pod counts on its own (memory://).
+    rate_limit_storage: str | None = None
 
 
 def _probe_key_exec(path: str) -> dict[str, Any]:
@@ -82,6 +85,24 @@ def _keys_env(o: DeployOptions) -> list[dict[str, Any]]:
     ]
 
 
+def _rate_limit_env(o: DeployOptions) -> list[dict[str, str]]:
+    if not o.rate_limit_storage:
+        return []
+    return [{"name": "HONED_SERVE_RATE_LIMIT_STORAGE", "value": o.rate_limit_storage}]
+
+
+def shared_limits_warning(o: DeployOptions) -> str | None:
+    """A warning when several replicas would each count a key's rate on their own (the
+    limit would multiply by the replica count under the autoscaler)."""
+    if o.rate_limit_storage or max(o.replicas, o.max_replicas) <= 1:
+        return None
+    return (
+        f"warning: up to {max(o.replicas, o.max_replicas)} replicas count each key's rate "
+        "limit and feedback quota on their own; pass --rate-limit-storage redis://HOST:6379/0 "
+        "to share them"
+    )
+
+
 def _container(o: DeployOptions) -> dict[str, Any]:
     resources: dict[str, Any] = {
         "requests": {"cpu": o.cpu, "memory": o.memory},
@@ -94,6 +115,7 @@ def _container(o: DeployOptions) -> dict[str, Any]:
         {"name": "HONED_SERVE_HOST", "value": "0.0.0.0"},
         {"name": "HONED_SERVE_PORT", "value": str(PORT)},
         *_keys_env(o),
+        *_rate_limit_env(o),
     ]
     mounts = [{"name": "models", "mountPath": STATE_MOUNT}, *scratch_volumes()[1]]
     if o.keys_secret:

@@ -421,3 +421,17 @@ def test_k8s_manifests_validate_against_the_kubernetes_schemas(options):
     for doc in docs:
         k8s.validate(doc, k8s.latest_version(), strict=True)  # raises on any unknown field
     validate_manifests(docs)  # what write_k8s runs before writing anything
+
+
+def test_replicas_share_rate_limits_only_when_told(tmp_path, capsys):
+    args = ["deploy", "k8s", "fin@champion", "--keys-secret", "k", "--no-check"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert "--rate-limit-storage" in capsys.readouterr().err  # 4 replicas, each on its own
+    url = "redis://redis:6379/0"
+    assert main([*args, "--out", str(tmp_path / "b"), "--rate-limit-storage", url]) == 0
+    assert "warning" not in capsys.readouterr().err
+    dep = yaml.safe_load((tmp_path / "b" / "deployment.yaml").read_text())
+    env = {
+        e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["HONED_SERVE_RATE_LIMIT_STORAGE"] == url
