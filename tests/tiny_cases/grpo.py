@@ -62,7 +62,7 @@ def build_spec(tmp_path: Path, method: str = "lora", graders: list[dict] | None 
         name=f"tiny-grpo-{method}",
         task=TASK,
         task_options={
-            "graders": graders or default_graders(),
+            "graders": default_graders() if graders is None else graders,
             "num_generations": 2,
             "max_completion_tokens": 6,
             "eval_rows": 4,

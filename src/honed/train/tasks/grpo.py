@@ -251,18 +251,25 @@ def sampled_ids(
     out: list[tuple[list[int], list[int]]] = []
     model.eval()
     for start in range(0, len(prompts), batch_size):
-        texts = [generative.render_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
-        enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left",
-                        add_special_tokens=False)  # fmt: skip
+        part = prompts[start : start + batch_size]
+        texts = [generative.render_prompt(tokenizer, p) for p in part]
+        enc = tokenizer(
+            texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+        )
         with torch.inference_mode():
             gen = model.generate(
-                **enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
-                max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-            )  # fmt: skip
+                **enc,
+                do_sample=True,
+                temperature=1.0,
+                top_p=1.0,
+                top_k=0,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+            )  # (b, prompt width + new)
         width = enc["input_ids"].shape[1]
         for row, ids in enumerate(gen.tolist()):
-            prompt = [t for t, m in zip(enc["input_ids"][row].tolist(),
-                                        enc["attention_mask"][row].tolist(), strict=True) if m]  # fmt: skip
+            mask = enc["attention_mask"][row].tolist()
+            prompt = [t for t, m in zip(enc["input_ids"][row].tolist(), mask, strict=True) if m]
             completion = ids[width:]
             if tokenizer.eos_token_id in completion:
                 completion = completion[: completion.index(tokenizer.eos_token_id) + 1]
