@@ -15,8 +15,8 @@ Kinds (``kind:`` in the spec; each config documented below):
   relative tolerance of a row field;
 - ``python``: a function ``fn(prompt, completion, row) -> float`` loaded from
   ``"package.module:function"`` or ``"path/to/file.py:function"`` (a file next to the spec);
-- ``reward_model``: a reward model trained with ``honed run`` (task ``reward``; a run folder,
-  its ``model`` folder or a registry ref ``NAME@ALIAS``); the reward r maps to sigmoid(r / scale);
+- ``reward_model``: a reward model trained with ``honed run`` (task ``reward``; its run folder
+  or a registry ref ``NAME@ALIAS``); the reward r maps to sigmoid(r / scale);
 - several graders in a list: their weighted mean (``weight`` on each).
 
 ``build_grader(cfg)`` turns a config (or a list of them) into a ``Grader``; bad configs raise
@@ -191,7 +191,7 @@ class RewardModelConfig(_GraderBase):
 
     kind: Literal["reward_model"]
     model: str = Field(
-        ..., description="Run folder of a `reward` run, its model folder, or NAME@ALIAS."
+        ..., description="Run folder of a `honed run` with task reward, or NAME@ALIAS."
     )
     scale: float = Field(1.0, gt=0, description="Score = sigmoid(reward / scale): 0.5 at reward 0.")
     batch_size: int = Field(8, gt=0, description="Completions per forward pass.")
@@ -441,16 +441,21 @@ class PythonGrader(_Scorer):
 
 
 def reward_model_folder(ref: str, base_dir: Path | None = None) -> Path:
-    """The model folder of a reward run: a run folder (its model/), a model folder, or a
-    registry reference (NAME@ALIAS, NAME/VERSION)."""
+    """The folder of a reward model: a `honed run` folder (the model lives at its root), or a
+    registry reference (NAME@ALIAS, NAME/VERSION). Relative paths: next to the spec."""
     path = Path(ref).expanduser()
-    if not path.is_absolute() and base_dir is not None and (base_dir / path).exists():
+    if not path.is_absolute() and base_dir is not None and (base_dir / path).is_dir():
         path = base_dir / path
     if path.is_dir():
-        return path / "model" if (path / "model" / "config.json").is_file() else path
+        return path
     from honed.registry.store import resolve_ref
 
-    return resolve_ref(ref)
+    try:
+        return resolve_ref(ref)
+    except HonedError as err:
+        raise SpecError(
+            f"reward_model grader: {ref!r} is no run folder nor a registered model ({err})"
+        ) from None
 
 
 class RewardModelGrader(_Scorer):

@@ -4,6 +4,7 @@ mean, and clear errors for bad configs."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,33 @@ def test_bad_configs_are_clear(cfg, message: str) -> None:
 def test_empty_list_is_refused() -> None:
     with pytest.raises(SpecError, match="at least one grader"):
         build_grader([])
+
+
+def test_reward_model_grader_scores_with_a_reward_run(tmp_path: Path) -> None:
+    """A tiny `reward` run (two LoRA steps) as grader: sigmoid of its reward, in (0, 1), the
+    same as `honed score` computes; a folder that is no reward model is a clear error."""
+    import torch
+    from tests.tiny_cases import reward as case
+
+    from honed.models.resolve import resolve_model
+    from honed.paths import RunPaths
+    from honed.registry.lineage import build_lineage
+    from honed.train.score import load_reward_model
+    from honed.train.tasks import get_task
+
+    torch.set_num_threads(1)
+    spec = case.build_spec(tmp_path, "lora")
+    task, base = get_task("reward"), resolve_model(spec.model)
+    data = task.prepare_data(spec)
+    paths = RunPaths(Path(spec.output_dir)).create()
+    task.train(spec, data, base, paths, resume=False)
+    paths.lineage.write_text(json.dumps(build_lineage(spec, base, data, True), default=str))
+
+    grader = build_grader({"kind": "reward_model", "model": "run", "scale": 2.0}, tmp_path)
+    prompts, answers = ["human please help assistant"] * 2, [" sorry i may help", " rude you"]
+    scores = grader.score_batch(prompts, answers, [{}, {}])
+    rewards = load_reward_model(paths.root).score(prompts, answers)
+    assert scores == pytest.approx([1 / (1 + math.exp(-r / 2.0)) for r in rewards], abs=1e-5)
+    assert all(0.0 < s < 1.0 for s in scores)
+    with pytest.raises(SpecError, match="no run folder nor a registered model"):
+        build_grader({"kind": "reward_model", "model": "nowhere@champion"})
