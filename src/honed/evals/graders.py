@@ -15,8 +15,8 @@ Kinds (``kind:`` in the spec; each config documented below):
   relative tolerance of a row field;
 - ``python``: a function ``fn(prompt, completion, row) -> float`` loaded from
   ``"package.module:function"`` or ``"path/to/file.py:function"`` (a file next to the spec);
-- ``reward_model``: a reward model trained with ``honed run`` (task ``reward``; its run folder
-  or a registry ref ``NAME@ALIAS``); the reward r maps to sigmoid(r / scale);
+- ``reward_model``: a reward model trained with ``honed run`` (task ``reward``; its run folder);
+  the reward r maps to sigmoid(r / scale) (the loader comes from the training stage);
 - several graders in a list: their weighted mean (``weight`` on each).
 
 ``build_grader(cfg)`` turns a config (or a list of them) into a ``Grader``; bad configs raise
@@ -191,7 +191,8 @@ class RewardModelConfig(_GraderBase):
 
     kind: Literal["reward_model"]
     model: str = Field(
-        ..., description="Run folder of a `honed run` with task reward, or NAME@ALIAS."
+        ...,
+        description="Run folder of a `honed run` with task reward (relative: next to the spec).",
     )
     scale: float = Field(1.0, gt=0, description="Score = sigmoid(reward / scale): 0.5 at reward 0.")
     batch_size: int = Field(8, gt=0, description="Completions per forward pass.")
@@ -440,32 +441,25 @@ class PythonGrader(_Scorer):
         return float(value)
 
 
-def reward_model_folder(ref: str, base_dir: Path | None = None) -> Path:
-    """The folder of a reward model: a `honed run` folder (the model lives at its root), or a
-    registry reference (NAME@ALIAS, NAME/VERSION). Relative paths: next to the spec."""
-    path = Path(ref).expanduser()
-    if not path.is_absolute() and base_dir is not None and (base_dir / path).is_dir():
-        path = base_dir / path
-    if path.is_dir():
-        return path
-    from honed.registry.store import resolve_ref
-
-    try:
-        return resolve_ref(ref)
-    except HonedError as err:
-        raise SpecError(
-            f"reward_model grader: {ref!r} is no run folder nor a registered model ({err})"
-        ) from None
+#: Loads a reward model for a ``reward_model`` grader: (cfg.model, base_dir) -> an object with
+#: ``score(prompts, responses) -> list[float]`` and a ``batch_size``. Evaluation sits below
+#: training in honed's layering, so the training stage passes its loader in
+#: (honed.train.tasks.grpo.load_reward_scorer).
+RewardLoader = Callable[[str, Path | None], Any]
 
 
 class RewardModelGrader(_Scorer):
-    def __init__(self, cfg: RewardModelConfig, base_dir: Path | None = None) -> None:
-        from honed.train.score import load_reward_model
-
+    def __init__(
+        self, cfg: RewardModelConfig, base_dir: Path | None, loader: RewardLoader | None
+    ) -> None:
         self.cfg, self.name = cfg, cfg.name or "reward_model"
-        folder = reward_model_folder(cfg.model, base_dir)
+        if loader is None:
+            raise SpecError(
+                f"grader {self.name}: reward_model graders need a reward model loader "
+                "(the grpo task provides one)"
+            )
         try:
-            self.scorer = load_reward_model(folder)
+            self.scorer = loader(cfg.model, base_dir)
         except HonedError as err:
             raise SpecError(f"grader {self.name}: {err}") from None
         self.scorer.batch_size = cfg.batch_size
@@ -511,29 +505,35 @@ class WeightedGrader(_Scorer):
         ]
 
 
-_BUILDERS: dict[str, Callable[[Any, Path | None], Any]] = {
-    "exact": lambda c, _: ExactGrader(c),
-    "regex": lambda c, _: RegexGrader(c),
-    "json_schema": JsonSchemaGrader,
-    "numeric": lambda c, _: NumericGrader(c),
-    "python": PythonGrader,
-    "reward_model": RewardModelGrader,
-}
+def _one(cfg: Any, base: Path | None, reward_loader: RewardLoader | None) -> Any:
+    kind = cfg.kind
+    if kind == "exact":
+        return ExactGrader(cfg)
+    if kind == "regex":
+        return RegexGrader(cfg)
+    if kind == "json_schema":
+        return JsonSchemaGrader(cfg, base)
+    if kind == "numeric":
+        return NumericGrader(cfg)
+    if kind == "python":
+        return PythonGrader(cfg, base)
+    return RewardModelGrader(cfg, base, reward_loader)
 
 
-def build_grader(cfg: Any, base_dir: Path | str | None = None) -> Grader:
+def build_grader(
+    cfg: Any, base_dir: Path | str | None = None, reward_loader: RewardLoader | None = None
+) -> Grader:
     """A grader from one config (mapping or typed) or the weighted mean of a list of them.
 
     ``base_dir``: the folder relative paths (schema files, python files, reward runs) resolve
-    against: the spec's folder."""
+    against: the spec's folder. ``reward_loader``: loads reward models (see RewardLoader)."""
     base = Path(base_dir) if base_dir is not None else None
     if isinstance(cfg, Sequence) and not isinstance(cfg, str | bytes):
         if not cfg:
             raise SpecError("graders: give at least one grader")
         typed = [parse_grader_config(c, f"graders[{i}]") for i, c in enumerate(cfg)]
         if len(typed) == 1:
-            return _BUILDERS[typed[0].kind](typed[0], base)
-        graders = [_BUILDERS[c.kind](c, base) for c in typed]
+            return _one(typed[0], base, reward_loader)
+        graders = [_one(c, base, reward_loader) for c in typed]
         return WeightedGrader(graders, [c.weight for c in typed])
-    typed = parse_grader_config(cfg)
-    return _BUILDERS[typed.kind](typed, base)
+    return _one(parse_grader_config(cfg), base, reward_loader)

@@ -159,11 +159,16 @@ def test_reward_model_grader_scores_with_a_reward_run(tmp_path: Path) -> None:
     task.train(spec, data, base, paths, resume=False)
     paths.lineage.write_text(json.dumps(build_lineage(spec, base, data, True), default=str))
 
-    grader = build_grader({"kind": "reward_model", "model": "run", "scale": 2.0}, tmp_path)
+    from honed.train.tasks.grpo import load_reward_scorer
+
+    cfg = {"kind": "reward_model", "model": "run", "scale": 2.0}
+    grader = build_grader(cfg, tmp_path, reward_loader=load_reward_scorer)
     prompts, answers = ["human please help assistant"] * 2, [" sorry i may help", " rude you"]
     scores = grader.score_batch(prompts, answers, [{}, {}])
     rewards = load_reward_model(paths.root).score(prompts, answers)
     assert scores == pytest.approx([1 / (1 + math.exp(-r / 2.0)) for r in rewards], abs=1e-5)
     assert all(0.0 < s < 1.0 for s in scores)
-    with pytest.raises(SpecError, match="no run folder nor a registered model"):
-        build_grader({"kind": "reward_model", "model": "nowhere@champion"})
+    with pytest.raises(SpecError, match="is no run folder"):
+        build_grader({**cfg, "model": "nowhere"}, tmp_path, reward_loader=load_reward_scorer)
+    with pytest.raises(SpecError, match="need a reward model loader"):
+        build_grader(cfg, tmp_path)

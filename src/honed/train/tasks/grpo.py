@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator
@@ -193,6 +194,23 @@ def load_prompt_data(spec: RunSpec) -> SplitData:
 
 
 # ---------------------------------------------------------------- reward
+
+
+def load_reward_scorer(ref: str, base_dir: Path | None) -> Any:
+    """A ``reward_model`` grader's model: the run folder of a `honed run` with task reward
+    (relative paths: next to the spec). Registry references are resolved above training
+    (`honed models show NAME@ALIAS` prints a version's folder)."""
+    from honed.train.score import load_reward_model
+
+    path = Path(ref).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    if not path.is_dir():
+        raise SpecError(
+            f"reward_model grader: {ref!r} is no run folder ({path} not found); give the run "
+            "folder of a `honed run` with task reward"
+        )
+    return load_reward_model(path)
 
 
 def completion_text(completion: Any) -> str:
@@ -389,7 +407,8 @@ class GrpoTask:
         return load_tuned(spec, base, paths.model_dir)
 
     def grader(self, spec: RunSpec) -> Any:
-        return build_grader(task_options(spec, GrpoOptions).graders, spec.base_dir)
+        graders = task_options(spec, GrpoOptions).graders
+        return build_grader(graders, spec.base_dir, reward_loader=load_reward_scorer)
 
     def build_trainer(
         self, spec: RunSpec, data: SplitData, base: ResolvedModel, paths: RunPaths
