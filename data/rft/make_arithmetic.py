@@ -10,9 +10,9 @@ from pathlib import Path
 SEED = 2026
 ROWS = 600
 TEMPLATES = (
-    "What is {a} {op} {b}? Answer in JSON with the key \"answer\".",
-    "Compute {a} {op} {b}. Reply as JSON with the key \"answer\".",
-    "{a} {op} {b} = ? Give the result as JSON with the key \"answer\".",
+    'What is {a} {op} {b}? Answer in JSON with the key "answer".',
+    'Compute {a} {op} {b}. Reply as JSON with the key "answer".',
+    '{a} {op} {b} = ? Give the result as JSON with the key "answer".',
 )
 
 
