@@ -58,7 +58,8 @@ class RunSpec(StrictModel):
         default_factory=dict,
         description="Task-specific options, validated by the task's own options model "
         "(seq2seq: target_field, prefix, max_target_tokens, generation; dpo/reward: "
-        "prompt_field, chosen_field, rejected_field, max_prompt_tokens, beta).",
+        "prompt_field, chosen_field, rejected_field, max_prompt_tokens, beta; grpo: graders, "
+        "pass_threshold, beta, num_generations, max_completion_tokens; see each task module).",
     )
     model: ModelConfig
     data: DataConfig

@@ -23,6 +23,7 @@ PIPELINE_TAGS = {
     "reward": "text-classification",
     "sft": "text-generation",
     "dpo": "text-generation",
+    "grpo": "text-generation",
     "seq2seq": "text2text-generation",
     "ner": "token-classification",
 }

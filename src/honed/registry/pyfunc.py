@@ -27,7 +27,7 @@ import pandas as pd
 
 ARTIFACT = "model"  # the run folder's key (and folder name) inside the MLflow model
 CLASSIFIERS = {"classification"}
-GENERATIVE = {"sft", "dpo", "seq2seq"}
+GENERATIVE = {"sft", "dpo", "grpo", "seq2seq"}
 TAGGERS = {"ner"}
 MAX_NEW_TOKENS = 64
 # What the wrapper imports at load time; pinned to the versions that trained the model.

@@ -36,6 +36,12 @@ if TYPE_CHECKING:
 
 #: Tokens generated per evaluation sample when neither the spec nor the task says otherwise.
 DEFAULT_MAX_NEW_TOKENS = 64
+#: ChatML, used when a tokenizer has no chat template of its own (sft, grpo).
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,3 +281,12 @@ def base_view(
             yield tuned
     else:
         yield load_base(spec, base, auto_cls)
+
+
+def drop_reference_adapter(model: Any) -> None:
+    """Delete the "ref" copy TRL's preference/RL trainers make of a fresh adapter passed already
+    wrapped: it is identical to the adapter disabled, which TRL uses when no "ref" exists."""
+    peft_config = getattr(model, "peft_config", None)
+    if peft_config and "ref" in peft_config:
+        model.delete_adapter("ref")
+        model.set_adapter("default")

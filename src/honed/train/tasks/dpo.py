@@ -35,6 +35,7 @@ from honed.train.tasks._preference import (
 )
 from honed.train.tasks._shared import (
     base_view,
+    drop_reference_adapter,
     generation_settings,
     load_base,
     load_tokenizer,
@@ -198,7 +199,7 @@ class DpoTask:
             processing_class=tokenizer,
             callbacks=common.callbacks(spec.training),
         )
-        _drop_reference_adapter(trainer.model)
+        drop_reference_adapter(trainer.model)
         metrics = common.train_and_save(trainer, tokenizer, paths, resume)
         metrics["reference_model"] = "frozen copy" if ref_model is not None else "adapter disabled"
         return metrics
@@ -238,14 +239,6 @@ def _generate(model: Any, tokenizer: Any, rows: list[dict], settings: Any) -> li
     if not rows:
         return []
     return generative.generate(model, tokenizer, [r["prompt"] for r in rows], settings)
-
-
-def _drop_reference_adapter(model: Any) -> None:
-    """Delete TRL's "ref" copy of a fresh adapter: disabling the adapter gives the same model."""
-    peft_config = getattr(model, "peft_config", None)
-    if peft_config and "ref" in peft_config:
-        model.delete_adapter("ref")
-        model.set_adapter("default")
 
 
 TASK = DpoTask()

@@ -38,6 +38,7 @@ from honed.evals import generative
 from honed.train import common
 from honed.train.methods import get_method
 from honed.train.tasks._shared import (
+    DEFAULT_CHAT_TEMPLATE,
     base_view,
     dedup_first,
     generation_settings,
@@ -61,12 +62,6 @@ CHAT_FIELDS = {
     "prompt_completion": ("prompt", "completion"),
 }
 ROLES = ("system", "user", "assistant")
-#: ChatML, used when a tokenizer has no chat template of its own.
-DEFAULT_CHAT_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + "
-    "message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 #: Test rows scored for loss/perplexity and rows shown side by side (CPU time bounds).
 MAX_EVAL_ROWS = 200
 SAMPLE_ROWS = 8
