@@ -327,10 +327,11 @@ def cmd_launch(args: argparse.Namespace) -> int:
     import torch
 
     from honed.spec import load_spec
-    from honed.train.distributed import default_processes, launch_argv
+    from honed.train.distributed import check_engine, default_processes, launch_argv
 
     spec = load_spec(args.spec)
     _check_launch(args, spec)
+    check_engine(spec.training.distributed)
     nproc = args.processes or default_processes(spec.training.distributed)
     out = args.out or Path(tempfile.mkdtemp(prefix="honed-launch-"))
     config_file = render_launch_files(spec, out, nproc)

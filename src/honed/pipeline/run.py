@@ -172,6 +172,7 @@ def train_and_evaluate(
 
     task = get_task(spec.task)
     started = time.perf_counter()
+    dist.check_engine(spec.training.distributed)
     dist.init_process_group(spec.training.distributed)
     local: dict[str, Any] = {}
     root = Path(output_dir or default_output_dir(spec))

@@ -251,6 +251,7 @@ def training_arguments(cfg: DistributedConfig) -> dict[str, Any]:
     and ``accelerate launch`` train the same way."""
     if not cfg.enabled:
         return {}
+    check_engine(cfg)
     kwargs: dict[str, Any] = {
         "ddp_timeout": cfg.timeout_minutes * 60,
         # Each process's loss stays its own mean and DDP averages the gradients: the classic
@@ -260,24 +261,33 @@ def training_arguments(cfg: DistributedConfig) -> dict[str, Any]:
         "average_tokens_across_devices": False,
     }
     backend = resolve_backend(cfg)
-    if backend:
+    # Alone (`honed run` on a distributed spec), a backend would make Accelerate expect a
+    # process group that no launcher set up; the strategy's other settings still apply.
+    if backend and is_distributed():
         kwargs["ddp_backend"] = backend
     if cfg.strategy == "fsdp":
         kwargs["fsdp"] = "full_shard auto_wrap"
         kwargs["fsdp_config"] = _fsdp_options(cfg)
     elif cfg.strategy == "deepspeed":
-        _require_deepspeed()
         kwargs["deepspeed"] = render_deepspeed_config(cfg)
     return kwargs
 
 
-def _require_deepspeed() -> None:
+def check_engine(cfg: DistributedConfig) -> None:
+    """Refuse, before any work, a strategy this machine's engines would not apply."""
     import importlib.util
 
-    if importlib.util.find_spec("deepspeed") is None:
+    if cfg.strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
         raise HonedError(
             "training.distributed.strategy 'deepspeed' needs the deepspeed package "
             "(pip install deepspeed), or choose 'fsdp' / 'ddp'"
+        )
+    if cfg.strategy == "fsdp" and _cpu():
+        # Accelerate (1.x) turns an FSDP plugin on for GPU-type processes only; on CPU the
+        # Trainer would silently wrap the model in plain DDP instead.
+        raise HonedError(
+            "training.distributed.strategy 'fsdp' needs GPUs: Accelerate applies FSDP to GPU "
+            "processes only (on CPU it would silently train plain DDP); use 'ddp' on CPU"
         )
 
 
