@@ -233,7 +233,14 @@ def wait_for_everyone() -> None:
 
 def leave_process_group() -> None:
     """Tear the process group down once training is over: the main process evaluates and
-    registers alone, the others exit without a warning about a group left open."""
+    registers alone, the others exit without a warning about a group left open.
+
+    The Trainer's ZeRO-3 setting is process-wide in transformers (every later
+    ``from_pretrained`` would partition the model through DeepSpeed): it is dropped too, so
+    the main process loads the saved model folder as a plain one for evaluation."""
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
     if not is_distributed():
         return
     import torch.distributed as dist
