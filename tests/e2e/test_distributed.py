@@ -80,46 +80,79 @@ def _moved(base: Path, tuned: Path) -> float:
     return max((after[f"bert.{k}"] - before[k]).abs().max().item() for k in shared)
 
 
-def test_ddp_on_two_cpu_processes_matches_one_process(setup):
-    from mlflow import MlflowClient
-
+@pytest.fixture(scope="module")
+def single_run(setup):
+    """The reference: one process, global batch 8, in this process."""
     from honed.pipeline.run import train_and_evaluate
     from honed.spec import load_spec
-    from honed.state import default_tracking_uri
 
     root, spec = setup
-    single = train_and_evaluate(load_spec(spec("single", 8, "none")), register=False)
+    # Module-scoped: set up before the per-test state folder exists, so it gets its own.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HONED_HOME", str(root / "single-home"))
+        result = train_and_evaluate(load_spec(spec("single", 8, "none")), register=False)
+    return result.paths.root
+
+
+def _launch(root: Path, spec: Path, *flags: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "honed", "launch", str(spec("ddp", 4, "ddp")), "--processes", "2"],
+        [sys.executable, "-m", "honed", "launch", str(spec), "--processes", "2", *flags],
         cwd=root,
         capture_output=True,
         text=True,
         env=env,
-        timeout=600,
+        timeout=1200,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    # One run, reported once, registered once (only the main process touches MLflow).
     assert proc.stdout.count("run folder:") == 1
-    assert proc.stdout.count("registered: tiny-ddp version 1") == 1
-    versions = MlflowClient(default_tracking_uri()).search_model_versions("name='tiny-ddp'")
-    assert len(versions) == 1
-    ddp_run = root / "runs" / "ddp"
-    metrics = json.loads((ddp_run / "metrics.json").read_text())
-    assert metrics["processes"] == 2
+    return proc
 
-    one, two = _losses(single.paths.root), _losses(ddp_run)
+
+def _assert_same_training(single: Path, multi: Path) -> None:
+    one, two = _losses(single), _losses(multi)
     assert len(one) == len(two) == 24  # 3 epochs x 8 optimizer steps, in both runs
     assert abs(two[-1] - one[-1]) <= LOSS_RTOL * one[-1]
     # The weights after the last step, and the kept (best) model folder.
     last = "checkpoints/checkpoint-24/model.safetensors"
-    assert _max_diff(single.paths.root / last, ddp_run / last) < WEIGHT_ATOL
-    assert _max_diff(single.paths.root / "model.safetensors", ddp_run / "model.safetensors") < (
-        WEIGHT_ATOL
-    )
+    assert _max_diff(single / last, multi / last) < WEIGHT_ATOL
+    assert _max_diff(single / "model.safetensors", multi / "model.safetensors") < WEIGHT_ATOL
     # ... while training moved them far more than that tolerance.
-    assert _moved(root / "model" / "model.safetensors", ddp_run / last) > 100 * WEIGHT_ATOL
+    assert _moved(multi.parent.parent / "model" / "model.safetensors", multi / last) > (
+        100 * WEIGHT_ATOL
+    )
     # The run folder loads with the stock classes, without anything distributed.
     from transformers import AutoModelForSequenceClassification
 
-    assert AutoModelForSequenceClassification.from_pretrained(str(ddp_run)).num_labels == 3
+    assert AutoModelForSequenceClassification.from_pretrained(str(multi)).num_labels == 3
+    assert json.loads((multi / "metrics.json").read_text())["processes"] == 2
+
+
+def test_ddp_on_two_cpu_processes_matches_one_process(setup, single_run):
+    from mlflow import MlflowClient
+
+    from honed.state import default_tracking_uri
+
+    root, spec = setup
+    proc = _launch(root, spec("ddp", 4, "ddp"))
+    # One run, reported once, registered once (only the main process touches MLflow).
+    assert proc.stdout.count("registered: tiny-ddp version 1") == 1
+    versions = MlflowClient(default_tracking_uri()).search_model_versions("name='tiny-ddp'")
+    assert len(versions) == 1
+    _assert_same_training(single_run, root / "runs" / "ddp")
+
+
+@pytest.mark.slow  # DeepSpeed builds its CPU communication op on first use (minutes)
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_on_two_cpu_processes_matches_one_process(setup, single_run, stage):
+    """DeepSpeed runs on CPU through its CPU accelerator (gloo, its shared-memory op)."""
+    pytest.importorskip("deepspeed")
+    root, spec = setup
+    name = f"zero{stage}"
+    path = spec(name, 4, "deepspeed")
+    body = yaml.safe_load(path.read_text())
+    body["training"]["distributed"]["zero_stage"] = stage
+    path.write_text(yaml.safe_dump(body))
+    _launch(root, path, "--no-register")
+    assert (root / "runs" / name / "checkpoints" / "checkpoint-24" / "global_step24").is_dir()
+    _assert_same_training(single_run, root / "runs" / name)
