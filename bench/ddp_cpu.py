@@ -4,11 +4,11 @@ cores, with the same global batch and seed, in one run.
 Prints the training throughput of each (the Trainer's train_samples_per_second: training
 steps only, not start-up; median of --repeat alternated pairs), the final logged training
 loss of each and their relative difference, and the largest weight difference after the last
-step. On one CPU machine two processes share the
-cores the single process already used, so expect no gain: the point is that the results agree.
+step. On one CPU machine two processes share the cores the single process already used, so
+expect no gain: the point is that the results agree.
 
     .venv/bin/python bench/ddp_cpu.py                       # tiny random BERT, 3 epochs
-    .venv/bin/python bench/ddp_cpu.py --layers 4 --hidden 128 --per-label 200
+    .venv/bin/python bench/ddp_cpu.py --layers 4 --hidden 128 --per-label 200 --repeat 3
 """
 
 from __future__ import annotations
