@@ -74,6 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     _register_merge(sub)
     register_score(sub)
+    register_launch(sub, run)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -123,6 +124,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         register=not args.no_register,
         overwrite=args.overwrite,
     )
+    if not result.main_process:
+        return 0  # another process of a multi-process run: the main one reports
     _print_result(result)
     if result.gate_failures:
         print("gate failed (model saved, not registered): " + "; ".join(result.gate_failures))
@@ -238,3 +241,118 @@ def register_score(sub: argparse._SubParsersAction) -> None:
         "--max-length", type=int, default=None, help="Token limit; default: the training one."
     )
     parser.set_defaults(func=_score_command)
+
+
+def register_launch(sub: argparse._SubParsersAction, run: argparse.ArgumentParser) -> None:
+    """Add ``honed launch``: ``honed run`` on several processes (Accelerate or torchrun)."""
+    parser = sub.add_parser(
+        "launch",
+        help="`honed run` on several processes (DDP, FSDP, DeepSpeed ZeRO)",
+        description="Render the Accelerate config (and the DeepSpeed JSON for strategy "
+        "deepspeed) from the spec's training.distributed and start `honed run SPEC` on "
+        "several processes: `accelerate launch --config_file ... -m honed run SPEC` on GPUs, "
+        "`torchrun --nproc-per-node N -m honed run SPEC` on CPU (Accelerate starts several "
+        "CPU processes only through mpirun). The main process prepares the data, writes the "
+        "run folder, evaluates and registers; every process trains. With --render-only, "
+        "write the configs into --out and print the command instead.",
+    )
+    parser.add_argument("spec", type=Path, help="YAML run spec")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        help="processes on this machine (default: training.distributed.num_processes, "
+        "else one per GPU, else 2)",
+    )
+    parser.add_argument(
+        "--launcher",
+        choices=("auto", "accelerate", "torchrun"),
+        default="auto",
+        help="auto: accelerate with GPUs, torchrun on CPU",
+    )
+    parser.add_argument("--render-only", action="store_true", help="write configs, print command")
+    parser.add_argument("--out", type=Path, help="folder for the rendered configs")
+    # The run's own flags, passed through to each process's `honed run`.
+    for action in run._actions[2:]:
+        parser._add_action(action)
+    parser.set_defaults(func=cmd_launch)
+
+
+def _run_flags(args: argparse.Namespace) -> list[str]:
+    flags = [f"--output-dir={args.output_dir}"] if args.output_dir else []
+    for name in ("resume", "overwrite", "no_register"):
+        if getattr(args, name):
+            flags.append("--" + name.replace("_", "-"))
+    return flags
+
+
+def render_launch_files(spec, out: Path, processes: int) -> Path:
+    """Write accelerate.yaml (+ deepspeed.json) for the spec into ``out``; the YAML's path."""
+    import yaml
+
+    from honed.train.common import use_bf16
+    from honed.train.distributed import render_accelerate_config, render_deepspeed_config
+
+    cfg = spec.training.distributed
+    out.mkdir(parents=True, exist_ok=True)
+    ds_file = out.resolve() / "deepspeed.json"
+    accel = render_accelerate_config(
+        cfg, processes=processes, bf16=use_bf16(spec.training), deepspeed_config_file=str(ds_file)
+    )
+    if cfg.strategy == "deepspeed":
+        ds_file.write_text(json.dumps(render_deepspeed_config(cfg), indent=2) + "\n")
+    config_file = out / "accelerate.yaml"
+    config_file.write_text(yaml.safe_dump(accel, sort_keys=False), encoding="utf-8")
+    return config_file
+
+
+def _check_launch(args: argparse.Namespace, spec) -> None:
+    from honed.errors import HonedError
+
+    if spec.training.distributed.strategy == "none":
+        raise HonedError(
+            f"{args.spec}: training.distributed.strategy is 'none'; set it to ddp, fsdp or "
+            "deepspeed to launch several processes (or use `honed run`)"
+        )
+    if args.processes is not None and args.processes < 1:
+        raise HonedError("--processes must be at least 1")
+    if args.render_only and args.out is None:
+        raise HonedError("--render-only needs --out DIR for the rendered configs")
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    import shlex
+    import subprocess
+    import tempfile
+
+    import torch
+
+    from honed.spec import load_spec
+    from honed.train.distributed import check_engine, default_processes, launch_argv
+
+    spec = load_spec(args.spec)
+    _check_launch(args, spec)
+    check_engine(spec.training.distributed)
+    nproc = args.processes or default_processes(spec.training.distributed)
+    out = args.out or Path(tempfile.mkdtemp(prefix="honed-launch-"))
+    config_file = render_launch_files(spec, out, nproc)
+    launcher = args.launcher
+    if launcher == "auto":
+        launcher = "accelerate" if torch.cuda.is_available() else "torchrun"
+    argv = launch_argv(
+        str(args.spec),
+        nproc,
+        str(config_file) if launcher == "accelerate" else None,
+        _run_flags(args),
+        standalone=spec.training.distributed.num_machines == 1,
+    )
+    if args.render_only:
+        print(f"wrote {', '.join(str(p) for p in sorted(out.iterdir()))}")
+        print(shlex.join(argv))
+        return 0
+    # This environment's launcher, whatever PATH says.
+    head = (
+        [str(Path(sys.executable).with_name("accelerate"))]
+        if launcher == "accelerate"
+        else [sys.executable, "-m", "torch.distributed.run"]
+    )
+    return subprocess.run(head + argv[1:], check=False).returncode

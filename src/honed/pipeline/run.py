@@ -20,6 +20,7 @@ from honed.spec import RunSpec
 
 if TYPE_CHECKING:
     from honed.data.dataset import SplitData
+    from honed.models.resolve import ResolvedModel
 
 _MARKER = "metrics.json"  # present once a run finished
 logger = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ class RunResult:
     run_id: str | None = None
     gate_failures: list[str] | None = None
     data_report: dict[str, Any] | None = None
+    #: False on the other processes of a multi-process run: they trained, nothing else.
+    main_process: bool = True
 
 
 def default_output_dir(spec: RunSpec) -> Path:
@@ -114,23 +117,26 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if k.startswith("test_") and isinstance(v, float)}
 
 
-def train_and_evaluate(
-    spec: RunSpec,
-    output_dir: Path | None = None,
-    resume: bool = False,
-    register: bool = True,
-    overwrite: bool = False,
-) -> RunResult:
+@dataclass
+class _Prepared:
+    """What the main process prepares before training and hands to the others."""
+
+    base: ResolvedModel
+    data: SplitData
+    paths: RunPaths
+
+
+def _prepare(
+    spec: RunSpec, task: Any, root: Path, resume: bool, overwrite: bool
+) -> tuple[_Prepared, Any, dict[str, Any]]:
+    """Check, resolve, prepare, scan the data and prepare the run folder (the main process
+    only). Returns what every process trains on, the scan's embedder and the lineage."""
     from honed.models.resolve import resolve_model
     from honed.pipeline.check import check_data
     from honed.pipeline.evalsets import choose_eval_sets, write_eval_sets
     from honed.registry.lineage import build_lineage, portable_report
-    from honed.train.common import name_adapter_base
     from honed.train.methods import get_method
-    from honed.train.tasks import get_task
 
-    task = get_task(spec.task)
-    started = time.perf_counter()
     check_data(spec)  # the same quick check as `honed validate`, before the base is fetched
     base = resolve_model(spec.model)
     sets = choose_eval_sets(spec, task)
@@ -138,20 +144,60 @@ def train_and_evaluate(
     data = task.prepare_data(spec, frozen=sets.frozen) if sets.frozen else task.prepare_data(spec)
     # Everything below (training, evaluation files, profile, report, card) sees cleaned rows.
     embedder = scan_before_training(spec, data, base.path)
-    paths = _prepare_folder(Path(output_dir or default_output_dir(spec)), resume, overwrite)
+    paths = _prepare_folder(root, resume, overwrite)
     write_eval_sets(spec, paths, data, sets)
     _write_json(paths.data_report, portable_report(data.report, paths.root))
     lineage = build_lineage(
         spec, base, data, get_method(spec.method.name).is_adapter, root=paths.root
     )
+    return _Prepared(base, data, paths), embedder, lineage
+
+
+def train_and_evaluate(
+    spec: RunSpec,
+    output_dir: Path | None = None,
+    resume: bool = False,
+    register: bool = True,
+    overwrite: bool = False,
+) -> RunResult:
+    """The whole run. Under torchrun / ``accelerate launch`` the main process prepares the
+    data and the run folder alone and hands the rows to the others (one read of the data and
+    the registry, one scan, rows identical on every process by construction, not by the
+    determinism of every step); all processes train; then the others leave and the main
+    process evaluates, writes the run folder and registers. The others get a RunResult with
+    ``main_process=False`` and empty metrics."""
+    from honed.train import distributed as dist
+    from honed.train.common import name_adapter_base
+    from honed.train.tasks import get_task
+
+    task = get_task(spec.task)
+    started = time.perf_counter()
+    dist.check_engine(spec.training.distributed)
+    dist.init_process_group(spec.training.distributed)
+    local: dict[str, Any] = {}
+    root = Path(output_dir or default_output_dir(spec))
+
+    def on_main() -> _Prepared:
+        prepared, local["embedder"], local["lineage"] = _prepare(
+            spec, task, root, resume, overwrite
+        )
+        return prepared
+
+    prepared = dist.share_from_main(on_main)
+    base, data, paths = prepared.base, prepared.data, prepared.paths
     train_metrics = task.train(spec, data, base, paths, resume)
+    dist.leave_process_group()
+    if not dist.is_main_process():
+        return RunResult(paths, {}, {}, main_process=False)
+    lineage = local["lineage"]
     name_adapter_base(paths.model_dir, lineage["base_model"])
     # Written before evaluation: loading an adapter folder needs its base model's lineage.
     _write_json(paths.lineage, lineage)
     metrics = task.evaluate(spec, data, base, paths)
-    _write_profile(paths, data, metrics.pop("reference_outputs", None) or {}, embedder)
+    _write_profile(paths, data, metrics.pop("reference_outputs", None) or {}, local["embedder"])
     metrics["train"] = {k: v for k, v in train_metrics.items() if k != "log_history"}
     metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
+    metrics["processes"] = dist.world_size()
     lineage["metrics"] = _summary(metrics)
     _write_json(paths.metrics, metrics)
     _write_json(paths.lineage, lineage)

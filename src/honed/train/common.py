@@ -36,7 +36,10 @@ def training_arguments_kwargs(cfg: TrainingConfig, paths: RunPaths) -> dict[str,
     """Keyword arguments shared by TrainingArguments and TRL's configs (which subclass it)."""
     import torch
 
+    from honed.train.distributed import training_arguments
+
     return {
+        **training_arguments(cfg.distributed),
         "output_dir": str(paths.checkpoints),
         "num_train_epochs": cfg.epochs,
         "max_steps": cfg.max_steps,
@@ -90,11 +93,14 @@ def resume_checkpoint(paths: RunPaths, resume: bool) -> str | None:
 def train_and_save(trainer: Any, tokenizer: Any, paths: RunPaths, resume: bool) -> dict[str, Any]:
     """Run the trainer (resuming if asked), save the best model + tokenizer, return metrics."""
     result = trainer.train(resume_from_checkpoint=resume_checkpoint(paths, resume))
+    # Every process takes part in saving (FSDP / ZeRO-3 gather the shards); the Trainer
+    # writes on the main process only, and so does the tokenizer below.
     trainer.save_model(str(paths.model_dir))
-    tokenizer.save_pretrained(str(paths.model_dir))
-    # training_args.bin is a pickle; the run folder keeps spec.yaml instead, so that nothing
-    # in a model folder needs pickle to load.
-    (paths.model_dir / "training_args.bin").unlink(missing_ok=True)
+    if trainer.args.should_save:
+        tokenizer.save_pretrained(str(paths.model_dir))
+        # training_args.bin is a pickle; the run folder keeps spec.yaml instead, so that
+        # nothing in a model folder needs pickle to load.
+        (paths.model_dir / "training_args.bin").unlink(missing_ok=True)
     metrics = dict(result.metrics)
     state = trainer.state
     metrics["best_checkpoint"] = (

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 
 from honed.config_base import StrictModel
 from honed.models.config import QuantParams
+from honed.train.distributed import DistributedConfig
 
 
 class LoraParams(StrictModel):
@@ -92,4 +93,10 @@ class TrainingConfig(StrictModel):
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk (best is kept).")
     num_threads: int | None = Field(
         None, gt=0, description="CPU threads for torch; default: torch's own choice."
+    )
+    distributed: DistributedConfig = Field(
+        default_factory=DistributedConfig,
+        description="Multi-process training (DDP, FSDP, DeepSpeed ZeRO) under torchrun or "
+        "`accelerate launch`; `honed launch SPEC` starts it. batch_size stays per process: "
+        "the global batch is batch_size x processes x gradient_accumulation_steps.",
     )

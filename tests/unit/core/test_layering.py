@@ -29,7 +29,7 @@ STAGES = (
     "deploy",
 )
 CORE = {"__init__", "errors", "config_base", "spec", "paths", "state", "plugins", "templates"}
-TOP = {"cli"}
+TOP = {"cli", "__main__"}  # `python -m honed` is the CLI
 
 #: Known exceptions: (importing stage or module, imported stage), and why.
 ALLOWED = {
