@@ -45,6 +45,7 @@ from honed.deploy.volumes import (
     state_env,
 )
 from honed.spec import RunSpec, load_spec, parse_spec
+from honed.train.distributed import launch_argv
 
 SPEC_DIR = "/etc/honed"
 SPEC_FILE = f"{SPEC_DIR}/spec.yaml"
@@ -53,17 +54,6 @@ PYTORCH_CONTAINER = "pytorch"
 APP = "honed-train"
 #: Remote MLflow servers keep working from a pod; a local store must be the state volume's.
 _REMOTE_TRACKING = ("http://", "https://", "databricks")
-
-
-def launch_argv(spec_path: str, nproc: int, config_file: str | None) -> list[str]:
-    """The command every training pod runs: honed.train.distributed's, the one a user runs."""
-    try:
-        from honed.train.distributed import launch_argv as dist_launch_argv
-    except ImportError:
-        # TODO(h-dist): honed.train.distributed.launch_argv is the launch command; this
-        # fallback (same signature and output) goes once that module is merged.
-        return ["torchrun", "--nproc-per-node", str(nproc), "-m", "honed", "run", spec_path]
-    return dist_launch_argv(spec_path, nproc, config_file)
 
 
 @dataclass(frozen=True)
