@@ -154,6 +154,16 @@ class ServeSettings(BaseSettings):
         "one `generate` per micro-batch (later requests wait for it; ~5% more tokens/s when a "
         "whole workload arrives at once). Full-attention decoders only.",
     )
+    decode: Literal["auto", "eager", "static"] = Field(
+        "auto",
+        description="Generation decode path. 'static': a request decoding alone runs on a "
+        "static KV cache (512 tokens) with a torch.compile'd one-token step "
+        "(honed.serve.engine.fast_decode), compiled during warm-up (about a minute on a quiet "
+        "2-core CPU for SmolLM2, once per process); when requests join, the batch goes on "
+        "eagerly. Greedy outputs equal the eager path's. 'eager': the model's own forward "
+        "every step. 'auto': static where supported (no LoRA adapters attached at start, a "
+        "full-attention model transformers can compile, warmup on), else eager.",
+    )
     max_queue: int = Field(
         256, ge=1, description="Queued requests per model; beyond it requests get 503."
     )
