@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+from tests.unit.serve import _serve_support
 from tests.unit.serve._serve_support import run_app
 
 from honed.errors import ModelError
@@ -94,7 +95,10 @@ def _copy(model):
 
 
 @pytest.mark.parametrize("continuous", [True, False], ids=["continuous", "per-batch"])
-def test_the_server_answers_the_same_on_both_paths(tiny, continuous):
+def test_the_server_answers_the_same_on_both_paths(tiny, continuous, monkeypatch):
+    # Compiling at warm-up takes a while on a busy 2-core machine: wait longer for ready.
+    ready = _serve_support.wait_ready
+    monkeypatch.setattr(_serve_support, "wait_ready", lambda app: ready(app, timeout=600))
     body = {"model": "base", "prompt": "hello world", "max_tokens": 12, "temperature": 0}
 
     async def ask(client, app):

@@ -76,7 +76,9 @@ def _compiled(model: Any) -> Any:
 
 
 class StaticDecoder:
-    """Decodes ``batch`` left-padded rows over a StaticCache of ``max_len`` columns."""
+    """Decodes ``batch`` left-padded rows over a StaticCache of ``max_len`` columns. Every
+    method runs in inference mode: the cache's buffers are inference tensors, which may be
+    written in place only there."""
 
     def __init__(self, model: Any, batch: int = 1, max_len: int = STATIC_LEN) -> None:
         self.model = model
@@ -91,6 +93,7 @@ class StaticDecoder:
     def fits(self, tokens: int) -> bool:
         return tokens <= self.max_len
 
+    @torch.inference_mode()
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Eager forward of the (B, T) prompts into the cache; last-position logits (B, V)."""
         self.cache.reset()
@@ -109,6 +112,7 @@ class StaticDecoder:
         self.length = width
         return out.logits[:, -1].float()
 
+    @torch.inference_mode()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed (B,) tokens at each row's next position; logits (B, V) for the token after."""
         self.mask[:, self.length] = 1
@@ -123,6 +127,7 @@ class StaticDecoder:
         self.length += 1
         return out.logits[:, -1].float()
 
+    @torch.inference_mode()
     def load(self, cache: DynamicCache, mask: torch.Tensor, pos: torch.Tensor) -> None:
         """Take over a running batch's dynamic cache ((B, heads, T, dim) per layer)."""
         width = mask.shape[1]
@@ -137,6 +142,7 @@ class StaticDecoder:
         self.pos.copy_(pos.view(self.batch, 1))
         self.length = width
 
+    @torch.inference_mode()
     def export(self) -> DynamicCache:
         """The cache's used columns as a DynamicCache (to hand a running batch back)."""
         out = DynamicCache(config=self.model.config)
@@ -153,15 +159,16 @@ class StaticDecoder:
             logits = self.prefill(ids, torch.ones_like(ids))
             for _ in range(2):  # the second call proves no recompilation is pending
                 logits = self.step(logits.argmax(-1))
-        self.cache.reset()
+            self.cache.reset()
         took = time.perf_counter() - start
         log.info("decode: compiled the static decode step in %.1f s", took)
         return took
 
 
 def _bucket(tokens: int) -> int:
-    """Cache lengths come in powers of two from 256: few compiled graphs, little waste."""
-    size = 256
+    """Cache lengths come in powers of two from the server's (whose graph is then shared):
+    few compiled graphs, little waste."""
+    size = STATIC_LEN
     while size < tokens:
         size *= 2
     return size

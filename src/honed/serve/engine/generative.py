@@ -27,7 +27,7 @@ from honed.serve.engine import loading
 from honed.serve.engine.batching import MicroBatcher
 from honed.serve.engine.continuous import RunningBatch, check_supported
 from honed.serve.engine.errors import Conflict, EngineError, InvalidRequest, NotFound
-from honed.serve.engine.fast_decode import StaticDecoder, use_static
+from honed.serve.engine.fast_decode import STATIC_LEN, StaticDecoder, decoder_for, use_static
 from honed.serve.engine.generation import GenJob, Row, SamplingParams, run_batch
 from honed.serve.settings import ServeSettings
 
@@ -111,7 +111,7 @@ class GenerativeModel:
         with torch.inference_mode():
             self.model(input_ids=torch.tensor([ids], device=self.device))
         if self.solo is None and use_static(self.settings.decode, self.model):
-            self.solo = StaticDecoder(self.model)
+            self.solo = decoder_for(self.model, 1, STATIC_LEN)  # fast_generate shares it
             self.compile_s = self.solo.warmup()  # compiling here, not on the first request
 
     # -- names -----------------------------------------------------------------------------
