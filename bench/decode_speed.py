@@ -136,6 +136,7 @@ def main() -> None:
     ids = tok(PROMPT, return_tensors="pt")["input_ids"]
     runs: dict[str, list[float]] = {}
     loads: list[float] = []
+    bws: list[float] = []
     measures = {
         "plain generate, batch 1": lambda: plain(model, ids, args.tokens),
         "fast_generate, batch 1": lambda: fast(model, ids, args.tokens),
@@ -149,9 +150,13 @@ def main() -> None:
     for rep in range(args.repeats):  # interleaved: load changes hit every figure alike
         for name, fn in measures.items():
             runs.setdefault(name, []).append(fn())
+        bws.append(bandwidth_gbs(args.threads))  # the limit as the load is now, too
+        torch.set_num_threads(args.threads)
         loads.append(os.getloadavg()[0])
         print(f"repeat {rep + 1}: " + ", ".join(f"{v[-1]:.1f}" for v in runs.values()), flush=True)
     base = statistics.median(runs["plain generate, batch 1"])
+    limit = statistics.median(bws) * 1e9 / nbytes
+    print(f"bandwidth per repeat  {summary(bws)} GB/s: limit {limit:.1f} tokens/s (used below)")
     for name, xs in runs.items():
         m = statistics.median(xs)
         print(
