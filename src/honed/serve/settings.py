@@ -158,8 +158,9 @@ class ServeSettings(BaseSettings):
         "auto",
         description="Generation decode path. 'static': a request decoding alone runs on a "
         "static KV cache (512 tokens) with a torch.compile'd one-token step "
-        "(honed.serve.engine.fast_decode), compiled during warm-up (about a minute on a quiet "
-        "2-core CPU for SmolLM2, once per process); when requests join, the batch goes on "
+        "(honed.serve.engine.fast_decode), compiled during warm-up (SmolLM2: 464 s on 2 cores "
+        "shared at load average ~11, not measured quiet; inductor's on-disk cache shortens later "
+        "starts; /readyz waits for it); when requests join, the batch goes on "
         "eagerly. Greedy outputs equal the eager path's. 'eager': the model's own forward "
         "every step. 'auto': static where supported (no LoRA adapters attached at start, a "
         "full-attention model transformers can compile, warmup on), else eager.",
