@@ -88,6 +88,13 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
         help="generation: one `generate` per micro-batch (later requests wait for it)",
     )
     p.add_argument(
+        "--decode",
+        choices=["auto", "eager", "static"],
+        default=None,
+        help="generation decode path: static KV cache + compiled step for a lone request "
+        "(compiled at start), eager, or auto (static where supported)",
+    )
+    p.add_argument(
         "--no-classify-packing",
         dest="classify_packing",
         action="store_false",
@@ -152,6 +159,7 @@ def _serve(args: argparse.Namespace) -> int:
     flags["merge_adapter"] = args.merge_adapter
     flags["classify_packing"] = args.classify_packing
     flags["continuous_batching"] = args.continuous_batching
+    flags["decode"] = args.decode
     flags["guards"] = _guards(args)
     flags["insecure_dev"] = args.insecure_dev
     settings = ServeSettings.load(args.config, **flags)

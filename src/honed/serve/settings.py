@@ -164,6 +164,17 @@ class ServeSettings(BaseSettings):
         "one `generate` per micro-batch (later requests wait for it; ~5% more tokens/s when a "
         "whole workload arrives at once). Full-attention decoders only.",
     )
+    decode: Literal["auto", "eager", "static"] = Field(
+        "auto",
+        description="Generation decode path. 'static': a request decoding alone runs on a "
+        "static KV cache (512 tokens) with a torch.compile'd one-token step "
+        "(honed.serve.engine.fast_decode), compiled during warm-up (SmolLM2: 464 s on 2 cores "
+        "shared at load average ~11, not measured quiet; inductor's on-disk cache shortens later "
+        "starts; /readyz waits for it); when requests join, the batch goes on "
+        "eagerly. Greedy outputs equal the eager path's. 'eager': the model's own forward "
+        "every step. 'auto': static where supported (no LoRA adapters attached at start, a "
+        "full-attention model transformers can compile, warmup on), else eager.",
+    )
     max_queue: int = Field(
         256, ge=1, description="Queued requests per model; beyond it requests get 503."
     )

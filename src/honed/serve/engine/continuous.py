@@ -13,6 +13,11 @@ Why by hand: ``generate`` fixes its batch at the start. transformers' own contin
 deltas, which the server needs. What is written here is the scheduling and the cache
 bookkeeping; every forward pass is the model's own, with its ``DynamicCache``.
 
+Fast path (``decode`` static, honed.serve.engine.fast_decode): while the batch holds a single
+row on a model without adapters, its cache moves into a ``StaticDecoder`` and each step is the
+compiled one (batch-1 latency is where per-op overhead dominates); when rows join, the cache
+moves back to a ``DynamicCache`` and the batch goes on as above.
+
 Shapes: the running batch has B rows; ``mask`` is (B, T), with 1 on real tokens and left
 padding; every cache layer holds keys/values of shape (B, heads, T, head_dim); ``last`` and
 ``pos`` are (B,): the token each row feeds at the next step, and its position.
@@ -27,6 +32,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from honed.errors import ModelError
+from honed.serve.engine.fast_decode import StaticDecoder
 from honed.serve.engine.generation import BASE_ADAPTER, Row, RowDecoder, eos_ids, left_pad
 from honed.serve.engine.logprobs import adjust_logits, token_logprobs
 
@@ -48,8 +54,17 @@ def check_supported(model: Any) -> None:
 class RunningBatch:
     """The rows decoding together on one model. Used from one thread (the engine's worker)."""
 
-    def __init__(self, model: Any, tokenizer: Any, device: str, mixed: bool) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        device: str,
+        mixed: bool,
+        solo: StaticDecoder | None = None,
+    ) -> None:
         self.model = model
+        self.solo = solo  # decodes a lone row (compiled step); None: always the eager path
+        self.solo_live = False  # the lone row's cache is in ``solo`` (``self.cache`` is stale)
         self.device = device
         self.mixed = mixed  # peft model: each row names its adapter (BASE_ADAPTER for none)
         self.pad_id = next(
@@ -83,9 +98,14 @@ class RunningBatch:
 
     def step(self) -> None:
         """One decode step for every row: feed ``last`` at ``pos``, sample the next token."""
+        self._solo_switch()
         ones = torch.ones((len(self.rows), 1), dtype=torch.long, device=self.device)
         self.mask = torch.cat([self.mask, ones], 1)
-        logits = self._forward(self.last[:, None], self.mask, self.pos[:, None], self.cache)
+        if self.solo_live:
+            with torch.inference_mode():
+                logits = self.solo.step(self.last)
+        else:
+            logits = self._forward(self.last[:, None], self.mask, self.pos[:, None], self.cache)
         self.pos = self.pos + 1
         self.last, lps = self._sample(logits, self.rows)
         self._feed(self.last, self.rows, lps)
@@ -100,6 +120,7 @@ class RunningBatch:
             self._generators.pop(id(r), None)
         self.rows = [self.rows[i] for i in keep]
         if not self.rows:
+            self.solo_live = False
             self.cache, self.mask = None, self.mask[:0, :0]
             self.last, self.pos = self.last[:0], self.pos[:0]
             return done
@@ -114,6 +135,19 @@ class RunningBatch:
         return done
 
     # -- internals -------------------------------------------------------------------------
+    def _solo_switch(self) -> None:
+        """Move the cache into the static decoder when one row decodes alone (and it fits),
+        and back out when that no longer holds (rows joined, an adapter was attached)."""
+        alone = self.solo is not None and len(self.rows) == 1 and not self.mixed
+        if self.solo_live and not alone:
+            self.cache, self.solo_live = self.solo.export(), False
+        elif alone and not self.solo_live:
+            row = self.rows[0]
+            left = row.job.params.max_tokens - len(row.tokens)
+            if self.solo.fits(self.mask.shape[1] + left):
+                self.solo.load(self.cache, self.mask, self.pos)
+                self.cache, self.solo_live = None, True
+
     def _forward(self, ids, mask, positions, cache, rows: list[Row] | None = None):
         """Last-position logits (B, vocab) in float32; ``cache`` is extended in place."""
         extra: dict[str, Any] = {}
@@ -132,6 +166,8 @@ class RunningBatch:
 
     def _join(self, cache, mask, tokens, positions, rows: list[Row]) -> None:
         """Concatenate newly prefilled rows to the batch, left-padding the shorter side."""
+        if self.solo_live:  # rows join a lone row: back to the dynamic cache
+            self.cache, self.solo_live = self.solo.export(), False
         if self.cache is None:
             self.cache, self.mask, self.last, self.pos = cache, mask, tokens, positions
             self.rows = list(rows)

@@ -27,6 +27,7 @@ from honed.serve.engine import loading
 from honed.serve.engine.batching import MicroBatcher
 from honed.serve.engine.continuous import RunningBatch, check_supported
 from honed.serve.engine.errors import Conflict, EngineError, InvalidRequest, NotFound
+from honed.serve.engine.fast_decode import STATIC_LEN, StaticDecoder, decoder_for, use_static
 from honed.serve.engine.generation import GenJob, Row, SamplingParams, run_batch
 from honed.serve.settings import ServeSettings
 
@@ -78,6 +79,8 @@ class GenerativeModel:
         self._ids = itertools.count()
         self.on_batch: Callable[[int], None] | None = None
         self.batcher: MicroBatcher[GenJob] | None = None
+        self.solo: StaticDecoder | None = None  # the compiled batch-1 path (settings.decode)
+        self.compile_s: float | None = None  # its warm-up (compile) time at load
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -107,6 +110,9 @@ class GenerativeModel:
         ids = self.encode_text("hello") or [self.tokenizer.eos_token_id or 0]
         with torch.inference_mode():
             self.model(input_ids=torch.tensor([ids], device=self.device))
+        if self.solo is None and use_static(self.settings.decode, self.model):
+            self.solo = decoder_for(self.model, 1, STATIC_LEN)  # fast_generate shares it
+            self.compile_s = self.solo.warmup()  # compiling here, not on the first request
 
     # -- names -----------------------------------------------------------------------------
     def ids(self) -> list[tuple[str, str, str | None]]:
@@ -203,7 +209,7 @@ class GenerativeModel:
         """Worker thread: decode step by step while any row is live; between steps, adapter
         loads run, finished jobs complete, and queued jobs join (honed.serve.engine.continuous)."""
         assert self.batcher is not None
-        batch = RunningBatch(self.model, self.tokenizer, self.device, self.peft)
+        batch = RunningBatch(self.model, self.tokenizer, self.device, self.peft, self.solo)
         live: list[GenJob] = []
         try:
             while jobs or batch.rows:
@@ -239,7 +245,9 @@ class GenerativeModel:
 
     def _generate(self, rows: list[Row]) -> None:
         adapters = {r.job.adapter for r in rows}
-        if not self.peft:
+        if len(rows) == 1 and self.solo is not None and not self.peft:
+            self._decode_alone(rows[0])
+        elif not self.peft:
             run_batch(self.model, self.tokenizer, rows, self.device, mixed=False)
         elif len(adapters) > 1:
             run_batch(self.model, self.tokenizer, rows, self.device, mixed=True)
@@ -249,6 +257,15 @@ class GenerativeModel:
         else:  # one adapter for the whole batch: the cheaper non-mixed path
             self.model.set_adapter(next(iter(adapters)))
             run_batch(self.model, self.tokenizer, rows, self.device, mixed=False)
+
+    def _decode_alone(self, row: Row) -> None:
+        """One row on the static compiled path (a running batch that nobody joins)."""
+        batch = RunningBatch(self.model, self.tokenizer, self.device, False, self.solo)
+        batch.admit([row])
+        batch.evict()
+        while batch.rows:
+            batch.step()
+            batch.evict()
 
     def _release(self, job: GenJob) -> None:
         if job.adapter is not None:

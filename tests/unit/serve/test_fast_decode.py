@@ -1,0 +1,132 @@
+"""The static compiled decode path gives plain `generate`'s greedy tokens: alone, left-padded
+in a batch, handed between the static and the dynamic cache in a running batch, and over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import torch
+from tests.unit.serve import _serve_support
+from tests.unit.serve._serve_support import run_app
+
+from honed.errors import ModelError
+from honed.serve.engine import loading
+from honed.serve.engine.continuous import RunningBatch
+from honed.serve.engine.fast_decode import StaticDecoder, fast_generate, use_static
+from honed.serve.engine.generation import GenJob, SamplingParams
+from honed.serve.settings import ServeSettings
+
+PROMPTS = ["the quick brown fox jumps over the lazy dog", "hello", "profits rose sharply"]
+
+
+@pytest.fixture(scope="module")
+def base(tiny):
+    model = loading.load_causal_lm(tiny["base"], "cpu", torch.float32)
+    return model, loading.load_tokenizer(tiny["base"], "left")
+
+
+def _plain(model, ids, mask, n: int) -> torch.Tensor:
+    with torch.inference_mode():
+        return model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False, pad_token_id=0
+        )
+
+
+def test_fast_generate_gives_generates_greedy_tokens(base):
+    model, tok = base
+    for prompts in (PROMPTS[:1], PROMPTS):  # batch 1, and rows of different lengths
+        enc = tok(prompts, return_tensors="pt", padding=True)
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        eos = model.generation_config.eos_token_id
+        fast = fast_generate(model, ids, 12, mask, eos_token_id=eos, pad_token_id=0)
+        assert fast.tolist() == _plain(model, ids, mask, 12).tolist()
+
+
+def _job(tok, text: str, max_tokens: int) -> GenJob:
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    return GenJob(
+        tok(text)["input_ids"], params, None, time.monotonic() + 60, asyncio.new_event_loop()
+    )
+
+
+def test_a_lone_row_decodes_static_and_hands_over_when_others_join(base):
+    model, tok = base
+    lengths = [10, 10, 14]  # the last row decodes its last tokens alone
+    jobs = [_job(tok, p, n) for p, n in zip(PROMPTS, lengths, strict=True)]
+    batch = RunningBatch(model, tok, "cpu", mixed=False, solo=StaticDecoder(model, 1, 256))
+    batch.decoder.eos_ids = set()  # compare raw greedy tokens, eos included
+    batch.admit(jobs[0].rows)
+    batch.step()
+    batch.step()
+    assert batch.solo_live  # alone: on the static cache
+    batch.admit(jobs[1].rows + jobs[2].rows)  # others join: back to the dynamic cache
+    assert not batch.solo_live and batch.cache.layers[0].keys.shape[0] == 3
+    batch.step()
+    went_back = False
+    while batch.rows:
+        batch.step()
+        went_back |= batch.solo_live  # the last row left decodes static again
+        batch.evict()
+    assert went_back
+    for job, text, n in zip(jobs, PROMPTS, lengths, strict=True):
+        ids = torch.tensor([tok(text)["input_ids"]])
+        want = _plain(model, ids, torch.ones_like(ids), n)[0, ids.shape[1] :].tolist()
+        assert job.rows[0].tokens == want, text
+
+
+def test_static_on_a_model_with_adapters_is_a_clear_error(base):
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = base
+    lora = get_peft_model(_copy(model), LoraConfig(r=2, target_modules=["q_proj"]))
+    with pytest.raises(ModelError, match="LoRA adapters"):
+        use_static("static", lora)
+    assert use_static("auto", lora) is False
+    assert use_static("eager", model) is False
+    assert use_static("auto", model) is True
+
+
+def _copy(model):
+    import copy
+
+    return copy.deepcopy(model)
+
+
+@pytest.mark.parametrize("continuous", [True, False], ids=["continuous", "per-batch"])
+def test_the_server_answers_the_same_on_both_paths(tiny, continuous, monkeypatch):
+    # Compiling at warm-up takes a while on a busy 2-core machine: wait longer for ready.
+    ready = _serve_support.wait_ready
+    monkeypatch.setattr(_serve_support, "wait_ready", lambda app: ready(app, timeout=600))
+    body = {"model": "base", "prompt": "hello world", "max_tokens": 12, "temperature": 0}
+
+    async def ask(client, app):
+        r = await client.post("/v1/completions", json=body)
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["text"], app.state.engine.generator.solo
+
+    texts = {}
+    for decode in ("eager", "static"):
+        settings = ServeSettings(
+            models=[f"base={tiny['base']}"],
+            max_wait_ms=2.0,
+            decode=decode,
+            continuous_batching=continuous,
+        )
+        texts[decode], solo = run_app(settings, ask)
+        assert (solo is not None) == (decode == "static")
+    assert texts["static"] == texts["eager"]
+
+
+@pytest.mark.slow
+def test_smollm2_fast_generate_matches_generate():
+    model = loading.load_causal_lm(
+        loading.resolve_folder("packaged:smollm2-135m-instruct"), "cpu", torch.float32
+    )
+    tok = loading.load_tokenizer(loading.resolve_folder("packaged:smollm2-135m-instruct"), "left")
+    enc = tok(["Write a short note about the quarterly results:"], return_tensors="pt")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    eos = model.generation_config.eos_token_id
+    fast = fast_generate(model, ids, 32, mask, eos_token_id=eos, pad_token_id=0)
+    assert fast.tolist() == _plain(model, ids, mask, 32).tolist()
