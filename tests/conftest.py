@@ -8,9 +8,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
-# Servers in tests decode eagerly unless a test asks for the compiled path (compiling at every
-# server start would cost the suite minutes); tests/unit/serve/test_fast_decode.py asks.
-os.environ.setdefault("HONED_SERVE_DECODE", "eager")
 
 import pytest
 

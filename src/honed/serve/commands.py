@@ -91,8 +91,8 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
         "--decode",
         choices=["auto", "eager", "static"],
         default=None,
-        help="generation decode path: static KV cache + compiled step for a lone request "
-        "(compiled at start), eager, or auto (static where supported)",
+        help="generation decode path: eager (default), or experimental static (static KV "
+        "cache + compiled step for a lone request, compiled at start: minutes) / auto",
     )
     p.add_argument(
         "--no-classify-packing",
