@@ -128,3 +128,15 @@ _NoAliasDumper.add_representer(str, _str)
 
 def to_yaml(doc: dict[str, Any]) -> str:
     return yaml.dump(doc, Dumper=_NoAliasDumper, sort_keys=False)
+
+
+def container_resources(cpu: str, memory: str, gpus: int = 0) -> dict[str, Any]:
+    """Requests and limits: memory limited (an OOM kill beats a node's swap), CPU only
+    requested (no throttling of a bursty server), GPUs as `nvidia.com/gpu` limits."""
+    resources: dict[str, Any] = {
+        "requests": {"cpu": cpu, "memory": memory},
+        "limits": {"memory": memory},
+    }
+    if gpus:
+        resources["limits"]["nvidia.com/gpu"] = gpus
+    return resources

@@ -18,6 +18,7 @@ from typing import Any
 from honed.deploy.common import (
     PORT,
     DeployError,
+    container_resources,
     image_ref,
     pod_security_context,
     scratch_volumes,
@@ -104,12 +105,7 @@ def shared_limits_warning(o: DeployOptions) -> str | None:
 
 
 def _container(o: DeployOptions) -> dict[str, Any]:
-    resources: dict[str, Any] = {
-        "requests": {"cpu": o.cpu, "memory": o.memory},
-        "limits": {"memory": o.memory},
-    }
-    if o.gpus:
-        resources["limits"]["nvidia.com/gpu"] = o.gpus
+    resources = container_resources(o.cpu, o.memory, o.gpus)
     env = [
         *state_env(),
         {"name": "HONED_SERVE_HOST", "value": "0.0.0.0"},

@@ -25,6 +25,7 @@ import yaml
 
 from honed.deploy.common import (
     DeployError,
+    container_resources,
     image_ref,
     k8s_name,
     pod_security_context,
@@ -263,12 +264,7 @@ def _volumes(o: TrainOptions, name: str, data: bool) -> tuple[list[dict], list[d
 
 
 def _container(o: TrainOptions, container: str, command: list[str], mounts: list[dict]) -> dict:
-    resources: dict[str, Any] = {
-        "requests": {"cpu": o.cpu, "memory": o.memory},
-        "limits": {"memory": o.memory},
-    }
-    if o.gpus:
-        resources["limits"]["nvidia.com/gpu"] = o.gpus
+    resources = container_resources(o.cpu, o.memory, o.gpus)
     env = [
         *state_env(),
         {"name": "TOKENIZERS_PARALLELISM", "value": "false"},
