@@ -83,7 +83,10 @@ class DistributedConfig(StrictModel):
     @model_validator(mode="after")
     def _consistent(self) -> DistributedConfig:
         for name, strategy in _STRATEGY_FIELDS.items():
-            if name in self.model_fields_set and self.strategy != strategy:
+            # A spec written back in full (run folders, the loop's round specs) carries the
+            # defaults: only a value that differs from the default is a mistake.
+            changed = getattr(self, name) != type(self).model_fields[name].default
+            if name in self.model_fields_set and changed and self.strategy != strategy:
                 raise ValueError(f"{name} applies to strategy '{strategy}' only")
         if self.offload != "none" and self.strategy not in ("fsdp", "deepspeed"):
             raise ValueError("offload applies to strategies 'fsdp' and 'deepspeed' only")

@@ -277,3 +277,9 @@ def test_python_dash_m_honed_runs_the_cli():
         [sys.executable, "-m", "honed", "launch", "--help"], capture_output=True, text=True
     )
     assert proc.returncode == 0 and "--render-only" in proc.stdout
+
+
+def test_a_spec_written_back_in_full_loads_again():
+    """Run folders and the loop's round specs dump every field, defaults included."""
+    for cfg in (DistributedConfig(), DistributedConfig(strategy="ddp", num_processes=2)):
+        assert DistributedConfig.model_validate(cfg.model_dump()) == cfg
