@@ -37,7 +37,15 @@ def _spec(name: str, tmp_path: Path, method: str = "lora", **changes: Any) -> Ru
 
 
 def test_helper_modules_are_not_tasks() -> None:
-    assert set(available_tasks()) == {"classification", "dpo", "ner", "reward", "seq2seq", "sft"}
+    assert set(available_tasks()) == {
+        "classification",
+        "dpo",
+        "grpo",
+        "ner",
+        "reward",
+        "seq2seq",
+        "sft",
+    }
 
 
 def test_no_task_module_imports_another() -> None:
