@@ -331,7 +331,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec)
     _check_launch(args, spec)
-    check_engine(spec.training.distributed)
+    if not args.render_only:  # configs rendered here may be for another machine (a GPU node)
+        check_engine(spec.training.distributed)
     nproc = args.processes or default_processes(spec.training.distributed)
     out = args.out or Path(tempfile.mkdtemp(prefix="honed-launch-"))
     config_file = render_launch_files(spec, out, nproc)
