@@ -3,11 +3,9 @@ context, the pod's writable scratch mounts, and plain YAML (no anchors)."""
 
 from __future__ import annotations
 
-import importlib.metadata
 import re
+from functools import cache
 from typing import Any
-
-import yaml
 
 from honed.errors import HonedError
 
@@ -29,6 +27,8 @@ class DeployError(HonedError):
 
 def image_tag() -> str:
     """The image tag of this honed release: its version (a local `+build` part as `-build`)."""
+    import importlib.metadata  # not at import: the deploy commands register at CLI start-up
+
     try:
         version = importlib.metadata.version("honed")
     except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
@@ -109,25 +109,30 @@ def scratch_volumes() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return volumes, mounts
 
 
-class _NoAliasDumper(yaml.SafeDumper):
+@cache
+def _dumper() -> type:
     """Plain YAML: a dict used twice (the labels) is written twice, not as &id001/*id001,
-    which some tools (kubectl diff, policy engines, humans) read badly."""
+    which some tools (kubectl diff, policy engines, humans) read badly; a multi-line value (a
+    spec in a ConfigMap) as a readable `|` block. Built on first use: yaml stays off the CLI's
+    start-up path (`honed --help` registers the deploy commands)."""
+    import yaml
 
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
+    class NoAliasDumper(yaml.SafeDumper):
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
 
+    def block_strings(dumper: yaml.SafeDumper, text: str) -> yaml.Node:
+        style = "|" if "\n" in text else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
 
-def _str(dumper: yaml.SafeDumper, text: str) -> yaml.Node:
-    # A multi-line value (a spec in a ConfigMap) as a readable `|` block, not one quoted line.
-    style = "|" if "\n" in text else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
-
-
-_NoAliasDumper.add_representer(str, _str)
+    NoAliasDumper.add_representer(str, block_strings)
+    return NoAliasDumper
 
 
 def to_yaml(doc: dict[str, Any]) -> str:
-    return yaml.dump(doc, Dumper=_NoAliasDumper, sort_keys=False)
+    import yaml
+
+    return yaml.dump(doc, Dumper=_dumper(), sort_keys=False)
 
 
 def container_resources(cpu: str, memory: str, gpus: int = 0) -> dict[str, Any]:

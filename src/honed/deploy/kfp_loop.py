@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from honed.deploy.common import RUN_AS, DeployError, image_ref, k8s_name, to_yaml
 
 #: Where the state claim is mounted: the same place as in the serving Deployment.
@@ -172,6 +170,7 @@ def validate_pipeline(text: str) -> list[dict[str, Any]]:
     """Check a compiled pipeline against kfp's own schemas (protobuf: unknown fields and
     wrong types refused): the PipelineSpec and each task's Kubernetes executor config.
     Returns the YAML documents."""
+    import yaml
     from google.protobuf import json_format
     from kfp.kubernetes import kubernetes_executor_config_pb2 as k8s_pb
     from kfp.pipeline_spec import pipeline_spec_pb2
