@@ -3,7 +3,7 @@
 Prints: the measured memory bandwidth (a 256 MB float32 sum on --threads threads), the weight
 bytes read per decoded token (every parameter once; tied embeddings once), the bandwidth limit
 in tokens/s, and, as the median of --repeats interleaved repeats with min-max spread:
-plain `model.generate` at batch 1; `fast_generate` (honed.serve.engine.fast_decode: static KV
+plain `model.generate` at batch 1; `fast_generate` (honed.models.fast_decode: static KV
 cache + compiled step); the server engine's running batch at batch 1 (per-token row work:
 detokenizing, stop checks, deltas) with decode 'static' and 'eager'; and concurrency 8 (8
 rows of different prompt lengths in one running batch) with 'static' and 'eager'.
@@ -77,7 +77,7 @@ def plain(model, ids, n: int) -> float:
 
 
 def fast(model, ids, n: int) -> float:
-    from honed.serve.engine.fast_decode import fast_generate
+    from honed.models.fast_decode import fast_generate
 
     return n / _timed(lambda: fast_generate(model, ids, n, eos_token_id=None))
 
@@ -118,8 +118,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = p.parse_args()
+    from honed.models.fast_decode import STATIC_LEN, decoder_for
     from honed.serve.engine import loading
-    from honed.serve.engine.fast_decode import STATIC_LEN, decoder_for
 
     folder = loading.resolve_folder(args.base)
     model = loading.load_causal_lm(folder, "cpu", getattr(torch, args.dtype))

@@ -2,22 +2,27 @@
 honed's rollout loop, on the same model, prompts and sampling settings, in one run.
 
     .venv/bin/python bench/rft_rollouts.py [--base packaged:smollm2-135m-instruct]
-        [--prompts 8] [--num-generations 4] [--max-new-tokens 24] [--rounds 2] [--threads 2]
+        [--prompts 8] [--num-generations 4] [--max-new-tokens 24] [--rounds 3] [--threads 2]
+        [--temperature 1.0] [--no-lora]
 
-TRL: a GRPOTrainer built with GRPOConfig defaults (only the group size, completion length and
-batch set so one generation call covers every prompt x completion), its own prompt tokenisation
-and generation (``_tokenize_prompts`` + ``_generate_single_turn``: the path a training step
-takes; private methods, so this bench pins trl 1.16's layout).
-
-honed: ``honed_rollout`` below: one batched ``model.generate`` per round with
-``num_return_sequences`` (prompts rendered and tokenised once, not once per completion; the
-decode loop is transformers' either way, so today the two should be close).
-``ROLLOUT_ENGINES`` is the hook where honed's fast decode path (serve/engine, static KV cache,
-compiled step) plugs in: add an engine there and pass ``--engine NAME``; the grpo task's own
-hook is ``honed.train.tasks.grpo.rollout_generate``.
+Engines, each called as a training step calls it, on a GRPOTrainer built with GRPOConfig
+defaults (only the group size, completion length, temperature and batch set so that one call
+covers every prompt x completion) over the policy as training sees it (a LoRA adapter, r 16,
+on every linear layer, unless --no-lora):
+- ``trl``: TRL's own tokenisation and generation (``_tokenize_prompts`` +
+  ``_generate_single_turn``: private methods, so this bench pins trl 1.16's layout): every
+  prompt repeated for its group, one ``generate`` over all of them;
+- ``honed``: ``honed.train.rollouts.trl_rollout_func``, what the grpo task hands TRL as its
+  ``rollout_func`` (rollout_engine: honed, the default): each prompt prefilled once, its KV
+  cache repeated for the group, then one sampling loop;
+- ``generate-nrs``: one ``generate`` with ``num_return_sequences`` (prompts tokenised once; the
+  inputs are still expanded before the prefill).
+Rounds are interleaved (every engine once per round); the median tokens/s over rounds and the
+min-max spread are printed, and the ratio to TRL per round (median, spread).
 
 Tokens counted: completion tokens up to and with the first EOS (what GRPO scores and trains
-on). Prints one JSON object. Default prompts: the first ones of data/rft/arithmetic_json.jsonl.
+on). Prints one JSON object. Prompts: the first ones of data/rft/extract_json.jsonl (the
+example's data), as chat messages.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -34,7 +40,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-DATA = ROOT / "data" / "rft" / "arithmetic_json.jsonl"
+DATA = ROOT / "data" / "rft" / "extract_json.jsonl"
 
 
 def prompts(n: int) -> list[list[dict[str, str]]]:
@@ -50,7 +56,7 @@ def completion_tokens(ids: list[int], eos_ids: set[int], pad_id: int | None) -> 
     return sum(1 for t in ids if t != pad_id)
 
 
-def honed_rollout(model: Any, tokenizer: Any, chats: list, group: int, sampling: dict) -> int:
+def generate_nrs(model: Any, tokenizer: Any, chats: list, group: int, sampling: dict) -> int:
     """One batched generate for every prompt x ``group`` completions; returns tokens made."""
     import torch
 
@@ -69,9 +75,12 @@ def honed_rollout(model: Any, tokenizer: Any, chats: list, group: int, sampling:
     return sum(completion_tokens(row, eos, tokenizer.pad_token_id) for row in new)
 
 
-#: Rollout engines honed can use (name -> fn(model, tokenizer, prompts, group, sampling) ->
-#: tokens). The fast decode path of serve/engine plugs in here.
-ROLLOUT_ENGINES: dict[str, Callable[..., int]] = {"generate": honed_rollout}
+def honed_loop(trainer: Any, chats: list, group: int) -> int:
+    """What a grpo training step runs with rollout_engine 'honed' (the default)."""
+    from honed.train.rollouts import trl_rollout_func
+
+    out = trl_rollout_func([c for c in chats for _ in range(group)], trainer)
+    return sum(len(c) for c in out["completion_ids"])  # already cut after the first EOS
 
 
 def _eos_ids(model: Any) -> list[int]:
@@ -79,7 +88,9 @@ def _eos_ids(model: Any) -> list[int]:
     return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
 
 
-def trl_trainer(model: Any, tokenizer: Any, chats: list, group: int, max_new: int) -> Any:
+def trl_trainer(
+    model: Any, tokenizer: Any, chats: list, group: int, max_new: int, temperature: float
+) -> Any:
     import datasets
     from trl import GRPOConfig, GRPOTrainer
 
@@ -87,6 +98,7 @@ def trl_trainer(model: Any, tokenizer: Any, chats: list, group: int, max_new: in
         output_dir=tempfile.mkdtemp(prefix="rft-bench-"),
         num_generations=group,
         max_completion_length=max_new,
+        temperature=temperature,
         per_device_train_batch_size=len(chats) * group,
         report_to="none",
         use_cpu=not _cuda(),
@@ -114,17 +126,24 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def timed(fn: Callable[[], int], rounds: int) -> dict[str, float]:
-    fn()  # warm-up (kernels, caches)
-    tokens, seconds = 0, 0.0
+def interleaved(engines: dict[str, Callable[[], int]], rounds: int) -> dict[str, dict]:
+    """Every engine once per round (after one warm-up each): tokens/s per round."""
+    for fn in engines.values():
+        fn()  # warm-up (kernels, caches)
+    runs: dict[str, list[float]] = {name: [] for name in engines}
     for _ in range(rounds):
-        t0 = time.perf_counter()
-        tokens += fn()
-        seconds += time.perf_counter() - t0
+        for name, fn in engines.items():
+            t0 = time.perf_counter()
+            tokens = fn()
+            runs[name].append(tokens / (time.perf_counter() - t0))
+    return runs
+
+
+def spread(xs: list[float]) -> dict[str, float]:
     return {
-        "tokens": tokens,
-        "seconds": round(seconds, 2),
-        "tokens_per_s": round(tokens / seconds, 1),
+        "median": round(statistics.median(xs), 2),
+        "min": round(min(xs), 2),
+        "max": round(max(xs), 2),
     }
 
 
@@ -134,12 +153,14 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--num-generations", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=24)
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--engine", default="generate", choices=sorted(ROLLOUT_ENGINES))
+    p.add_argument("--no-lora", action="store_true", help="the bare model, no adapter")
     a = p.parse_args()
 
     import torch
+    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, set_seed
 
     from honed.models.config import ModelConfig
@@ -151,32 +172,41 @@ def main() -> None:
     base = resolve_model(ModelConfig(base=a.base))
     tokenizer = load_tokenizer(base.path, DEFAULT_CHAT_TEMPLATE)
     model = AutoModelForCausalLM.from_pretrained(str(base.path))
+    if not a.no_lora:
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
     chats = prompts(a.prompts)
-    trainer = trl_trainer(model, tokenizer, chats, a.num_generations, a.max_new_tokens)
-    # The same sampling as TRL's defaults (temperature 1, top_p 1, top_k 0, no penalty).
+    g = a.num_generations
+    trainer = trl_trainer(model, tokenizer, chats, g, a.max_new_tokens, a.temperature)
+    # generate-nrs: the same sampling as TRL's defaults (top_p 1, top_k 0, no penalty).
     sampling = {
         "do_sample": True,
-        "temperature": 1.0,
+        "temperature": a.temperature,
         "top_p": 1.0,
         "top_k": 0,
         "max_new_tokens": a.max_new_tokens,
         "eos_token_id": trainer.eos_token_ids,
     }
-    engine = ROLLOUT_ENGINES[a.engine]
     policy = trainer.model
-    honed = timed(lambda: engine(policy, tokenizer, chats, a.num_generations, sampling), a.rounds)
-    trl = timed(lambda: trl_rollout(trainer, chats, a.num_generations), a.rounds)
+    engines = {
+        "trl": lambda: trl_rollout(trainer, chats, g),
+        "honed": lambda: honed_loop(trainer, chats, g),
+        "generate-nrs": lambda: generate_nrs(policy, tokenizer, chats, g, sampling),
+    }
+    runs = interleaved(engines, a.rounds)
+    ratio = [h / t for h, t in zip(runs["honed"], runs["trl"], strict=True)]
     result = {
         "bench": "rft_rollouts",
         "base": a.base,
+        "lora": not a.no_lora,
         "prompts": a.prompts,
-        "num_generations": a.num_generations,
+        "num_generations": g,
         "max_new_tokens": a.max_new_tokens,
+        "temperature": a.temperature,
         "threads": a.threads,
+        "rounds": a.rounds,
         "load_average": os.getloadavg(),
-        "trl_grpo_defaults": trl,
-        f"honed_{a.engine}": honed,
-        "ratio_honed_to_trl": round(honed["tokens_per_s"] / trl["tokens_per_s"], 2),
+        "tokens_per_s": {name: spread(xs) for name, xs in runs.items()},
+        "ratio_honed_to_trl": spread(ratio),
     }
     print(json.dumps(result))
 

@@ -171,7 +171,7 @@ class ServeSettings(BaseSettings):
         description="Generation decode path (experimental: 'static' and 'auto'). 'static': "
         "a request decoding alone runs on a "
         "static KV cache (512 tokens) with a torch.compile'd one-token step "
-        "(honed.serve.engine.fast_decode), compiled during warm-up (SmolLM2: 464 s on 2 cores "
+        "(honed.models.fast_decode), compiled during warm-up (SmolLM2: 464 s on 2 cores "
         "shared at load average ~11, not measured quiet; inductor's on-disk cache shortens later "
         "starts; /readyz waits for it); when requests join, the batch goes on "
         "eagerly. Greedy outputs equal the eager path's. 'eager': the model's own forward "

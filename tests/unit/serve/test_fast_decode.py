@@ -12,9 +12,9 @@ from tests.unit.serve import _serve_support
 from tests.unit.serve._serve_support import run_app
 
 from honed.errors import ModelError
+from honed.models.fast_decode import StaticDecoder, fast_generate, use_static
 from honed.serve.engine import loading
 from honed.serve.engine.continuous import RunningBatch
-from honed.serve.engine.fast_decode import StaticDecoder, fast_generate, use_static
 from honed.serve.engine.generation import GenJob, SamplingParams
 from honed.serve.settings import ServeSettings
 

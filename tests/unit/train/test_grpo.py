@@ -22,6 +22,7 @@ from honed.train.tasks.grpo import (
     grpo_config_kwargs,
     kl_estimate,
     reward_function,
+    rollout_func,
 )
 
 TASK = get_task("grpo")
@@ -83,6 +84,21 @@ def test_options_are_validated(tmp_path: Path) -> None:
     )
     assert grader_fields(opts) == ["n", "b"]
     assert opts.beta > 0  # the KL to the reference is on (and logged) by default
+
+
+def test_rollout_engine_picks_who_samples() -> None:
+    from types import SimpleNamespace
+
+    from honed.train.rollouts import trl_rollout_func
+
+    graders = [{"kind": "numeric", "field": "n"}]
+    args = SimpleNamespace(min_p=None, repetition_penalty=1.0, use_vllm=False, fsdp="")
+    assert rollout_func(GrpoOptions(graders=graders), args) is trl_rollout_func  # the default
+    assert rollout_func(GrpoOptions(graders=graders, rollout_engine="trl"), args) is None
+    args.repetition_penalty = 1.2  # honed's loop does not apply one: TRL generates
+    assert rollout_func(GrpoOptions(graders=graders), args) is None
+    with pytest.raises(ValueError, match="rollout_engine"):
+        GrpoOptions(graders=graders, rollout_engine="vllm")
 
 
 def test_batch_must_hold_whole_groups(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ Why by hand: ``generate`` fixes its batch at the start. transformers' own contin
 deltas, which the server needs. What is written here is the scheduling and the cache
 bookkeeping; every forward pass is the model's own, with its ``DynamicCache``.
 
-Fast path (``decode`` static, honed.serve.engine.fast_decode): while the batch holds a single
+Fast path (``decode`` static, honed.models.fast_decode): while the batch holds a single
 row on a model without adapters, its cache moves into a ``StaticDecoder`` and each step is the
 compiled one (batch-1 latency is where per-op overhead dominates); when rows join, the cache
 moves back to a ``DynamicCache`` and the batch goes on as above.
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from honed.errors import ModelError
-from honed.serve.engine.fast_decode import StaticDecoder
+from honed.models.fast_decode import StaticDecoder
 from honed.serve.engine.generation import BASE_ADAPTER, Row, RowDecoder, eos_ids, left_pad
 from honed.serve.engine.logprobs import adjust_logits, token_logprobs
 

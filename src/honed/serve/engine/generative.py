@@ -23,11 +23,11 @@ from typing import Any
 from honed.errors import HonedError
 from honed.models import adapters
 from honed.models.adapters import AdapterNotFound
+from honed.models.fast_decode import STATIC_LEN, StaticDecoder, decoder_for, use_static
 from honed.serve.engine import loading
 from honed.serve.engine.batching import MicroBatcher
 from honed.serve.engine.continuous import RunningBatch, check_supported
 from honed.serve.engine.errors import Conflict, EngineError, InvalidRequest, NotFound
-from honed.serve.engine.fast_decode import STATIC_LEN, StaticDecoder, decoder_for, use_static
 from honed.serve.engine.generation import GenJob, Row, SamplingParams, run_batch
 from honed.serve.settings import ServeSettings
 

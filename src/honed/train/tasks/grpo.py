@@ -18,16 +18,20 @@ and per-grader means, and the KL of the tuned policy to the reference, estimated
 sampled from the tuned policy at temperature 1: mean over prompts of
 sum_t log pi(y_t | ...) - log pi_ref(y_t | ...) (nats per completion and per token).
 
-Rollouts come from TRL's trainer (``model.generate``); ``rollout_generate`` below is the one
-place honed's own rollout engine plugs in (bench/rft_rollouts.py measures both).
+Rollouts (``rollout_engine``): ``honed`` (default) samples them with honed's rollout loop
+(honed.train.rollouts: each prompt prefilled once for its whole group), handed to TRL's trainer
+as its ``rollout_func``; ``trl`` keeps TRL's own ``generate`` of every repeated prompt.
+bench/rft_rollouts.py measures both on the same model and prompts.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -52,6 +56,8 @@ from honed.train.tasks._shared import (
     split_text_rows,
     task_options,
 )
+
+log = logging.getLogger("honed.train")
 
 if TYPE_CHECKING:
     from honed.models.resolve import ResolvedModel
@@ -98,6 +104,13 @@ class GrpoOptions(StrictModel):
     )
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the rollouts.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass of the rollouts.")
+    rollout_engine: Literal["honed", "trl"] = Field(
+        "honed",
+        description="Who samples the training rollouts: 'honed' (each prompt prefilled once "
+        "for its group: honed.train.rollouts) or 'trl' (TRL's generate on every repeated "
+        "prompt). 'honed' falls back to 'trl' where it does not apply (FSDP, min_p, a "
+        "repetition penalty), with a log line saying why.",
+    )
     loss_type: str = Field(
         "dapo",
         description="TRL's GRPO loss normalisation: grpo, bnpo, dr_grpo, dapo (TRL's default).",
@@ -262,36 +275,19 @@ def rollout_generate(
 def sampled_ids(
     model: Any, tokenizer: Any, prompts: Sequence[Any], max_new_tokens: int, batch_size: int
 ) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, completion ids up to and with the first EOS) sampled at temperature 1
-    (rows that end early are padded after their EOS, so the cut drops only padding)."""
-    import torch
+    """(prompt ids, completion ids up to and with the first EOS) sampled at temperature 1,
+    ``batch_size`` prompts at a time."""
+    from honed.train.rollouts import Sampling, prompt_token_ids, sample_groups
 
-    out: list[tuple[list[int], list[int]]] = []
     model.eval()
+    out: list[tuple[list[int], list[int]]] = []
     for start in range(0, len(prompts), batch_size):
-        part = prompts[start : start + batch_size]
-        texts = [generative.render_prompt(tokenizer, p) for p in part]
-        enc = tokenizer(
-            texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
-        )
-        with torch.inference_mode():
-            gen = model.generate(
-                **enc,
-                do_sample=True,
-                temperature=1.0,
-                top_p=1.0,
-                top_k=0,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-            )  # (b, prompt width + new)
-        width = enc["input_ids"].shape[1]
-        for row, ids in enumerate(gen.tolist()):
-            mask = enc["attention_mask"][row].tolist()
-            prompt = [t for t, m in zip(enc["input_ids"][row].tolist(), mask, strict=True) if m]
-            completion = ids[width:]
-            if tokenizer.eos_token_id in completion:
-                completion = completion[: completion.index(tokenizer.eos_token_id) + 1]
-            out.append((prompt, completion))
+        ids = [prompt_token_ids(tokenizer, p) for p in prompts[start : start + batch_size]]
+        completions, _ = sample_groups(
+            model, ids, 1, max_new_tokens, [tokenizer.eos_token_id], tokenizer.pad_token_id,
+            Sampling(temperature=1.0),
+        )  # fmt: skip
+        out += list(zip(ids, completions, strict=True))
     return out
 
 
@@ -383,6 +379,22 @@ def _eval_scores(
     }
 
 
+def rollout_func(opts: GrpoOptions, args: Any) -> Any:
+    """honed's rollout loop as TRL's ``rollout_func``, or None for TRL's own generation."""
+    from honed.train.rollouts import trl_rollout_func, unsupported_by_rollouts
+
+    if opts.rollout_engine == "trl":
+        return None
+    why = unsupported_by_rollouts(args)
+    if why is not None:
+        log.info("grpo: TRL generates the rollouts (honed's loop does not support %s)", why)
+        return None
+    # TRL marks rollout_func experimental with a warning on every run; the contract honed
+    # relies on (prompt ids, completion ids, log-probs per completion) is pinned by its tests.
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    return trl_rollout_func
+
+
 class GrpoTask:
     name = "grpo"
     options_model = GrpoOptions  # validates the spec's task_options
@@ -423,6 +435,7 @@ class GrpoTask:
         model = get_method(spec.method.name).prepare(model, spec.method, self.peft_task_type)
         validation = _dataset(data.validation) if opts.validate_during_training else None
         trainer = GRPOTrainer(
+            rollout_func=rollout_func(opts, args),
             model=model,
             reward_funcs=reward_function(self.grader(spec)),
             args=args,
