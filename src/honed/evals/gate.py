@@ -404,6 +404,11 @@ def golden_prompts_check(rows: Sequence[Mapping[str, Any]], outputs: Sequence[st
     return check("golden prompts", not failures, len(failures), 0, detail) | {"failures": failures}
 
 
+_GENERATOR_DEFAULT = ("loss", "rougeL")
+#: Per-example pass / fail metrics of generators (compared like accuracy).
+_PASS_FAIL = ("reward_accuracy", "grader_pass_rate")
+
+
 def gate_generator(
     challenger: Mapping[str, Sequence[float] | Sequence[bool]],
     champion: Mapping[str, Sequence[float] | Sequence[bool]] | None,
@@ -411,18 +416,19 @@ def gate_generator(
     floors: Mapping[str, float] | None = None,
     golden: tuple[Sequence[Mapping[str, Any]], Sequence[str]] | None = None,
 ) -> GateDecision:
-    """Decide on per-example scores: {"loss": [...], "rougeL": [...], "reward_accuracy":
-    [bools]} for each model, same examples in the same order."""
+    """Decide on per-example scores: {"loss": [...], "rougeL": [...], "reward": [...],
+    "reward_accuracy": [bools], "grader_pass_rate": [bools]} for each model, same examples in
+    the same order. Gated by default: loss, rougeL and the pass / fail metrics present."""
     measured = list(challenger)
     means = {m: float(np.mean(np.asarray(v, dtype=np.float64))) for m, v in challenger.items()}
     evidence: dict[str, Any] = {"challenger_metrics": means}
     checks = floor_checks(means, floors or {})
     if champion is not None:
-        default = [m for m in ("loss", "rougeL", "reward_accuracy") if m in measured]
+        default = [m for m in (*_GENERATOR_DEFAULT, *_PASS_FAIL) if m in measured]
         gated, skipped = _metric_names(cfg, measured, default)
         metrics = {}
         for name in gated:
-            if name == "reward_accuracy":
+            if name in _PASS_FAIL:  # per-example right / wrong: exact McNemar
                 a, b = np.asarray(champion[name], bool), np.asarray(challenger[name], bool)
                 metrics[name] = compare_accuracy(a, b, cfg.confidence)
             else:

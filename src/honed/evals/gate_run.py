@@ -13,6 +13,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -106,8 +107,11 @@ def gate_folders(
     champion: Path | None,
     cfg: GateConfig,
     floors: Mapping[str, float] | None = None,
+    reward_loader: Any = None,
 ) -> GateDecision:
-    """Predict both models on the same frozen set and decide (champion None: floors only)."""
+    """Predict both models on the same frozen set and decide (champion None: floors only).
+    ``reward_loader``: loads the reward models of ``reward_model`` graders (task grpo; see
+    honed.evals.graders.RewardLoader); without one such graders are a clear error."""
     golden = golden_rows(champion, challenger)
     task = _task(challenger)
     if champion is None and not RunPaths(challenger).frozen_eval.is_file():
@@ -115,6 +119,9 @@ def gate_folders(
     path, rows, note = frozen_set(challenger, champion)
     if task == "classification":
         decision = _gate_classifiers(challenger, champion, rows, golden, cfg, floors)
+    elif task == "grpo":
+        graded = _Graded.of(challenger, reward_loader)
+        decision = _gate_graded(challenger, champion, rows, golden, cfg, floors, graded)
     else:
         decision = _gate_generators(challenger, champion, rows, golden, cfg, floors)
     decision.evidence["frozen_set"] = {"path": str(path), "examples": len(rows), "note": note}
@@ -214,6 +221,70 @@ def _gate_generators(
         if role == "challenger" and golden and cfg.require_golden:
             prompts = [g["prompt"] for g in golden]
             outputs = generate(model, tokenizer, prompts, GenerationSettings())
+    return gate_generator(
+        scores["challenger"],
+        scores.get("champion"),
+        cfg,
+        floors=floors,
+        golden=(golden, outputs) if outputs else None,
+    )
+
+
+@dataclass(frozen=True)
+class _Graded:
+    """How a grpo challenger is judged: its spec's graders, pass threshold and decoding."""
+
+    grader: Any
+    threshold: float
+    settings: Any
+
+    @classmethod
+    def of(cls, folder: Path, reward_loader: Any) -> _Graded:
+        from honed.evals.generative import GenerationSettings
+        from honed.evals.graders import build_grader
+
+        spec = spec_of(folder)
+        options = spec.get("task_options") or {}
+        if not options.get("graders"):
+            raise HonedError(f"{folder}: its spec declares no task_options.graders to gate on")
+        # Relative grader files resolve against the run folder (the spec's copy lives there).
+        grader = build_grader(options["graders"], folder, reward_loader=reward_loader)
+        given = (spec.get("eval") or {}).get("generation") or {}
+        values = {k: v for k, v in given.items() if v is not None}
+        values.setdefault("max_new_tokens", options.get("max_completion_tokens", 48))
+        return cls(grader, float(options.get("pass_threshold", 1.0)), GenerationSettings(**values))
+
+
+def _gate_graded(
+    challenger: Path,
+    champion: Path | None,
+    rows: list[dict],
+    golden: list[dict],
+    cfg: GateConfig,
+    floors: Mapping[str, float] | None,
+    graded: _Graded,
+) -> GateDecision:
+    """grpo: both models answer the frozen prompts ({prompt, fields}) greedily and the
+    challenger's graders score both: per-example pass (``grader_pass_rate``, an exact McNemar
+    test as for accuracy) and score (``reward``, paired bootstrap)."""
+    from honed.evals.generative import generate
+    from honed.evals.graders import grade, passed
+
+    bad = [i for i, r in enumerate(rows, 1) if "prompt" not in r or "fields" not in r]
+    if bad:
+        raise HonedError(f"frozen set: rows {bad[:5]} lack 'prompt' or 'fields' (task grpo)")
+    prompts = [r["prompt"] for r in rows]
+    scores, outputs = {}, []
+    for role, folder in (("challenger", challenger), ("champion", champion)):
+        if folder is None:
+            continue
+        model, tokenizer = _load_generator(folder)
+        texts = generate(model, tokenizer, prompts, graded.settings)
+        _, reward = grade(graded.grader, rows, texts, graded.threshold)
+        passes = [passed(r, graded.threshold) for r in reward]
+        scores[role] = {"grader_pass_rate": passes, "reward": reward}
+        if role == "challenger" and golden and cfg.require_golden:
+            outputs = generate(model, tokenizer, [g["prompt"] for g in golden], graded.settings)
     return gate_generator(
         scores["challenger"],
         scores.get("champion"),

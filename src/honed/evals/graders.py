@@ -537,3 +537,69 @@ def build_grader(
         graders = [_one(c, base, reward_loader) for c in typed]
         return WeightedGrader(graders, [c.weight for c in typed])
     return _one(parse_grader_config(cfg), base, reward_loader)
+
+
+def grader_files(cfgs: Sequence[Any]) -> list[str]:
+    """The files the graders read, relative to the spec: python grader files, schema files."""
+    files = []
+    for i, raw in enumerate(cfgs):
+        cfg = parse_grader_config(raw, f"graders[{i}]")
+        if cfg.kind == "python" and (target := cfg.function.rpartition(":")[0]).endswith(".py"):
+            files.append(target)
+        elif cfg.kind == "json_schema" and cfg.schema_file:
+            files.append(cfg.schema_file)
+    return [f for f in files if not Path(f).is_absolute()]
+
+
+def keep_grader_files(cfgs: Sequence[Any], base_dir: Path, run_dir: Path) -> list[str]:
+    """Copy the graders' files (relative to the spec's folder ``base_dir``, inside it) into the
+    run folder at the same relative paths, so the folder can be graded again later (the
+    promotion gate) without the spec's folder. Files outside ``base_dir`` stay where they are
+    (the gate then names what it cannot find). Returns the copied paths."""
+    import shutil
+
+    copied = []
+    for rel in grader_files(cfgs):
+        source = (base_dir / rel).resolve()
+        if not source.is_relative_to(base_dir.resolve()) or not source.is_file():
+            continue
+        target = run_dir / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        copied.append(rel)
+    return copied
+
+
+# ---------------------------------------------------------------- grading a set of completions
+
+
+def prompt_text(prompt: Any) -> str:
+    """The last user turn of a chat prompt (what graders and reward models read), or the text."""
+    if isinstance(prompt, list):
+        users = [m["content"] for m in prompt if m.get("role") == "user"]
+        return users[-1] if users else ""
+    return str(prompt)
+
+
+def grade(
+    grader: Grader, rows: Sequence[Mapping[str, Any]], texts: list[str], threshold: float
+) -> tuple[dict[str, Any], list[float]]:
+    """Completions ``texts`` of prompt rows ({"prompt", "fields"}) graded: ({grader_pass_rate,
+    mean_reward, rows, per-grader means}, the per-row scores). A row passes when its score
+    reaches ``threshold``."""
+    prompts = [prompt_text(r["prompt"]) for r in rows]
+    fields = [r["fields"] for r in rows]
+    scores = grader.score_batch(prompts, texts, fields)
+    result: dict[str, Any] = {
+        "grader_pass_rate": sum(passed(s, threshold) for s in scores) / max(len(scores), 1),
+        "mean_reward": sum(scores) / max(len(scores), 1),
+        "rows": len(scores),
+    }
+    if hasattr(grader, "components"):
+        parts = grader.components(prompts, texts, fields)
+        result["graders"] = {k: sum(v) / max(len(v), 1) for k, v in parts.items()}
+    return result, scores
+
+
+def passed(score: float, threshold: float) -> bool:
+    return score >= threshold - 1e-9

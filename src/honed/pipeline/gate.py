@@ -62,8 +62,10 @@ def gate_challenger(
     spec_cfg, spec_floors = gate_settings(new_folder)
     cfg = cfg or spec_cfg
     if cfg.enabled:
+        from honed.train.tasks.grpo import load_reward_scorer  # reward_model graders (grpo)
+
         floors = spec_floors if floors is None else floors
-        decision = gate_folders(new_folder, old_folder, cfg, floors)
+        decision = gate_folders(new_folder, old_folder, cfg, floors, load_reward_scorer)
     else:
         detail = "eval.gate.enabled is false: nothing compared"
         decision = GateDecision(True, [check("gate disabled", True, None, None, detail)], {})

@@ -131,6 +131,7 @@ def _gate(registry, name: str, target: Any, alias: str) -> tuple[Any, str | None
     alias's holder; None when the spec turns the gate off or the target already holds it."""
     from honed.errors import HonedError
     from honed.evals.gate_run import gate_folders, gate_settings, record_decision
+    from honed.train.tasks.grpo import load_reward_scorer  # reward_model graders (grpo)
 
     holder = registry.alias_holder(name, alias)
     new_folder = registry.local_folder(target)
@@ -141,7 +142,7 @@ def _gate(registry, name: str, target: Any, alias: str) -> tuple[Any, str | None
         None if holder is None else registry.local_folder(registry.get_version(f"{name}/{holder}"))
     )
     try:
-        decision = gate_folders(new_folder, old_folder, cfg, floors)
+        decision = gate_folders(new_folder, old_folder, cfg, floors, load_reward_scorer)
     except HonedError as err:
         return None, str(err), holder
     champion = f"{name}/{holder}" if holder else None

@@ -186,3 +186,21 @@ def test_adapter_loads_with_peft_and_serves(run) -> None:
     response = run_app(settings, chat)
     assert response.status_code == 200, response.text
     assert response.json()["choices"][0]["message"]["role"] == "assistant"
+
+
+def test_the_promotion_gate_grades_both_models(run) -> None:
+    """Task grpo at the champion gate: both answer the frozen prompts, the graders (the python
+    grader's file kept in the run folder) score them; pass / fail compared like accuracy."""
+    from honed.evals.config import GateConfig
+    from honed.evals.gate_run import gate_folders
+
+    folder = run.paths.root
+    assert (folder / "length_grader.py").is_file()  # kept for later grading
+    decision = gate_folders(folder, folder, GateConfig(), {})
+    assert decision.passed, decision.failed  # a model against itself is never worse
+    metrics = decision.evidence["metrics"]
+    assert decision.evidence["gated"] == ["grader_pass_rate"]
+    assert metrics["grader_pass_rate"]["challenger"] == metrics["grader_pass_rate"]["champion"]
+    floored = gate_folders(folder, folder, GateConfig(), {"grader_pass_rate": 1.01})
+    assert not floored.passed
+    assert any("grader_pass_rate" in c["name"] for c in floored.failed)

@@ -40,8 +40,15 @@ from honed.data.dataset import SplitData
 from honed.data.loaders import BadRow, RawData
 from honed.errors import DataError, SpecError
 from honed.evals import generative
-from honed.evals.graders import build_grader, parse_grader_config
+from honed.evals.graders import (
+    build_grader,
+    grade,
+    keep_grader_files,
+    parse_grader_config,
+    prompt_text,
+)
 from honed.train import common
+from honed.train.distributed import is_main_process
 from honed.train.methods import get_method
 from honed.train.tasks._shared import (
     DEFAULT_CHAT_TEMPLATE,
@@ -233,14 +240,6 @@ def completion_text(completion: Any) -> str:
     return str(completion)
 
 
-def prompt_text(prompt: Any) -> str:
-    """The last user turn of a chat prompt (what graders and reward models read), or the text."""
-    if isinstance(prompt, list):
-        users = [m["content"] for m in prompt if m.get("role") == "user"]
-        return users[-1] if users else ""
-    return str(prompt)
-
-
 def reward_function(grader: Any) -> Any:
     """TRL reward function: prompts, completions and the dataset's ``fields`` column (JSON)."""
 
@@ -317,22 +316,6 @@ def kl_estimate(policy: list[list[float]], reference: list[list[float]]) -> dict
         "kl_per_token": sum(seq) / max(tokens, 1),
         "kl_tokens": tokens,
     }
-
-
-def grade(grader: Any, rows: Sequence[Mapping[str, Any]], texts: list[str], threshold: float):
-    """{pass_rate, mean_reward, per-grader means} and the per-row scores."""
-    prompts = [prompt_text(r["prompt"]) for r in rows]
-    fields = [r["fields"] for r in rows]
-    scores = grader.score_batch(prompts, texts, fields)
-    result: dict[str, Any] = {
-        "grader_pass_rate": sum(s >= threshold - 1e-9 for s in scores) / max(len(scores), 1),
-        "mean_reward": sum(scores) / max(len(scores), 1),
-        "rows": len(scores),
-    }
-    if hasattr(grader, "components"):
-        parts = grader.components(prompts, texts, fields)
-        result["graders"] = {k: sum(v) / max(len(v), 1) for k, v in parts.items()}
-    return result, scores
 
 
 # ---------------------------------------------------------------- task
@@ -453,6 +436,10 @@ class GrpoTask:
         common.setup_runtime(spec.training)
         trainer, tokenizer = self.build_trainer(spec, data, base, paths)
         metrics = common.train_and_save(trainer, tokenizer, paths, resume)
+        # The run folder keeps the graders' files: the promotion gate grades it again later.
+        if is_main_process():
+            graders = task_options(spec, GrpoOptions).graders
+            metrics["grader_files"] = keep_grader_files(graders, spec.base_dir, paths.root)
         adapter = hasattr(trainer.model, "disable_adapter")
         metrics["reference_model"] = "adapter disabled" if adapter else "frozen copy of the base"
         return metrics
