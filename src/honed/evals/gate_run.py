@@ -119,11 +119,9 @@ def gate_folders(
     path, rows, note = frozen_set(challenger, champion)
     if task == "classification":
         decision = _gate_classifiers(challenger, champion, rows, golden, cfg, floors)
-    elif task == "grpo":
-        graded = _Graded.of(challenger, reward_loader)
-        decision = _gate_graded(challenger, champion, rows, golden, cfg, floors, graded)
     else:
-        decision = _gate_generators(challenger, champion, rows, golden, cfg, floors)
+        scorer = _Graded.of(challenger, reward_loader) if task == "grpo" else None
+        decision = _gate_generators(challenger, champion, rows, golden, cfg, floors, scorer)
     decision.evidence["frozen_set"] = {"path": str(path), "examples": len(rows), "note": note}
     decision.evidence["task"] = task
     decision.evidence["models"] = {"challenger": str(challenger), "champion": str(champion)}
@@ -202,25 +200,27 @@ def _gate_generators(
     golden: list[dict],
     cfg: GateConfig,
     floors: Mapping[str, float] | None,
+    scorer: Any = None,
 ) -> GateDecision:
-    """Per-example completion loss on the frozen rows ({prompt, completion}); golden prompts
+    """Both models scored per example on the frozen rows by ``scorer`` (default: completion
+    loss on {prompt, completion} rows; task grpo: the graders, see _Graded); golden prompts
     generated greedily by the challenger and checked (regex / contains / json)."""
-    from honed.evals.generative import GenerationSettings, completion_loss, generate
+    from honed.evals.generative import generate
 
-    bad = [i for i, r in enumerate(rows, 1) if "prompt" not in r or "completion" not in r]
+    scorer = scorer or _Loss()
+    bad = [i for i, r in enumerate(rows, 1) if any(f not in r for f in scorer.fields)]
     if bad:
-        raise HonedError(f"frozen set: rows {bad[:5]} lack 'prompt' or 'completion'")
+        raise HonedError(f"frozen set: rows {bad[:5]} lack {' or '.join(map(repr, scorer.fields))}")
     scores = {}
     outputs: list[str] = []
     for role, folder in (("challenger", challenger), ("champion", champion)):
         if folder is None:
             continue
         model, tokenizer = _load_generator(folder)
-        losses = [completion_loss(model, tokenizer, [row])["loss"] for row in rows]
-        scores[role] = {"loss": losses}
+        scores[role] = scorer(model, tokenizer, rows)
         if role == "challenger" and golden and cfg.require_golden:
             prompts = [g["prompt"] for g in golden]
-            outputs = generate(model, tokenizer, prompts, GenerationSettings())
+            outputs = generate(model, tokenizer, prompts, scorer.settings)
     return gate_generator(
         scores["challenger"],
         scores.get("champion"),
@@ -230,13 +230,33 @@ def _gate_generators(
     )
 
 
+class _Loss:
+    """Per-example completion loss (SFT, seq2seq, ...)."""
+
+    fields = ("prompt", "completion")
+
+    @property
+    def settings(self) -> Any:
+        from honed.evals.generative import GenerationSettings
+
+        return GenerationSettings()
+
+    def __call__(self, model: Any, tokenizer: Any, rows: list[dict]) -> dict[str, list]:
+        from honed.evals.generative import completion_loss
+
+        return {"loss": [completion_loss(model, tokenizer, [row])["loss"] for row in rows]}
+
+
 @dataclass(frozen=True)
 class _Graded:
-    """How a grpo challenger is judged: its spec's graders, pass threshold and decoding."""
+    """Task grpo: a model answers the frozen prompts greedily and the challenger's graders
+    score the answers: per-example pass (``grader_pass_rate``, compared by an exact McNemar
+    test as accuracy is) and score (``reward``, paired bootstrap)."""
 
     grader: Any
     threshold: float
     settings: Any
+    fields = ("prompt", "fields")
 
     @classmethod
     def of(cls, folder: Path, reward_loader: Any) -> _Graded:
@@ -247,51 +267,20 @@ class _Graded:
         options = spec.get("task_options") or {}
         if not options.get("graders"):
             raise HonedError(f"{folder}: its spec declares no task_options.graders to gate on")
-        # Relative grader files resolve against the run folder (the spec's copy lives there).
+        # Relative grader files resolve against the run folder (the task keeps them there).
         grader = build_grader(options["graders"], folder, reward_loader=reward_loader)
         given = (spec.get("eval") or {}).get("generation") or {}
         values = {k: v for k, v in given.items() if v is not None}
         values.setdefault("max_new_tokens", options.get("max_completion_tokens", 48))
         return cls(grader, float(options.get("pass_threshold", 1.0)), GenerationSettings(**values))
 
+    def __call__(self, model: Any, tokenizer: Any, rows: list[dict]) -> dict[str, list]:
+        from honed.evals.generative import generate
+        from honed.evals.graders import grade, passed
 
-def _gate_graded(
-    challenger: Path,
-    champion: Path | None,
-    rows: list[dict],
-    golden: list[dict],
-    cfg: GateConfig,
-    floors: Mapping[str, float] | None,
-    graded: _Graded,
-) -> GateDecision:
-    """grpo: both models answer the frozen prompts ({prompt, fields}) greedily and the
-    challenger's graders score both: per-example pass (``grader_pass_rate``, an exact McNemar
-    test as for accuracy) and score (``reward``, paired bootstrap)."""
-    from honed.evals.generative import generate
-    from honed.evals.graders import grade, passed
-
-    bad = [i for i, r in enumerate(rows, 1) if "prompt" not in r or "fields" not in r]
-    if bad:
-        raise HonedError(f"frozen set: rows {bad[:5]} lack 'prompt' or 'fields' (task grpo)")
-    prompts = [r["prompt"] for r in rows]
-    scores, outputs = {}, []
-    for role, folder in (("challenger", challenger), ("champion", champion)):
-        if folder is None:
-            continue
-        model, tokenizer = _load_generator(folder)
-        texts = generate(model, tokenizer, prompts, graded.settings)
-        _, reward = grade(graded.grader, rows, texts, graded.threshold)
-        passes = [passed(r, graded.threshold) for r in reward]
-        scores[role] = {"grader_pass_rate": passes, "reward": reward}
-        if role == "challenger" and golden and cfg.require_golden:
-            outputs = generate(model, tokenizer, [g["prompt"] for g in golden], graded.settings)
-    return gate_generator(
-        scores["challenger"],
-        scores.get("champion"),
-        cfg,
-        floors=floors,
-        golden=(golden, outputs) if outputs else None,
-    )
+        texts = generate(model, tokenizer, [r["prompt"] for r in rows], self.settings)
+        _, reward = grade(self.grader, rows, texts, self.threshold)
+        return {"grader_pass_rate": [passed(r, self.threshold) for r in reward], "reward": reward}
 
 
 def _load_generator(folder: Path) -> tuple[Any, Any]:
