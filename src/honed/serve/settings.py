@@ -164,16 +164,18 @@ class ServeSettings(BaseSettings):
         "one `generate` per micro-batch (later requests wait for it; ~5% more tokens/s when a "
         "whole workload arrives at once). Full-attention decoders only.",
     )
-    # Eager by default: the compiled path measured 1.15x plain `generate` at batch 1 (one quiet
-    # repeat) for minutes of compiling before /readyz; it stays opt-in until it pays for that.
+    # Eager by default: the static path decodes a lone request 1.66-1.79x faster on a quiet
+    # 2-core CPU, but costs a compile before /readyz (16-94 s quiet, minutes under load) that
+    # start-up probes and autoscaling would pay on every new pod; opt in where that is fine.
     decode: Literal["auto", "eager", "static"] = Field(
         "eager",
         description="Generation decode path (experimental: 'static' and 'auto'). 'static': "
         "a request decoding alone runs on a "
         "static KV cache (512 tokens) with a torch.compile'd one-token step "
-        "(honed.models.fast_decode), compiled during warm-up (SmolLM2: 464 s on 2 cores "
-        "shared at load average ~11, not measured quiet; inductor's on-disk cache shortens later "
-        "starts; /readyz waits for it); when requests join, the batch goes on "
+        "(honed.models.fast_decode; SmolLM2-135M float32 on 2 quiet CPU cores: 17-18 tokens/s "
+        "against 10 eager), compiled during warm-up (16-94 s quiet, 464 s at load average ~11; "
+        "inductor's on-disk cache shortens later starts; /readyz waits for it); when requests "
+        "join, the batch goes on "
         "eagerly. Greedy outputs equal the eager path's. 'eager': the model's own forward "
         "every step. 'auto': static where supported (no LoRA adapters attached at start, a "
         "full-attention model transformers can compile, warmup on), else eager.",

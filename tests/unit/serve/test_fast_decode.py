@@ -130,3 +130,25 @@ def test_smollm2_fast_generate_matches_generate():
     eos = model.generation_config.eos_token_id
     fast = fast_generate(model, ids, 32, mask, eos_token_id=eos, pad_token_id=0)
     assert fast.tolist() == _plain(model, ids, mask, 32).tolist()
+
+
+def test_the_gemv_route_changes_no_module_type_state_or_eager_result():
+    """The static step's one-row products are reductions only while torch.compile traces:
+    eager calls, module types and state dicts stay as they were; subclasses keep theirs."""
+    from honed.models.fast_decode import _use_gemv
+
+    class Quantized(torch.nn.Linear):  # stands in for bitsandbytes' Linear4bit
+        pass
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4), Quantized(4, 2)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(1, 1, 8)
+    expected = model(x)
+    _use_gemv(model)
+    assert "forward" in model[0].__dict__ and "forward" not in model[1].__dict__
+    assert [type(m) for m in model] == [torch.nn.Linear, Quantized]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(model(x), expected)  # eager: F.linear, bit for bit
+    compiled = torch.compile(model, dynamic=False)
+    with torch.inference_mode():
+        assert torch.allclose(compiled(x), expected, atol=1e-6)
