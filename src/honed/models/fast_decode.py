@@ -27,6 +27,7 @@ import torch
 from transformers import DynamicCache, StaticCache
 
 from honed.errors import ModelError
+from honed.models.sampling import Sampling, sample_tokens
 
 log = logging.getLogger("honed.serve")
 
@@ -242,7 +243,7 @@ def fast_generate(
     with torch.inference_mode():
         logits = decoder.prefill(input_ids, attention_mask)
         for i in range(max_new_tokens):
-            token = _pick(logits, temperature, generator)
+            token, _ = sample_tokens(logits, Sampling(temperature), generator)
             token = torch.where(done, torch.full_like(token, pad_token_id), token)
             out.append(token[:, None])
             done |= torch.isin(token, eos)
@@ -250,13 +251,6 @@ def fast_generate(
                 break
             logits = decoder.step(token)
     return torch.cat(out, 1)
-
-
-def _pick(logits: torch.Tensor, temperature: float, gen: torch.Generator | None) -> torch.Tensor:
-    if temperature == 0.0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits / temperature, -1)
-    return torch.multinomial(probs, 1, generator=gen).squeeze(1)
 
 
 def _plain(model, ids, mask, max_new_tokens, pad_token_id, temperature) -> torch.Tensor:

@@ -26,56 +26,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from itertools import groupby
 from typing import Any
 
 import torch
 from transformers import DynamicCache
 
+from honed.models.sampling import Sampling, left_pad, sample_tokens
 
-@dataclass(frozen=True)
-class Sampling:
-    """How tokens are drawn: ``temperature`` 0 is greedy; ``top_k`` 0 and ``top_p`` 1 are off."""
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-
-
-def sample_tokens(
-    logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, V) float logits -> (B,) tokens and their (B,) log-probs under the sampling
-    distribution (after temperature, top-k and top-p)."""
-    if sampling.temperature == 0:
-        token = logits.argmax(-1)
-        return token, torch.log_softmax(logits, -1).gather(-1, token[:, None]).squeeze(1)
-    scores = logits / sampling.temperature
-    if sampling.top_k > 0:
-        kth = torch.topk(scores, min(sampling.top_k, scores.shape[-1]), -1).values[:, -1:]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    if sampling.top_p < 1.0:
-        # generate's TopPLogitsWarper: drop the tokens whose mass, counted from the least
-        # likely up, stays within 1 - top_p (the most likely token always stays).
-        ordered, order = torch.sort(scores, descending=False)
-        cumulative = ordered.softmax(-1).cumsum(-1)
-        drop = cumulative <= 1 - sampling.top_p
-        drop[:, -1] = False
-        scores = scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
-    logp = torch.log_softmax(scores, -1)
-    token = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
-    return token, logp.gather(-1, token[:, None]).squeeze(1)
-
-
-def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        if prompt:
-            ids[row, width - len(prompt) :] = torch.tensor(list(prompt))
-            mask[row, width - len(prompt) :] = 1
-    return ids, mask
+__all__ = ["Sampling", "prompt_token_ids", "sample_groups", "sample_tokens", "trl_rollout_func"]
 
 
 @torch.inference_mode()
@@ -96,7 +55,7 @@ def sample_groups(
         raise ValueError(f"group sizes {counts} do not fit {len(prompts)} prompt(s)")
     sampling = sampling or Sampling()
     device = model.device
-    ids, mask = (t.to(device) for t in _left_pad(prompts, pad_id))
+    ids, mask = left_pad([list(p) for p in prompts], pad_id, device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache)
@@ -146,18 +105,8 @@ def _rows(tokens, logps, ended) -> tuple[list[list[int]], list[list[float]]]:
 
 def _runs(prompts: Sequence[Any]) -> tuple[list[Any], list[int]]:
     """Consecutive equal prompts (TRL repeats each for its group) -> (distinct, counts)."""
-    distinct: list[Any] = []
-    counts: list[int] = []
-    last = None
-    for prompt in prompts:
-        key = json.dumps(prompt, sort_keys=True, default=str)
-        if key == last:
-            counts[-1] += 1
-        else:
-            distinct.append(prompt)
-            counts.append(1)
-            last = key
-    return distinct, counts
+    runs = [list(g) for _, g in groupby(prompts, key=lambda p: json.dumps(p, default=str))]
+    return [run[0] for run in runs], [len(run) for run in runs]
 
 
 def prompt_token_ids(

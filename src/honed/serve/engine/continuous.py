@@ -33,7 +33,8 @@ from transformers import DynamicCache
 
 from honed.errors import ModelError
 from honed.models.fast_decode import StaticDecoder
-from honed.serve.engine.generation import BASE_ADAPTER, Row, RowDecoder, eos_ids, left_pad
+from honed.models.sampling import left_pad
+from honed.serve.engine.generation import BASE_ADAPTER, Row, RowDecoder, eos_ids
 from honed.serve.engine.logprobs import adjust_logits, token_logprobs
 
 

@@ -22,6 +22,7 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
+from honed.models.sampling import left_pad
 from honed.serve.engine.logprobs import Entry, adjust_logits, token_logprobs, wants_processing
 
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" inside a mixed batch
@@ -226,19 +227,6 @@ class RowsDone(StoppingCriteria):
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
         done = [r.finished or r.job.expired for r in self.rows]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-
-def left_pad(
-    prompts: list[list[int]], pad_id: int, device: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask), both (B, T), prompts right-aligned for decoder-only models."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-        mask[i, width - len(p) :] = 1
-    return ids.to(device), mask.to(device)
 
 
 def run_batch(model, tokenizer, rows: list[Row], device: str, mixed: bool) -> None:

@@ -273,21 +273,24 @@ def rollout_generate(
 
 def sampled_ids(
     model: Any, tokenizer: Any, prompts: Sequence[Any], max_new_tokens: int, batch_size: int
-) -> list[tuple[list[int], list[int]]]:
+) -> tuple[list[tuple[list[int], list[int]]], list[list[float]]]:
     """(prompt ids, completion ids up to and with the first EOS) sampled at temperature 1,
-    ``batch_size`` prompts at a time."""
+    ``batch_size`` prompts at a time, and each completion token's log-prob under ``model``
+    (the sampling distribution at temperature 1 is the model's: no second forward pass)."""
     from honed.train.rollouts import Sampling, prompt_token_ids, sample_groups
 
     model.eval()
     out: list[tuple[list[int], list[int]]] = []
+    logps: list[list[float]] = []
     for start in range(0, len(prompts), batch_size):
         ids = [prompt_token_ids(tokenizer, p) for p in prompts[start : start + batch_size]]
-        completions, _ = sample_groups(
+        completions, lps = sample_groups(
             model, ids, 1, max_new_tokens, [tokenizer.eos_token_id], tokenizer.pad_token_id,
             Sampling(temperature=1.0),
         )  # fmt: skip
         out += list(zip(ids, completions, strict=True))
-    return out
+        logps += lps
+    return out, logps
 
 
 def token_logps(model: Any, pairs: Sequence[tuple[list[int], list[int]]]) -> list[list[float]]:
@@ -455,8 +458,7 @@ class GrpoTask:
         prompts = [r["prompt"] for r in rows]
         tuned = self.load_trained(spec, base, paths)
         outputs = {"tuned": rollout_generate(tuned, tokenizer, prompts, settings)}
-        pairs = sampled_ids(tuned, tokenizer, prompts, opts.max_completion_tokens, 8)
-        policy = token_logps(tuned, pairs)
+        pairs, policy = sampled_ids(tuned, tokenizer, prompts, opts.max_completion_tokens, 8)
         with base_view(spec, base, tuned) as reference:
             outputs = {"base": rollout_generate(reference, tokenizer, prompts, settings), **outputs}
             ref = token_logps(reference, pairs)
