@@ -204,3 +204,36 @@ def test_the_promotion_gate_grades_both_models(run) -> None:
     floored = gate_folders(folder, folder, GateConfig(), {"grader_pass_rate": 1.01})
     assert not floored.passed
     assert any("grader_pass_rate" in c["name"] for c in floored.failed)
+
+
+def test_rlhf_reward_run_as_the_grader_trains_reports_and_gates(tmp_path: Path) -> None:
+    """RLHF: a `reward` run, then grpo against it through a reward_model grader named relative
+    to the spec. The report gives the reward model's mean score of base and tuned answers; the
+    run folder's spec names the reward model relative to itself, so the promotion gate grades
+    the folder again with the same reward model."""
+    import yaml
+    from tests.tiny_cases import reward as reward_case
+
+    from honed.evals.config import GateConfig
+    from honed.evals.gate_run import gate_folders, spec_of
+    from honed.pipeline.run import train_and_evaluate
+    from honed.train.tasks.grpo import load_reward_scorer
+
+    torch.set_num_threads(1)
+    reward = train_and_evaluate(reward_case.build_spec(tmp_path / "rm", "lora"), register=False)
+    grader = {"kind": "reward_model", "name": "judge", "model": "../rm/run", "scale": 2.0}
+    spec = case.build_spec(tmp_path / "policy", graders=[grader])
+    run = train_and_evaluate(spec, register=False)
+
+    metrics = json.loads(run.paths.metrics.read_text())
+    for key in ("test_mean_reward", "test_base_mean_reward"):
+        assert 0.0 < metrics[key] < 1.0, key  # sigmoid(reward / scale)
+    assert metrics["test"]["tuned"]["rows"] == metrics["test"]["base"]["rows"] > 0
+    kept = spec_of(run.paths.root)["task_options"]["graders"][0]["model"]
+    assert (run.paths.root / kept).resolve() == reward.paths.root.resolve()
+    assert yaml.safe_load(run.paths.spec.read_text())["task_options"]["graders"][0]["model"] == kept
+
+    folder = run.paths.root
+    decision = gate_folders(folder, folder, GateConfig(), {}, reward_loader=load_reward_scorer)
+    assert decision.passed, decision.failed
+    assert decision.evidence["gated"] == ["grader_pass_rate"]
