@@ -4,9 +4,11 @@ Prints: the measured memory bandwidth (a 256 MB float32 sum on --threads threads
 bytes read per decoded token (every parameter once; tied embeddings once), the bandwidth limit
 in tokens/s, and, as the median of --repeats interleaved repeats with min-max spread:
 plain `model.generate` at batch 1; `fast_generate` (honed.models.fast_decode: static KV
-cache + compiled step); the server engine's running batch at batch 1 (per-token row work:
-detokenizing, stop checks, deltas) with decode 'static' and 'eager'; and concurrency 8 (8
-rows of different prompt lengths in one running batch) with 'static' and 'eager'.
+cache + compiled step; prefill and sampling included); its compiled step alone (time per
+output token after the first, no prefill); the server engine's running batch at batch 1
+(per-token row work: detokenizing, stop checks, deltas) with decode 'static' and 'eager';
+and concurrency 8 (8 rows of different prompt lengths in one running batch) with 'static'
+and 'eager'.
 Also the one-time compile (warm-up) seconds and the load average around each figure.
 
     .venv/bin/python bench/decode_speed.py [--base packaged:smollm2-135m-instruct]
@@ -82,6 +84,18 @@ def fast(model, ids, n: int) -> float:
     return n / _timed(lambda: fast_generate(model, ids, n, eos_token_id=None))
 
 
+def steps(model, ids, n: int) -> float:
+    """Tokens/s of the compiled one-token step alone (time per output token after the first:
+    no prefill, no sampling), the decode figure serving engines quote as TPOT."""
+    from honed.models.fast_decode import decoder_for
+
+    decoder = decoder_for(model, ids.shape[0], ids.shape[1] + n)
+    with torch.inference_mode():
+        token = decoder.prefill(ids, torch.ones_like(ids)).argmax(-1)
+        took = _timed(lambda: [decoder.step(token) for _ in range(n - 1)])
+    return (n - 1) / took
+
+
 def engine(model, tok, prompts: list[str], n: int, solo) -> float:
     """Tokens/s of the server's running batch (honed.serve.engine.continuous) on ``prompts``."""
     from honed.serve.engine.continuous import RunningBatch
@@ -140,6 +154,7 @@ def main() -> None:
     measures = {
         "plain generate, batch 1": lambda: plain(model, ids, args.tokens),
         "fast_generate, batch 1": lambda: fast(model, ids, args.tokens),
+        "compiled step only, b. 1": lambda: steps(model, ids, args.tokens),
         "engine static, batch 1": lambda: engine(model, tok, [PROMPT], args.tokens, solo),
         "engine eager, batch 1": lambda: engine(model, tok, [PROMPT], args.tokens, None),
         "engine static, conc. 8": lambda: engine(model, tok, PROMPTS_8, args.tokens, solo),
