@@ -237,3 +237,25 @@ def test_rlhf_reward_run_as_the_grader_trains_reports_and_gates(tmp_path: Path) 
     decision = gate_folders(folder, folder, GateConfig(), {}, reward_loader=load_reward_scorer)
     assert decision.passed, decision.failed
     assert decision.evidence["gated"] == ["grader_pass_rate"]
+
+
+def test_a_reward_model_at_chance_is_named(tmp_path: Path, caplog) -> None:
+    """The RLHF example's reward model (0.527 on 150 held-out pairs) is not above chance: the
+    grpo task says so, once; a clear judge (0.65 on 150) and a folder without held-out
+    metrics pass silently."""
+    from honed.train.tasks.grpo import judge_warning
+
+    def folder(name: str, test: dict | None) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        if test is not None:
+            (path / "metrics.json").write_text(json.dumps({"test": test}))
+        return path
+
+    weak = folder("weak", {"pairwise_accuracy": 0.5267, "rows": 150})
+    with caplog.at_level("WARNING", logger="honed.train"):
+        assert "not above chance" in judge_warning(weak)
+        judge_warning(weak)
+    assert sum("not above chance" in r.message for r in caplog.records) == 1
+    assert judge_warning(folder("good", {"pairwise_accuracy": 0.65, "rows": 150})) is None
+    assert judge_warning(folder("bare", None)) is None

@@ -230,7 +230,37 @@ def load_reward_scorer(ref: str, base_dir: Path | None) -> Any:
             f"reward_model grader: {ref!r} is no run folder ({path} not found); give the run "
             "folder of a `honed run` with task reward"
         )
+    judge_warning(path)
     return load_reward_model(path)
+
+
+_WARNED: set[Path] = set()
+
+
+def judge_warning(folder: Path) -> str | None:
+    """A warning (logged once per folder) when a reward run's held-out pairwise accuracy is not
+    above chance (one-sided binomial test at 5%; its metrics.json): GRPO against such a judge
+    learns whatever it happens to prefer (docs/rft.md measured short answers). None otherwise,
+    or when the folder has no held-out accuracy."""
+    from scipy.stats import binomtest
+
+    try:
+        test = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))["test"]
+        accuracy, rows = float(test["pairwise_accuracy"]), int(test["rows"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    p = binomtest(round(accuracy * rows), rows, 0.5, alternative="greater").pvalue if rows else 1.0
+    if p <= 0.05:
+        return None
+    message = (
+        f"reward model {folder}: held-out pairwise accuracy {accuracy:.3f} on {rows} pairs is "
+        f"not above chance (p = {p:.2f}); the policy will learn what this judge happens to "
+        "prefer: read the samples, or train a better reward model first"
+    )
+    if folder.resolve() not in _WARNED:
+        _WARNED.add(folder.resolve())
+        log.warning(message)
+    return message
 
 
 def completion_text(completion: Any) -> str:
