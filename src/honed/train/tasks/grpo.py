@@ -230,7 +230,7 @@ def load_reward_scorer(ref: str, base_dir: Path | None) -> Any:
             f"reward_model grader: {ref!r} is no run folder ({path} not found); give the run "
             "folder of a `honed run` with task reward"
         )
-    judge_warning(path)
+    judge_warning(path.resolve())
     return load_reward_model(path)
 
 
