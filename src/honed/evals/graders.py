@@ -551,6 +551,20 @@ def grader_files(cfgs: Sequence[Any]) -> list[str]:
     return [f for f in files if not Path(f).is_absolute()]
 
 
+def relocate_reward_models(cfgs: Sequence[Any], base_dir: Path, root: Path) -> None:
+    """In place, on a spec dump's grader mappings: ``reward_model`` graders name a run folder
+    relative to the spec (``base_dir``); rewritten relative to the run folder ``root``, so the
+    promotion gate, which grades that folder again later, finds the same reward model. An
+    absolute path stays as given (a registered version copied elsewhere finds it only so)."""
+    from honed.paths import portable_path
+
+    for cfg in cfgs:
+        if isinstance(cfg, dict) and cfg.get("kind") == "reward_model":
+            model = cfg.get("model")
+            if isinstance(model, str) and not Path(model).expanduser().is_absolute():
+                cfg["model"] = portable_path(base_dir / model, root)
+
+
 def keep_grader_files(cfgs: Sequence[Any], base_dir: Path, run_dir: Path) -> list[str]:
     """Copy the graders' files (relative to the spec's folder ``base_dir``, inside it) into the
     run folder at the same relative paths, so the folder can be graded again later (the

@@ -73,22 +73,14 @@ def portable_spec(spec: RunSpec, root: Path | None) -> dict[str, Any]:
         dump["data"]["source"] = portable_path(spec.data_source(), root)
     for entry, src in zip(dump["data"]["sources"] or [], _sources(spec), strict=False):
         entry["path"] = portable_path(src.path, root)
-    _portable_reward_models(dump, spec.base_dir, root)
+    from honed.evals.graders import relocate_reward_models
+
+    relocate_reward_models(
+        (dump.get("task_options") or {}).get("graders") or [], spec.base_dir, root
+    )
     # Where this run wrote is the folder holding the spec; a rerun picks its own.
     dump["output_dir"] = None
     return dump
-
-
-def _portable_reward_models(dump: dict[str, Any], base_dir: Path, root: Path) -> None:
-    """``reward_model`` graders (task grpo) name a run folder relative to the spec; the copy in
-    the run folder names it relative to that folder, so the promotion gate, which grades the
-    folder again later, finds the same reward model. (A registered version copied elsewhere
-    finds it only by an absolute path.)"""
-    for grader in (dump.get("task_options") or {}).get("graders") or []:
-        if isinstance(grader, dict) and grader.get("kind") == "reward_model":
-            model = grader.get("model")  # an absolute path stays as given
-            if isinstance(model, str) and not Path(model).expanduser().is_absolute():
-                grader["model"] = portable_path(base_dir / model, root)
 
 
 def _sources(spec: RunSpec) -> list:

@@ -249,7 +249,9 @@ def judge_warning(folder: Path) -> str | None:
         accuracy, rows = float(test["pairwise_accuracy"]), int(test["rows"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    p = binomtest(round(accuracy * rows), rows, 0.5, alternative="greater").pvalue if rows else 1.0
+    if rows <= 0 or not 0.0 <= accuracy <= 1.0:
+        return None  # not a held-out figure this test can read
+    p = binomtest(round(accuracy * rows), rows, 0.5, alternative="greater").pvalue
     if p <= 0.05:
         return None
     message = (
@@ -257,8 +259,8 @@ def judge_warning(folder: Path) -> str | None:
         f"not above chance (p = {p:.2f}); the policy will learn what this judge happens to "
         "prefer: read the samples, or train a better reward model first"
     )
-    if folder.resolve() not in _WARNED:
-        _WARNED.add(folder.resolve())
+    if folder not in _WARNED:  # the caller passes the resolved folder
+        _WARNED.add(folder)
         log.warning(message)
     return message
 
