@@ -4,8 +4,9 @@ Prints: the measured memory bandwidth (a 256 MB float32 sum on --threads threads
 bytes read per decoded token (every parameter once; tied embeddings once), the bandwidth limit
 in tokens/s, and, as the median of --repeats interleaved repeats with min-max spread:
 plain `model.generate` at batch 1; `fast_generate` (honed.models.fast_decode: static KV
-cache + compiled step; prefill and sampling included); its compiled step alone (time per
-output token after the first, no prefill); the server engine's running batch at batch 1
+cache + the fused C++ step of honed.models.cpu_decode; prefill and sampling included); the
+fused step alone and the torch.compile'd step alone (time per output token after the first,
+no prefill); the server engine's running batch at batch 1
 (per-token row work: detokenizing, stop checks, deltas) with decode 'static' and 'eager';
 and concurrency 8 (8 rows of different prompt lengths in one running batch) with 'static'
 and 'eager'.
@@ -84,12 +85,9 @@ def fast(model, ids, n: int) -> float:
     return n / _timed(lambda: fast_generate(model, ids, n, eos_token_id=None))
 
 
-def steps(model, ids, n: int) -> float:
-    """Tokens/s of the compiled one-token step alone (time per output token after the first:
+def steps(decoder, ids, n: int) -> float:
+    """Tokens/s of ``decoder``'s one-token step alone (time per output token after the first:
     no prefill, no sampling), the decode figure serving engines quote as TPOT."""
-    from honed.models.fast_decode import decoder_for
-
-    decoder = decoder_for(model, ids.shape[0], ids.shape[1] + n)
     with torch.inference_mode():
         token = decoder.prefill(ids, torch.ones_like(ids)).argmax(-1)
         took = _timed(lambda: [decoder.step(token) for _ in range(n - 1)])
@@ -132,7 +130,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = p.parse_args()
-    from honed.models.fast_decode import STATIC_LEN, decoder_for
+    from honed.models.fast_decode import STATIC_LEN, StaticDecoder, decoder_for
     from honed.serve.engine import loading
 
     folder = loading.resolve_folder(args.base)
@@ -146,7 +144,10 @@ def main() -> None:
     print(f"weights per token     {nbytes / 1e9:7.3f} GB ({args.dtype})")
     print(f"bandwidth limit       {limit:7.1f} tokens/s at batch 1")
     solo = decoder_for(model, 1, STATIC_LEN)
-    print(f"compile (warm-up)     {solo.warmup():7.1f} s, once per process", flush=True)
+    kind = "fused step" if solo.fused else f"compiled step (no fused step: {args.dtype}?)"
+    print(f"warm-up               {solo.warmup():7.1f} s, once per process ({kind})", flush=True)
+    compiled = StaticDecoder(model, 1, STATIC_LEN, fused=False)
+    print(f"compile (warm-up)     {compiled.warmup():7.1f} s, once per process", flush=True)
     ids = tok(PROMPT, return_tensors="pt")["input_ids"]
     runs: dict[str, list[float]] = {}
     loads: list[float] = []
@@ -154,7 +155,8 @@ def main() -> None:
     measures = {
         "plain generate, batch 1": lambda: plain(model, ids, args.tokens),
         "fast_generate, batch 1": lambda: fast(model, ids, args.tokens),
-        "compiled step only, b. 1": lambda: steps(model, ids, args.tokens),
+        "fused step only, b. 1": lambda: steps(solo, ids, args.tokens),
+        "compiled step only, b. 1": lambda: steps(compiled, ids, args.tokens),
         "engine static, batch 1": lambda: engine(model, tok, [PROMPT], args.tokens, solo),
         "engine eager, batch 1": lambda: engine(model, tok, [PROMPT], args.tokens, None),
         "engine static, conc. 8": lambda: engine(model, tok, PROMPTS_8, args.tokens, solo),

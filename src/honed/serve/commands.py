@@ -91,8 +91,9 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
         "--decode",
         choices=["auto", "eager", "static"],
         default=None,
-        help="generation decode path: eager (default), or experimental static (static KV "
-        "cache + compiled step for a lone request, compiled at start: minutes) / auto",
+        help="generation decode path for a lone request: auto (default: the fused CPU step "
+        "where it runs, else eager), static (the fused step, else a step compiled at start: "
+        "a minute or more) or eager",
     )
     p.add_argument(
         "--no-classify-packing",

@@ -51,11 +51,13 @@ def _job(tok, text: str, max_tokens: int) -> GenJob:
     )
 
 
-def test_a_lone_row_decodes_static_and_hands_over_when_others_join(base):
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-step", "compiled-step"])
+def test_a_lone_row_decodes_static_and_hands_over_when_others_join(base, fused):
     model, tok = base
     lengths = [10, 10, 14]  # the last row decodes its last tokens alone
     jobs = [_job(tok, p, n) for p, n in zip(PROMPTS, lengths, strict=True)]
-    batch = RunningBatch(model, tok, "cpu", mixed=False, solo=StaticDecoder(model, 1, 256))
+    solo = StaticDecoder(model, 1, 256, fused=fused)
+    batch = RunningBatch(model, tok, "cpu", mixed=False, solo=solo)
     batch.decoder.eos_ids = set()  # compare raw greedy tokens, eos included
     batch.admit(jobs[0].rows)
     batch.step()
@@ -125,11 +127,17 @@ def test_smollm2_fast_generate_matches_generate():
         loading.resolve_folder("packaged:smollm2-135m-instruct"), "cpu", torch.float32
     )
     tok = loading.load_tokenizer(loading.resolve_folder("packaged:smollm2-135m-instruct"), "left")
-    enc = tok(["Write a short note about the quarterly results:"], return_tensors="pt")
-    ids, mask = enc["input_ids"], enc["attention_mask"]
     eos = model.generation_config.eos_token_id
-    fast = fast_generate(model, ids, 32, mask, eos_token_id=eos, pad_token_id=0)
-    assert fast.tolist() == _plain(model, ids, mask, 32).tolist()
+    questions = ["List three colours.", "Tell me a joke about databases.", "hello"]
+    chats = [[{"role": "user", "content": q}] for q in questions]
+    prompts = ["Write a short note about the quarterly results:", "hello"]
+    prompts += tok.apply_chat_template(chats, tokenize=False, add_generation_prompt=True)
+    for batch in ([p] for p in prompts):  # batch 1: the fused step (where the CPU has AVX2)
+        enc = tok(batch, return_tensors="pt")
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        fast = fast_generate(model, ids, 48, mask, eos_token_id=eos, pad_token_id=0)
+        assert fast.tolist() == _plain(model, ids, mask, 48).tolist(), batch
+    assert next(iter(model._honed_decoders.values())).fused is not None
 
 
 def test_the_gemv_route_changes_no_module_type_state_or_eager_result():

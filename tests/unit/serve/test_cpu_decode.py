@@ -1,0 +1,154 @@
+"""The fused C++ decode step (honed.models.cpu_decode): the compiled step's logits and plain
+`generate`'s greedy tokens, on any thread count, with the model's current weights, and a
+clear way out wherever it cannot run."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from honed.models import cpu_decode
+from honed.models.cpu_decode import fused_unsupported
+from honed.models.fast_decode import StaticDecoder, fast_generate
+from honed.serve.engine import loading
+
+PROMPTS = ["the quick brown fox jumps over the lazy dog", "hello", "profits rose sharply"]
+
+pytestmark = pytest.mark.skipif(
+    torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"), reason="needs AVX2"
+)
+
+
+@pytest.fixture(scope="module")
+def base(tiny):
+    model = loading.load_causal_lm(tiny["base"], "cpu", torch.float32)
+    return model, loading.load_tokenizer(tiny["base"], "left")
+
+
+def _plain(model, ids, mask, n: int) -> torch.Tensor:
+    with torch.inference_mode():
+        return model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False, pad_token_id=0
+        )
+
+
+def _steps(decoder: StaticDecoder, ids: torch.Tensor, mask: torch.Tensor, n: int) -> torch.Tensor:
+    """(n, V) logits of n greedy steps after the prompt."""
+    out = []
+    with torch.inference_mode():
+        logits = decoder.prefill(ids, mask)
+        for _ in range(n):
+            logits = decoder.step(logits.argmax(-1))
+            out.append(logits[0])
+    return torch.stack(out)
+
+
+def test_the_fused_step_gives_the_compiled_steps_logits_and_generates_tokens(base):
+    model, tok = base
+    for text in PROMPTS:
+        enc = tok([text], return_tensors="pt")
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        fused = StaticDecoder(model, 1, 64)
+        assert fused.fused is not None, fused_unsupported(model, 1)
+        compiled = StaticDecoder(model, 1, 64, fused=False)
+        got, want = _steps(fused, ids, mask, 16), _steps(compiled, ids, mask, 16)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        eos = model.generation_config.eos_token_id
+        fast = fast_generate(model, ids, 20, mask, eos_token_id=eos, pad_token_id=0)
+        assert fast.tolist() == _plain(model, ids, mask, 20).tolist(), text
+
+
+def test_a_left_padded_lone_row_decodes_like_generate(base):
+    model, tok = base
+    ids = tok(["profits rose sharply"], return_tensors="pt")["input_ids"]
+    ids = torch.cat([torch.zeros((1, 3), dtype=torch.long), ids], 1)
+    mask = (torch.arange(ids.shape[1]) >= 3).long()[None]  # three pad columns on the left
+    eos = model.generation_config.eos_token_id
+    fast = fast_generate(model, ids, 12, mask, eos_token_id=eos, pad_token_id=0)
+    assert fast.tolist() == _plain(model, ids, mask, 12).tolist()
+
+
+def test_the_thread_count_does_not_change_a_bit(base):
+    """Each row's dot product and each head's attention run on one thread in one order."""
+    model, tok = base
+    enc = tok(["hello"], return_tensors="pt")
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            runs.append(_steps(StaticDecoder(model, 1, 64), *enc.values(), 8))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_weights_changed_between_generations_are_the_ones_decoded(base):
+    """GRPO trains the policy between rollouts: in place (optimizer steps) or by a new
+    tensor (load_state_dict(assign=True)); each prefill takes the weights as they are."""
+    model, tok = base
+    model = copy.deepcopy(model)
+    enc = tok(["hello"], return_tensors="pt")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    fast_generate(model, ids, 8, mask, eos_token_id=None)  # binds the first weights
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight.mul_(3.0)  # in place
+        layer = model.model.layers[1].self_attn.q_proj
+        layer.weight.data = torch.randn_like(layer.weight)  # a new storage
+    eos = model.generation_config.eos_token_id
+    fast = fast_generate(model, ids, 12, mask, eos_token_id=eos, pad_token_id=0)
+    assert fast.tolist() == _plain(model, ids, mask, 12).tolist()
+
+
+def test_a_full_cache_is_refused_without_writing(base):
+    model, _ = base
+    decoder = StaticDecoder(model, 1, 8)
+    ids = torch.arange(3, 11)[None]  # 8 tokens: every column in use
+    with torch.inference_mode():
+        decoder.prefill(ids, torch.ones_like(ids))
+        keys = decoder.cache.layers[0].keys.clone()
+        with pytest.raises(ValueError, match="cache is full"):
+            decoder.fused(5, 8, decoder.mask)
+    assert torch.equal(decoder.cache.layers[0].keys, keys)
+    assert int(decoder.cache.layers[0].cumulative_length) == 8
+
+
+def test_where_it_cannot_run_it_says_why_and_the_compiled_step_takes_over(base, monkeypatch):
+    from transformers import LlamaForCausalLM
+
+    model, _ = base
+    assert "batches" in fused_unsupported(model, 2)
+    assert "float32" in fused_unsupported(copy.deepcopy(model).to(torch.bfloat16), 1)
+    biased = LlamaForCausalLM(
+        model.config.__class__(**{**model.config.to_dict(), "attention_bias": True})
+    )
+    assert "biases" in fused_unsupported(biased, 1)
+    monkeypatch.setenv("HONED_FUSED_DECODE", "0")
+    assert "HONED_FUSED_DECODE" in fused_unsupported(model, 1)
+    assert StaticDecoder(model, 1, 64).fused is None
+    monkeypatch.delenv("HONED_FUSED_DECODE")
+    cpu_decode._library.cache_clear()
+    monkeypatch.setenv("CXX", "/bin/false")  # a compiler that fails: the build error is named
+    try:
+        assert "did not build" in fused_unsupported(model, 1)
+        decoder = StaticDecoder(model, 1, 64)
+        assert decoder.fused is None and decoder._step is not None
+    finally:
+        cpu_decode._library.cache_clear()
+
+
+def test_a_step_built_ahead_of_time_loads_without_a_compiler(base, tmp_path, monkeypatch):
+    """deploy/Dockerfile builds the step in its build stage; the runtime stage has no g++."""
+    model, _ = base
+    cpu_decode.main([str(tmp_path)])
+    assert cpu_decode.prebuilt(tmp_path).exists()
+    monkeypatch.setattr(cpu_decode, "PREBUILT_DIR", tmp_path)
+    monkeypatch.setenv("CXX", "/bin/false")  # would fail if anything were compiled
+    cpu_decode._library.cache_clear()
+    try:
+        assert fused_unsupported(model, 1) is None
+        assert cpu_decode._library()[0]._name == str(cpu_decode.prebuilt(tmp_path))
+    finally:
+        cpu_decode._library.cache_clear()
