@@ -8,8 +8,9 @@ cache + the fused C++ step of honed.models.cpu_decode; prefill and sampling incl
 fused step alone and the torch.compile'd step alone (time per output token after the first,
 no prefill); the server engine's running batch at batch 1
 (per-token row work: detokenizing, stop checks, deltas) with decode 'static' and 'eager';
-and concurrency 8 (8 rows of different prompt lengths in one running batch) with 'static'
-and 'eager'.
+concurrency 8 (8 rows of different prompt lengths in one running batch) with 'static'
+and 'eager'; and a lone row on a random LoRA adapter (--lora rank, all seven projections)
+through the engine, fused step against eager.
 Also the one-time compile (warm-up) seconds and the load average around each figure.
 
     .venv/bin/python bench/decode_speed.py [--base packaged:smollm2-135m-instruct]
@@ -94,17 +95,18 @@ def steps(decoder, ids, n: int) -> float:
     return (n - 1) / took
 
 
-def engine(model, tok, prompts: list[str], n: int, solo) -> float:
-    """Tokens/s of the server's running batch (honed.serve.engine.continuous) on ``prompts``."""
+def engine(model, tok, prompts: list[str], n: int, solo, adapter: str | None = None) -> float:
+    """Tokens/s of the server's running batch (honed.serve.engine.continuous) on ``prompts``
+    (on peft ``adapter`` when given: ``model`` is then a PeftModel holding it)."""
     from honed.serve.engine.continuous import RunningBatch
     from honed.serve.engine.generation import GenJob, SamplingParams
 
     loop = asyncio.new_event_loop()  # deltas queue up on it; nothing reads them
     params = SamplingParams(max_tokens=n, temperature=0.0)
-    jobs = [
-        GenJob(tok(p)["input_ids"], params, None, time.monotonic() + 3600, loop) for p in prompts
-    ]
-    batch = RunningBatch(model, tok, "cpu", mixed=False, solo=solo)
+    deadline = time.monotonic() + 3600
+    jobs = [GenJob(tok(p)["input_ids"], params, adapter, deadline, loop) for p in prompts]
+    mixed = adapter is not None
+    batch = RunningBatch(model, tok, "cpu", mixed=mixed, solo=solo)
     batch.decoder.eos_ids = set()  # every row runs its n tokens
 
     def run() -> None:
@@ -118,6 +120,18 @@ def engine(model, tok, prompts: list[str], n: int, solo) -> float:
     return sum(len(r.tokens) for j in jobs for r in j.rows) / t
 
 
+def with_lora(model, rank: int):
+    """A copy of ``model`` holding one random LoRA adapter ("bench", rank ``rank``, on all
+    seven projections of every layer; B non-zero so it changes the outputs)."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, init_lora_weights=False)
+    return get_peft_model(copy.deepcopy(model), cfg, adapter_name="bench").eval()
+
+
 def summary(xs: list[float]) -> str:
     return f"{statistics.median(xs):7.1f} (min {min(xs):.1f}, max {max(xs):.1f})"
 
@@ -129,6 +143,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--lora", type=int, default=16, help="rank of the LoRA row figures (0: none)")
     args = p.parse_args()
     from honed.models.fast_decode import STATIC_LEN, StaticDecoder, decoder_for
     from honed.serve.engine import loading
@@ -162,6 +177,15 @@ def main() -> None:
         "engine static, conc. 8": lambda: engine(model, tok, PROMPTS_8, args.tokens, solo),
         "engine eager, conc. 8": lambda: engine(model, tok, PROMPTS_8, args.tokens, None),
     }
+    if args.lora:
+        peft_model = with_lora(model, args.lora)
+        peft_solo = StaticDecoder(peft_model, 1, STATIC_LEN)
+        measures["engine static, LoRA row"] = lambda: engine(
+            peft_model, tok, [PROMPT], args.tokens, peft_solo, "bench"
+        )
+        measures["engine eager, LoRA row"] = lambda: engine(
+            peft_model, tok, [PROMPT], args.tokens, None, "bench"
+        )
     fast(model, ids, 4)  # first-call costs out of the way
     plain(model, ids, 4)
     for rep in range(args.repeats):  # interleaved: load changes hit every figure alike

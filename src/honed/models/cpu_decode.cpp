@@ -16,22 +16,41 @@
 // Layout (what honed/models/cpu_decode.py passes):
 //   dims  = [layers, hidden H, intermediate I, heads Hq, kv heads Hkv, head dim D, vocab V,
 //            cache length L, threads]
-//   ptrs  = [embed (V, H), final norm (H), lm head (V, H), cos (L, D), sin (L, D)] then per
+//   ptrs  = [embed (V, H), final norm (H), lm head (V, H), cos (L, D), sin (L, D),
+//           LoRA scales (layers, 7) float32 or 0, LoRA ranks (layers, 7) int64 or 0] then per
 //           layer: [attn norm (H), q (Hq*D, H), k (Hkv*D, H), v (Hkv*D, H), o (H, Hq*D),
 //           mlp norm (H), gate (I, H), up (I, H), down (H, I), keys (Hkv, L, D),
-//           values (Hkv, L, D), written length (int64 scalar)]
+//           values (Hkv, L, D), written length (int64 scalar)] and, for q k v o gate up down
+//           in that order, [LoRA A (r, in), LoRA B (out, r)] (0 where a module has none):
+//           y = W x + scale * B (A x), as peft's LoRA layers compute it (dropout off).
 //   mask  = (L,) int64, 1 where a cache column is attended (the new column included)
 //   scratch = H + H + Hq*D + 2*Hkv*D + Hq*D + H + I + Hq*L floats
 //   logits  = (V,) floats out
-// Returns 0, or 1 when the cache is full (nothing is written then).
+// Returns 0; else nothing is written: 1 when the cache is full, 2 for a rank above kMaxRank,
+// 3 for a token id or position out of range.
 #include <immintrin.h>
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
 
+#include <initializer_list>
+
 namespace {
 
-constexpr int kPerLayer = 12;
+constexpr int kHeader = 7;
+constexpr int kPerLayer = 12 + 14;
+constexpr int kMaxRank = 256;
+enum Module { kQ, kK, kV, kO, kGate, kUp, kDown, kModules };
+
+// One layer's LoRA: per module A (r, in), B (out, r), r, scale, and t = A x (r floats).
+struct Lora {
+  const float* a[kModules];
+  const float* b[kModules];
+  int64_t r[kModules];
+  float scale[kModules];
+  float* t[kModules];
+  bool any;
+};
 
 inline float hsum(__m256 v) {
   __m128 lo = _mm256_castps256_ps128(v);
@@ -60,11 +79,23 @@ inline float dot(const float* w, const float* x, int64_t K) {
 
 // y[r] = dot(W[r], x) for the rows of up to three (n_i, K) matrices taken as one row range,
 // split into contiguous runs across the team (called by every thread of the region).
+// A segment may carry a LoRA term: y[row] += scale * dot(B[row], t) with t = A x (r floats,
+// computed before by one thread).
 struct Seg {
   const float* w;
   float* y;
   int64_t n;
+  const float* lora_b = nullptr;
+  const float* t = nullptr;
+  int64_t r = 0;
+  float scale = 0.f;
 };
+
+inline float row_out(const Seg& s, int64_t row, const float* x, int64_t K) {
+  float y = dot(s.w + row * K, x, K);
+  if (s.lora_b != nullptr) y += s.scale * dot(s.lora_b + row * s.r, s.t, s.r);
+  return y;
+}
 
 void gemv(const float* x, int64_t K, const Seg* s, int ns) {
   int64_t total = 0;
@@ -74,8 +105,27 @@ void gemv(const float* x, int64_t K, const Seg* s, int ns) {
     int i = 0;
     int64_t row = r;
     while (row >= s[i].n) row -= s[i++].n;
-    s[i].y[row] = dot(s[i].w + row * K, x, K);
+    s[i].y[row] = row_out(s[i], row, x, K);
   }
+}
+
+// t = A x for the given modules (one thread; r x K multiply-adds each, small next to W).
+void lora_down(const Lora& lo, std::initializer_list<Module> mods, const float* x, int64_t K) {
+  for (Module m : mods) {
+    if (lo.a[m] == nullptr) continue;
+    for (int64_t j = 0; j < lo.r[m]; ++j) lo.t[m][j] = dot(lo.a[m] + j * K, x, K);
+  }
+}
+
+Seg seg(const float* w, float* y, int64_t n, const Lora& lo, Module m) {
+  Seg s{w, y, n};
+  if (lo.a[m] != nullptr) {
+    s.lora_b = lo.b[m];
+    s.t = lo.t[m];
+    s.r = lo.r[m];
+    s.scale = lo.scale[m];
+  }
+  return s;
 }
 
 // HF LlamaRMSNorm: x * rsqrt(mean(x^2) + eps) * weight (sum kept in double: H terms).
@@ -141,15 +191,19 @@ struct Scratch {
 };
 
 // Attention half of a layer: norm, q/k/v, rotary, cache write, attention, o, residual.
-void attention_block(const Dims& d, const uint64_t* p, const float* cos, const float* sin,
-                     const int64_t* mask, int64_t col, double eps, Scratch& s) {
+void attention_block(const Dims& d, const uint64_t* p, const Lora& lo, const float* cos,
+                     const float* sin, const int64_t* mask, int64_t col, double eps, Scratch& s) {
   const float* const* w = reinterpret_cast<const float* const*>(p);
   float* keys = reinterpret_cast<float*>(p[9]);
   float* values = reinterpret_cast<float*>(p[10]);
   const int64_t kv = d.Hkv * d.D;
 #pragma omp single
-  rms_norm(s.x, w[0], s.xn, d.H, eps);
-  const Seg qkv[3] = {{w[1], s.q, d.Hq * d.D}, {w[2], s.k, kv}, {w[3], s.v, kv}};
+  {
+    rms_norm(s.x, w[0], s.xn, d.H, eps);
+    lora_down(lo, {kQ, kK, kV}, s.xn, d.H);
+  }
+  const Seg qkv[3] = {seg(w[1], s.q, d.Hq * d.D, lo, kQ), seg(w[2], s.k, kv, lo, kK),
+                      seg(w[3], s.v, kv, lo, kV)};
   gemv(s.xn, d.H, qkv, 3);
 #pragma omp single
   {
@@ -172,29 +226,57 @@ void attention_block(const Dims& d, const uint64_t* p, const float* cos, const f
     attend(s.q + h * d.D, keys + g * d.L * d.D, values + g * d.L * d.D, mask, col + 1, d.D,
            s.scores + h * d.L, s.att + h * d.D);
   }
-  const Seg o[1] = {{w[4], s.tmp, d.H}};
+  if (lo.any) {
+#pragma omp single
+    lora_down(lo, {kO}, s.att, d.Hq * d.D);
+  }
+  const Seg o[1] = {seg(w[4], s.tmp, d.H, lo, kO)};
   gemv(s.att, d.Hq * d.D, o, 1);
 #pragma omp single
   {
     for (int64_t i = 0; i < d.H; ++i) s.x[i] += s.tmp[i];
     rms_norm(s.x, w[5], s.xn, d.H, eps);
+    lora_down(lo, {kGate, kUp}, s.xn, d.H);
   }
 }
 
 // MLP half: act = silu(gate x) * (up x), row by row (a thread reads gate row i then up row
 // i), then down and the residual.
-void mlp_block(const Dims& d, const uint64_t* p, Scratch& s) {
+void mlp_block(const Dims& d, const uint64_t* p, const Lora& lo, Scratch& s) {
   const float* const* w = reinterpret_cast<const float* const*>(p);
+  const Seg gate = seg(w[6], nullptr, d.I, lo, kGate), up = seg(w[7], nullptr, d.I, lo, kUp);
 #pragma omp for schedule(static)
   for (int64_t i = 0; i < d.I; ++i) {
-    const float g = dot(w[6] + i * d.H, s.xn, d.H);
-    const float u = dot(w[7] + i * d.H, s.xn, d.H);
+    const float g = row_out(gate, i, s.xn, d.H);
+    const float u = row_out(up, i, s.xn, d.H);
     s.act[i] = g / (1.f + expf(-g)) * u;
   }
-  const Seg down[1] = {{w[8], s.tmp, d.H}};
+  if (lo.any) {
+#pragma omp single
+    lora_down(lo, {kDown}, s.act, d.I);
+  }
+  const Seg down[1] = {seg(w[8], s.tmp, d.H, lo, kDown)};
   gemv(s.act, d.I, down, 1);
 #pragma omp single
   for (int64_t i = 0; i < d.H; ++i) s.x[i] += s.tmp[i];
+}
+
+// The LoRA terms of layer l (none when the header has no scales or the layer no A/B).
+Lora layer_lora(const uint64_t* ptrs, int64_t l, float (*t)[kMaxRank]) {
+  Lora lo{};
+  const float* scales = reinterpret_cast<const float*>(ptrs[5]);
+  const int64_t* ranks = reinterpret_cast<const int64_t*>(ptrs[6]);
+  const uint64_t* p = ptrs + kHeader + l * kPerLayer + 12;
+  for (int m = 0; m < kModules; ++m) {
+    lo.t[m] = t[m];
+    if (scales == nullptr || p[2 * m] == 0) continue;
+    lo.a[m] = reinterpret_cast<const float*>(p[2 * m]);
+    lo.b[m] = reinterpret_cast<const float*>(p[2 * m + 1]);
+    lo.r[m] = ranks[l * kModules + m];
+    lo.scale[m] = scales[l * kModules + m];
+    lo.any = true;
+  }
+  return lo;
 }
 
 }  // namespace
@@ -203,8 +285,13 @@ extern "C" int honed_llama_step(const int64_t* dims, double eps, const uint64_t*
                                 int64_t token, int64_t pos, const int64_t* mask, float* logits,
                                 float* scratch) {
   const Dims d{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6], dims[7], dims[8]};
-  const int64_t col = *reinterpret_cast<const int64_t*>(ptrs[5 + 11]);  // layer 0's length
+  const int64_t col = *reinterpret_cast<const int64_t*>(ptrs[kHeader + 11]);  // layer 0's
   if (col >= d.L || pos >= d.L) return 1;
+  if (token < 0 || token >= d.V || pos < 0) return 3;
+  const int64_t* ranks = reinterpret_cast<const int64_t*>(ptrs[6]);
+  for (int64_t i = 0; ranks != nullptr && i < d.layers * kModules; ++i)
+    if (ranks[i] > kMaxRank) return 2;
+  float t[kModules][kMaxRank];  // A x per module, shared by the team
   const float* embed = reinterpret_cast<const float*>(ptrs[0]);
   const float* cos = reinterpret_cast<const float*>(ptrs[3]) + pos * d.D;
   const float* sin = reinterpret_cast<const float*>(ptrs[4]) + pos * d.D;
@@ -213,9 +300,10 @@ extern "C" int honed_llama_step(const int64_t* dims, double eps, const uint64_t*
 #pragma omp parallel num_threads((int)d.threads)
   {
     for (int64_t l = 0; l < d.layers; ++l) {
-      const uint64_t* p = ptrs + 5 + l * kPerLayer;
-      attention_block(d, p, cos, sin, mask, col, eps, s);
-      mlp_block(d, p, s);
+      const uint64_t* p = ptrs + kHeader + l * kPerLayer;
+      const Lora lo = layer_lora(ptrs, l, t);
+      attention_block(d, p, lo, cos, sin, mask, col, eps, s);
+      mlp_block(d, p, lo, s);
     }
 #pragma omp single
     rms_norm(s.x, reinterpret_cast<const float*>(ptrs[1]), s.xn, d.H, eps);

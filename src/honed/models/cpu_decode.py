@@ -5,12 +5,14 @@ machine with the system C++ compiler (about a second) into ``<state>/cache/kerne
 through ctypes; an image without a compiler ships it prebuilt next to this file
 (``python -m honed.models.cpu_decode``, as deploy/Dockerfile's build stage does).
 ``StaticDecoder`` (``fast_decode``) uses it for its batch-1 steps when ``fused_unsupported``
-finds nothing against it: the prompt still goes through the model's own
-eager forward into the ``StaticCache``, and this step reads that cache's buffers and the
-model's own parameters in place (no copy of the weights; pointers are taken again at every
-prefill, so a model trained between generations, as in GRPO, is decoded with its current
-weights). Anything else (batches, bfloat16, GPUs, adapters, other architectures, a machine
-without AVX2 or a compiler) keeps the compiled step. ``HONED_FUSED_DECODE=0`` turns it off.
+finds nothing against it: the prompt still goes through the model's own eager forward into the
+``StaticCache``, and this step reads that cache's buffers and the model's own parameters in
+place (no copy of the weights; pointers are taken again at every prefill or cache hand-over,
+so a model trained between generations, as in GRPO, is decoded with its current weights). A
+row on a peft LoRA adapter adds the adapter's ``scale * B (A x)`` to each of the seven
+projections it targets (``adapter_unsupported`` names what it cannot do). Anything else
+(batches, bfloat16, GPUs, other architectures, a machine without AVX2 or a compiler) keeps
+the compiled step. ``HONED_FUSED_DECODE=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ SOURCE = Path(__file__).with_name("cpu_decode.cpp")
 PREBUILT_DIR = SOURCE.parent
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
 _STATIC_ROPE = {"default", "linear", "llama3"}  # inverse frequencies fixed at load
+# a decoder layer's projections in the order cpu_decode.cpp reads their LoRA terms
+_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+MAX_RANK = 256  # cpu_decode.cpp's kMaxRank
 
 
 def fused_unsupported(model: Any, batch: int) -> str | None:
@@ -43,6 +48,7 @@ def fused_unsupported(model: Any, batch: int) -> str | None:
         return "HONED_FUSED_DECODE=0"
     if batch != 1:
         return "batches decode through the compiled step"
+    model = _causal_lm(model)
     cfg = model.config
     if getattr(cfg, "model_type", None) != "llama" or not hasattr(model, "lm_head"):
         return "not a Llama-family causal LM"
@@ -56,6 +62,38 @@ def fused_unsupported(model: Any, batch: int) -> str | None:
     if not all(p.is_contiguous() for p in model.parameters()):
         return "non-contiguous weights"
     return _library()[1]
+
+
+def adapter_unsupported(model: Any, adapter: str | None) -> str | None:
+    """Why a row on peft adapter ``adapter`` (None: the base weights) cannot take the fused
+    step, or None. It computes plain LoRA on the seven projections of a decoder layer: DoRA,
+    LoRA biases, other adapter types, adapters on other modules (embeddings, the LM head) and
+    merged adapters keep the eager path."""
+    if adapter is None:
+        return None
+    config = (getattr(model, "peft_config", None) or {}).get(adapter)
+    if config is None or getattr(config, "peft_type", None) != "LORA":
+        return f"adapter {adapter!r} is not a LoRA adapter the model holds"
+    if getattr(config, "use_dora", False) or getattr(config, "lora_bias", False):
+        return "DoRA or LoRA biases"
+    if getattr(config, "modules_to_save", None) or getattr(config, "trainable_token_indices", None):
+        return "the adapter replaces whole modules or token embeddings"
+    found = 0
+    for name, module in _causal_lm(model).named_modules():
+        if adapter not in getattr(module, "lora_A", {}):
+            continue
+        if name.rsplit(".", 1)[-1] not in _PROJECTIONS or getattr(module, "merged", False):
+            return f"LoRA on {name!r} (merged, or not one of the layers' projections)"
+        a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+        if a.shape[0] > MAX_RANK or a.dtype != torch.float32 or b.dtype != torch.float32:
+            return f"LoRA weights in {a.dtype} or a rank above {MAX_RANK}"
+        found += 1
+    return None if found else f"adapter {adapter!r} has no LoRA layers"
+
+
+def _causal_lm(model: Any) -> Any:
+    """The transformers model under a peft wrapper (LoRA layers injected in place)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 @functools.cache
@@ -118,6 +156,7 @@ class FusedStep:
     """The fused step for one ``StaticDecoder`` (batch 1, ``max_len`` cache columns)."""
 
     def __init__(self, model: Any, max_len: int) -> None:
+        model = _causal_lm(model)
         cfg = model.config
         attn = model.model.layers[0].self_attn
         heads, head_dim = cfg.num_attention_heads, attn.head_dim
@@ -137,19 +176,35 @@ class FusedStep:
         self.scratch = torch.empty(size, dtype=torch.float32)
         self.ptrs = torch.zeros(0, dtype=torch.int64)
 
-    def bind(self, cache: Any) -> None:
-        """Take the weights' and the (initialised) cache's addresses: after every prefill."""
+    def bind(self, cache: Any, adapter: str | None = None) -> None:
+        """Take the weights' and the (initialised) cache's addresses: after every prefill.
+        ``adapter``: the peft LoRA adapter the row decodes with (None: the base weights; the
+        caller has checked it with ``adapter_unsupported``)."""
         m = self.model.model
+        lora: list[list[tuple[float, int]]] = []  # per layer: (scale, rank) per projection
+        keep: list[Any] = []
         ptrs = [m.embed_tokens.weight, m.norm.weight, self.model.lm_head.weight]
-        ptrs = [t.data_ptr() for t in ptrs] + [self.cos.data_ptr(), self.sin.data_ptr()]
+        ptrs = [t.data_ptr() for t in ptrs] + [self.cos.data_ptr(), self.sin.data_ptr(), 0, 0]
         for block, layer in zip(m.layers, cache.layers, strict=True):
             attn, mlp = block.self_attn, block.mlp
-            weights = [block.input_layernorm, attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj]
-            weights += [block.post_attention_layernorm, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
-            ptrs += [w.weight.data_ptr() for w in weights]
+            projections = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj]
+            projections += [mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+            weights = [block.input_layernorm, *projections[:4], block.post_attention_layernorm]
+            ptrs += [_weight(w).data_ptr() for w in weights + projections[4:]]
             for buf in (layer.keys, layer.values, layer.cumulative_length):
                 assert buf.is_contiguous() and buf.device.type == "cpu"
                 ptrs.append(buf.data_ptr())
+            lora.append([])
+            for proj in projections:
+                a, b, scale = _lora(proj, adapter)
+                ptrs += [a.data_ptr(), b.data_ptr()] if a is not None else [0, 0]
+                keep += [a, b]
+                lora[-1].append((scale, a.shape[0] if a is not None else 0))
+        self._lora_weights = keep  # the pointers' tensors live as long as this binding
+        if adapter is not None:
+            self.lora_scales = torch.tensor([[s for s, _ in row] for row in lora])
+            self.lora_ranks = torch.tensor([[r for _, r in row] for row in lora])
+            ptrs[5:7] = [self.lora_scales.data_ptr(), self.lora_ranks.data_ptr()]
         # int64 holds the addresses' bits; the C side reads them as uint64
         self.ptrs = torch.tensor([p - (1 << 64) if p >= 1 << 63 else p for p in ptrs])
 
@@ -172,8 +227,26 @@ class FusedStep:
             self.scratch.data_ptr(),
         )
         if rc != 0:
-            raise ValueError(f"the static cache is full ({int(self.dims[7])} columns)")
+            raise ValueError(
+                {
+                    1: f"the static cache is full ({int(self.dims[7])} columns)",
+                    2: f"a LoRA rank above {MAX_RANK}",
+                }.get(rc, f"token {token} or position {pos} out of range")
+            )
         return logits
+
+
+def _weight(module: Any) -> torch.Tensor:
+    """A projection's own weight, under a peft LoRA layer when one is injected."""
+    return module.get_base_layer().weight if hasattr(module, "base_layer") else module.weight
+
+
+def _lora(module: Any, adapter: str | None) -> tuple[Any, Any, float]:
+    """(A (r, in), B (out, r), scale) of ``adapter`` on ``module``, or (None, None, 0)."""
+    if adapter is None or adapter not in getattr(module, "lora_A", {}):
+        return None, None, 0.0
+    a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+    return a.contiguous(), b.contiguous(), float(module.scaling[adapter])
 
 
 def main(argv: list[str] | None = None) -> None:

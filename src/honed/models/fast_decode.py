@@ -27,7 +27,7 @@ import torch
 from transformers import DynamicCache, StaticCache
 
 from honed.errors import ModelError
-from honed.models.cpu_decode import FusedStep, fused_unsupported
+from honed.models.cpu_decode import FusedStep, adapter_unsupported, fused_unsupported
 from honed.models.sampling import Sampling, sample_tokens
 
 log = logging.getLogger("honed.serve")
@@ -58,10 +58,12 @@ def use_static(mode: DecodeMode, model: Any) -> bool:
     takes the static path only with the fused step (``cpu_decode``), ready in a second."""
     if mode == "eager":
         return False
-    reason = static_unsupported(model)
-    if reason is None and mode == "auto" and (why := fused_unsupported(model, 1)) is not None:
+    why = fused_unsupported(model, 1)
+    if why is None:
+        return True
+    if mode == "auto":
         reason = f"no fused step ({why}); decode 'static' compiles one at start"
-    if reason is None:
+    elif (reason := static_unsupported(model)) is None:
         return True
     if mode == "static":
         raise ModelError(f"decode 'static' is not available for this model: {reason}")
@@ -129,6 +131,7 @@ class StaticDecoder:
         self.pos = torch.zeros((batch, 1), dtype=torch.long, device=model.device)
         self.length = 0  # columns in use
         self.fused: FusedStep | None = None
+        self._takes: dict[str | None, bool] = {}  # adapter -> fused step runs it
         if fused and (why := fused_unsupported(model, batch)) is None:
             self.fused = FusedStep(model, max_len)
         elif fused and batch == 1:
@@ -179,9 +182,26 @@ class StaticDecoder:
         self.length += 1
         return out.logits[:, -1].float()
 
+    def takes(self, adapter: str | None, peft: bool) -> bool:
+        """Whether a row on peft ``adapter`` (None: base weights) of a model with (``peft``)
+        or without adapters can decode here: the compiled step runs models without adapters
+        only, the fused step plain LoRA too (checked once per adapter: peft names are never
+        reused by the server)."""
+        if self.fused is None:
+            return not peft
+        if adapter not in self._takes:
+            why = adapter_unsupported(self.model, adapter)
+            if why is not None:
+                log.info("decode: adapter %r decodes eagerly (%s)", adapter, why)
+            self._takes[adapter] = why is None
+        return self._takes[adapter]
+
     @torch.inference_mode()
-    def load(self, cache: DynamicCache, mask: torch.Tensor, pos: torch.Tensor) -> None:
-        """Take over a running batch's dynamic cache ((B, heads, T, dim) per layer)."""
+    def load(
+        self, cache: DynamicCache, mask: torch.Tensor, pos: torch.Tensor, adapter: str | None = None
+    ) -> None:
+        """Take over a running batch's dynamic cache ((B, heads, T, dim) per layer), for a row
+        on peft ``adapter`` (see ``takes``)."""
         width = mask.shape[1]
         for static, dyn in zip(self.cache.layers, cache.layers, strict=True):
             if not static.is_initialized:
@@ -194,7 +214,7 @@ class StaticDecoder:
         self.pos.copy_(pos.view(self.batch, 1))
         self.length = width
         if self.fused is not None:
-            self.fused.bind(self.cache)
+            self.fused.bind(self.cache, adapter)
 
     @torch.inference_mode()
     def export(self) -> DynamicCache:

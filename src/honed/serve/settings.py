@@ -171,13 +171,14 @@ class ServeSettings(BaseSettings):
         "auto",
         description="Generation decode path. 'static': a request decoding alone runs on a "
         "static KV cache (512 tokens) and a one-token step (honed.models.fast_decode): the "
-        "fused C++ step (honed.models.cpu_decode) for a float32 Llama-family model on an AVX2 "
+        "fused C++ step (honed.models.cpu_decode; base or LoRA rows) for a float32 "
+        "Llama-family model on an AVX2 "
         "CPU (SmolLM2-135M in the server on 2 quiet cores: 24-28 tokens/s, ~2.6x eager; "
         "built once in about a second), else a torch.compile'd step compiled during warm-up "
         "(16-94 s quiet; /readyz waits for it); when requests join, the batch goes on "
         "eagerly. Greedy outputs equal the eager path's. 'eager': the model's own forward "
-        "every step. 'auto' (default): static where the fused step runs (no LoRA adapters "
-        "attached at start, warmup on), else eager.",
+        "every step. 'auto' (default): static where the fused step runs (warmup on; rows "
+        "on plain LoRA adapters too), else eager.",
     )
     max_queue: int = Field(
         256, ge=1, description="Queued requests per model; beyond it requests get 503."

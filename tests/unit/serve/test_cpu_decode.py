@@ -111,6 +111,10 @@ def test_a_full_cache_is_refused_without_writing(base):
         keys = decoder.cache.layers[0].keys.clone()
         with pytest.raises(ValueError, match="cache is full"):
             decoder.fused(5, 8, decoder.mask)
+        decoder.cache.layers[0].cumulative_length.fill_(7)  # room for one more column
+        with pytest.raises(ValueError, match="token 99999 or position 7 out of range"):
+            decoder.fused(99999, 7, decoder.mask)
+        decoder.cache.layers[0].cumulative_length.fill_(8)
     assert torch.equal(decoder.cache.layers[0].keys, keys)
     assert int(decoder.cache.layers[0].cumulative_length) == 8
 
@@ -152,3 +156,69 @@ def test_a_step_built_ahead_of_time_loads_without_a_compiler(base, tmp_path, mon
         assert cpu_decode._library()[0]._name == str(cpu_decode.prebuilt(tmp_path))
     finally:
         cpu_decode._library.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def with_adapters(tiny):
+    from peft import PeftModel
+
+    model = loading.load_causal_lm(tiny["base"], "cpu", torch.float32)
+    first, *rest = tiny["adapters"]
+    model = PeftModel.from_pretrained(model, str(first), adapter_name="a0")
+    for i, path in enumerate(rest, 1):
+        model.load_adapter(str(path), adapter_name=f"a{i}")
+    return model.eval(), loading.load_tokenizer(tiny["base"], "left")
+
+
+def _decode_alone(model, tok, adapter, solo, n: int = 12, expect_solo: bool = True) -> list[int]:
+    import asyncio
+    import time
+
+    from honed.serve.engine.continuous import RunningBatch
+    from honed.serve.engine.generation import GenJob, SamplingParams
+
+    params = SamplingParams(max_tokens=n, temperature=0.0)
+    job = GenJob(
+        tok("profits rose")["input_ids"], params, adapter, time.monotonic() + 60,
+        asyncio.new_event_loop(),
+    )  # fmt: skip
+    batch = RunningBatch(model, tok, "cpu", mixed=True, solo=solo)
+    batch.decoder.eos_ids = set()
+    batch.admit(job.rows)
+    went_solo = False
+    while batch.rows:
+        batch.step()
+        went_solo |= batch.solo_live
+        batch.evict()
+    assert went_solo == (solo is not None and expect_solo)
+    return job.rows[0].tokens
+
+
+def test_a_lone_lora_row_decodes_on_the_fused_step_as_eagerly(with_adapters):
+    """Each adapter (and the base) on its own: the same greedy tokens as the eager mixed
+    path, and different from each other (the LoRA terms are applied)."""
+    model, tok = with_adapters
+    solo = StaticDecoder(model, 1, 64)
+    assert solo.fused is not None and solo.takes("a1", True)
+    got = {a: _decode_alone(model, tok, a, solo) for a in (None, "a0", "a1", "a2")}
+    want = {a: _decode_alone(model, tok, a, None) for a in got}
+    assert got == want
+    assert len({tuple(v) for v in got.values()}) == 4
+
+
+def test_lora_the_fused_step_cannot_run_decodes_eagerly(with_adapters):
+    from peft import LoraConfig
+
+    model, tok = with_adapters
+    model.add_adapter("dora", LoraConfig(r=2, target_modules=["q_proj"], use_dora=True))
+    model.add_adapter("head", LoraConfig(r=2, target_modules=["lm_head"]))
+    try:
+        solo = StaticDecoder(model, 1, 64)
+        assert not solo.takes("dora", True) and not solo.takes("head", True)
+        assert "DoRA" in cpu_decode.adapter_unsupported(model, "dora")
+        assert "lm_head" in cpu_decode.adapter_unsupported(model, "head")
+        assert StaticDecoder(model, 1, 64, fused=False).takes(None, True) is False
+        assert _decode_alone(model, tok, "head", solo, expect_solo=False)  # answered eagerly
+    finally:
+        model.delete_adapter("dora")
+        model.delete_adapter("head")

@@ -78,14 +78,19 @@ def test_a_lone_row_decodes_static_and_hands_over_when_others_join(base, fused):
         assert job.rows[0].tokens == want, text
 
 
-def test_static_on_a_model_with_adapters_is_a_clear_error(base):
+def test_static_on_a_model_with_adapters_needs_the_fused_step(base, monkeypatch):
+    """The fused CPU step decodes LoRA rows; the compiled one cannot: without the fused step,
+    'static' on a model with adapters is a clear error and 'auto' stays eager."""
     from peft import LoraConfig, get_peft_model
 
     model, _ = base
     lora = get_peft_model(_copy(model), LoraConfig(r=2, target_modules=["q_proj"]))
+    assert use_static("static", lora) is use_static("auto", lora) is True
+    monkeypatch.setenv("HONED_FUSED_DECODE", "0")
     with pytest.raises(ModelError, match="LoRA adapters"):
         use_static("static", lora)
     assert use_static("auto", lora) is False
+    monkeypatch.delenv("HONED_FUSED_DECODE")
     assert use_static("eager", model) is False
     assert use_static("auto", model) is True
 

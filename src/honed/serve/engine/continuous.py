@@ -13,10 +13,11 @@ Why by hand: ``generate`` fixes its batch at the start. transformers' own contin
 deltas, which the server needs. What is written here is the scheduling and the cache
 bookkeeping; every forward pass is the model's own, with its ``DynamicCache``.
 
-Fast path (``decode`` static, honed.models.fast_decode): while the batch holds a single
-row on a model without adapters, its cache moves into a ``StaticDecoder`` and each step is the
-compiled one (batch-1 latency is where per-op overhead dominates); when rows join, the cache
-moves back to a ``DynamicCache`` and the batch goes on as above.
+Fast path (``decode`` auto or static, honed.models.fast_decode): while the batch holds a
+single row, its cache moves into a ``StaticDecoder`` and each step is the fused C++ one
+(honed.models.cpu_decode; its LoRA adapter too) or, on a model without adapters, the compiled
+one (batch-1 latency is where per-op overhead dominates); when rows join, the cache moves back
+to a ``DynamicCache`` and the batch goes on as above.
 
 Shapes: the running batch has B rows; ``mask`` is (B, T), with 1 on real tokens and left
 padding; every cache layer holds keys/values of shape (B, heads, T, head_dim); ``last`` and
@@ -139,14 +140,19 @@ class RunningBatch:
     def _solo_switch(self) -> None:
         """Move the cache into the static decoder when one row decodes alone (and it fits),
         and back out when that no longer holds (rows joined, an adapter was attached)."""
-        alone = self.solo is not None and len(self.rows) == 1 and not self.mixed
-        if self.solo_live and not alone:
+        if self.solo is None:
+            return
+        if self.solo_live and len(self.rows) != 1:
             self.cache, self.solo_live = self.solo.export(), False
-        elif alone and not self.solo_live:
+        elif len(self.rows) == 1 and not self.solo_live:
             row = self.rows[0]
+            adapter = row.job.adapter if self.mixed else None
+            # the compiled step never runs a peft model; the fused one runs LoRA rows too
+            if not self.solo.takes(adapter, self.mixed):
+                return
             left = row.job.params.max_tokens - len(row.tokens)
             if self.solo.fits(self.mask.shape[1] + left):
-                self.solo.load(self.cache, self.mask, self.pos)
+                self.solo.load(self.cache, self.mask, self.pos, adapter)
                 self.cache, self.solo_live = None, True
 
     def _forward(self, ids, mask, positions, cache, rows: list[Row] | None = None):

@@ -79,7 +79,7 @@ class GenerativeModel:
         self._ids = itertools.count()
         self.on_batch: Callable[[int], None] | None = None
         self.batcher: MicroBatcher[GenJob] | None = None
-        self.solo: StaticDecoder | None = None  # the compiled batch-1 path (settings.decode)
+        self.solo: StaticDecoder | None = None  # the batch-1 fast path (settings.decode)
         self.compile_s: float | None = None  # its warm-up (compile) time at load
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -245,7 +245,7 @@ class GenerativeModel:
 
     def _generate(self, rows: list[Row]) -> None:
         adapters = {r.job.adapter for r in rows}
-        if len(rows) == 1 and self.solo is not None and not self.peft:
+        if len(rows) == 1 and self.solo is not None and (self.solo.fused or not self.peft):
             self._decode_alone(rows[0])
         elif not self.peft:
             run_batch(self.model, self.tokenizer, rows, self.device, mixed=False)
@@ -260,7 +260,7 @@ class GenerativeModel:
 
     def _decode_alone(self, row: Row) -> None:
         """One row on the static compiled path (a running batch that nobody joins)."""
-        batch = RunningBatch(self.model, self.tokenizer, self.device, False, self.solo)
+        batch = RunningBatch(self.model, self.tokenizer, self.device, self.peft, self.solo)
         batch.admit([row])
         batch.evict()
         while batch.rows:
