@@ -72,3 +72,23 @@ def chat_body(model: str, text: str = "hello", **kw: Any) -> dict[str, Any]:
         "temperature": 0,
         **kw,
     }
+
+
+def tiny_llm(tiny: dict[str, Any]) -> tuple[Any, Any]:
+    """The tiny Llama in float32 and its left-padding tokenizer, as the server loads them."""
+    import torch
+
+    from honed.serve.engine import loading
+
+    model = loading.load_causal_lm(tiny["base"], "cpu", torch.float32)
+    return model, loading.load_tokenizer(tiny["base"], "left")
+
+
+def plain_greedy(model: Any, ids: Any, mask: Any, n: int) -> Any:
+    """``model.generate``'s greedy ids for (B, T) prompts: what the fast paths must equal."""
+    import torch
+
+    with torch.inference_mode():
+        return model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False, pad_token_id=0
+        )

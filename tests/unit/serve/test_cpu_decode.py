@@ -8,11 +8,11 @@ import copy
 
 import pytest
 import torch
+from tests.unit.serve._serve_support import plain_greedy, tiny_llm
 
 from honed.models import cpu_decode
 from honed.models.cpu_decode import fused_unsupported
 from honed.models.fast_decode import StaticDecoder, fast_generate
-from honed.serve.engine import loading
 
 PROMPTS = ["the quick brown fox jumps over the lazy dog", "hello", "profits rose sharply"]
 
@@ -23,15 +23,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def base(tiny):
-    model = loading.load_causal_lm(tiny["base"], "cpu", torch.float32)
-    return model, loading.load_tokenizer(tiny["base"], "left")
-
-
-def _plain(model, ids, mask, n: int) -> torch.Tensor:
-    with torch.inference_mode():
-        return model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False, pad_token_id=0
-        )
+    return tiny_llm(tiny)
 
 
 def _steps(decoder: StaticDecoder, ids: torch.Tensor, mask: torch.Tensor, n: int) -> torch.Tensor:
@@ -57,7 +49,7 @@ def test_the_fused_step_gives_the_compiled_steps_logits_and_generates_tokens(bas
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
         eos = model.generation_config.eos_token_id
         fast = fast_generate(model, ids, 20, mask, eos_token_id=eos, pad_token_id=0)
-        assert fast.tolist() == _plain(model, ids, mask, 20).tolist(), text
+        assert fast.tolist() == plain_greedy(model, ids, mask, 20).tolist(), text
 
 
 def test_a_left_padded_lone_row_decodes_like_generate(base):
@@ -67,7 +59,7 @@ def test_a_left_padded_lone_row_decodes_like_generate(base):
     mask = (torch.arange(ids.shape[1]) >= 3).long()[None]  # three pad columns on the left
     eos = model.generation_config.eos_token_id
     fast = fast_generate(model, ids, 12, mask, eos_token_id=eos, pad_token_id=0)
-    assert fast.tolist() == _plain(model, ids, mask, 12).tolist()
+    assert fast.tolist() == plain_greedy(model, ids, mask, 12).tolist()
 
 
 def test_the_thread_count_does_not_change_a_bit(base):
@@ -99,7 +91,7 @@ def test_weights_changed_between_generations_are_the_ones_decoded(base):
         layer.weight.data = torch.randn_like(layer.weight)  # a new storage
     eos = model.generation_config.eos_token_id
     fast = fast_generate(model, ids, 12, mask, eos_token_id=eos, pad_token_id=0)
-    assert fast.tolist() == _plain(model, ids, mask, 12).tolist()
+    assert fast.tolist() == plain_greedy(model, ids, mask, 12).tolist()
 
 
 def test_a_full_cache_is_refused_without_writing(base):
@@ -162,12 +154,12 @@ def test_a_step_built_ahead_of_time_loads_without_a_compiler(base, tmp_path, mon
 def with_adapters(tiny):
     from peft import PeftModel
 
-    model = loading.load_causal_lm(tiny["base"], "cpu", torch.float32)
+    model, tok = tiny_llm(tiny)
     first, *rest = tiny["adapters"]
     model = PeftModel.from_pretrained(model, str(first), adapter_name="a0")
     for i, path in enumerate(rest, 1):
         model.load_adapter(str(path), adapter_name=f"a{i}")
-    return model.eval(), loading.load_tokenizer(tiny["base"], "left")
+    return model.eval(), tok
 
 
 def _decode_alone(model, tok, adapter, solo, n: int = 12, expect_solo: bool = True) -> list[int]:

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 from tests.unit.serve import _serve_support
-from tests.unit.serve._serve_support import run_app
+from tests.unit.serve._serve_support import plain_greedy, run_app, tiny_llm
 
 from honed.errors import ModelError
 from honed.models.fast_decode import StaticDecoder, fast_generate, use_static
@@ -23,15 +23,7 @@ PROMPTS = ["the quick brown fox jumps over the lazy dog", "hello", "profits rose
 
 @pytest.fixture(scope="module")
 def base(tiny):
-    model = loading.load_causal_lm(tiny["base"], "cpu", torch.float32)
-    return model, loading.load_tokenizer(tiny["base"], "left")
-
-
-def _plain(model, ids, mask, n: int) -> torch.Tensor:
-    with torch.inference_mode():
-        return model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False, pad_token_id=0
-        )
+    return tiny_llm(tiny)
 
 
 def test_fast_generate_gives_generates_greedy_tokens(base):
@@ -41,7 +33,7 @@ def test_fast_generate_gives_generates_greedy_tokens(base):
         ids, mask = enc["input_ids"], enc["attention_mask"]
         eos = model.generation_config.eos_token_id
         fast = fast_generate(model, ids, 12, mask, eos_token_id=eos, pad_token_id=0)
-        assert fast.tolist() == _plain(model, ids, mask, 12).tolist()
+        assert fast.tolist() == plain_greedy(model, ids, mask, 12).tolist()
 
 
 def _job(tok, text: str, max_tokens: int) -> GenJob:
@@ -74,7 +66,7 @@ def test_a_lone_row_decodes_static_and_hands_over_when_others_join(base, fused):
     assert went_back
     for job, text, n in zip(jobs, PROMPTS, lengths, strict=True):
         ids = torch.tensor([tok(text)["input_ids"]])
-        want = _plain(model, ids, torch.ones_like(ids), n)[0, ids.shape[1] :].tolist()
+        want = plain_greedy(model, ids, torch.ones_like(ids), n)[0, ids.shape[1] :].tolist()
         assert job.rows[0].tokens == want, text
 
 
@@ -141,7 +133,7 @@ def test_smollm2_fast_generate_matches_generate():
         enc = tok(batch, return_tensors="pt")
         ids, mask = enc["input_ids"], enc["attention_mask"]
         fast = fast_generate(model, ids, 48, mask, eos_token_id=eos, pad_token_id=0)
-        assert fast.tolist() == _plain(model, ids, mask, 48).tolist(), batch
+        assert fast.tolist() == plain_greedy(model, ids, mask, 48).tolist(), batch
     assert next(iter(model._honed_decoders.values())).fused is not None
 
 
