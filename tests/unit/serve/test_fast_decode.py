@@ -157,3 +157,31 @@ def test_the_gemv_route_changes_no_module_type_state_or_eager_result():
     compiled = torch.compile(model, dynamic=False)
     with torch.inference_mode():
         assert torch.allclose(compiled(x), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-step", "compiled-step"])
+def test_an_adapter_attached_mid_decode_keeps_a_lone_base_row_right(base, tiny, fused):
+    """The server wraps the model in peft when its first adapter arrives, between two steps
+    of a running batch. The lone base row stays on the fused step (base weights, as bound),
+    or leaves the compiled one (traced without LoRA layers) for the eager mixed path; either
+    way its tokens are the base model's."""
+    from peft import PeftModel
+
+    model, tok = base
+    model = _copy(model)
+    job = _job(tok, PROMPTS[0], 14)
+    want = plain_greedy(model, *tok([PROMPTS[0]], return_tensors="pt").values(), 14)
+    batch = RunningBatch(model, tok, "cpu", mixed=False, solo=StaticDecoder(model, 1, 64, fused))
+    batch.decoder.eos_ids = set()
+    batch.admit(job.rows)
+    for _ in range(4):
+        batch.step()
+    assert batch.solo_live
+    peft = PeftModel.from_pretrained(model, str(tiny["adapters"][0]), adapter_name="a0").eval()
+    batch.model, batch.mixed = peft, True  # what GenerativeModel._attach does
+    batch.step()
+    assert batch.solo_live is fused
+    while batch.rows:
+        batch.step()
+        batch.evict()
+    assert job.rows[0].tokens == want[0, -14:].tolist()

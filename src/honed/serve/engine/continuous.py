@@ -140,16 +140,16 @@ class RunningBatch:
     def _solo_switch(self) -> None:
         """Move the cache into the static decoder when one row decodes alone (and it fits),
         and back out when that no longer holds (rows joined, an adapter was attached)."""
-        if self.solo is None:
+        if self.solo is None or not self.rows:
             return
-        if self.solo_live and len(self.rows) != 1:
+        row = self.rows[0]
+        adapter = row.job.adapter if self.mixed else None
+        # the compiled step never runs a peft model (an adapter attached mid-decode sends the
+        # row back); the fused one runs LoRA rows too
+        alone = len(self.rows) == 1 and self.solo.takes(adapter, self.mixed)
+        if self.solo_live and not alone:
             self.cache, self.solo_live = self.solo.export(), False
-        elif len(self.rows) == 1 and not self.solo_live:
-            row = self.rows[0]
-            adapter = row.job.adapter if self.mixed else None
-            # the compiled step never runs a peft model; the fused one runs LoRA rows too
-            if not self.solo.takes(adapter, self.mixed):
-                return
+        elif alone and not self.solo_live:
             left = row.job.params.max_tokens - len(row.tokens)
             if self.solo.fits(self.mask.shape[1] + left):
                 self.solo.load(self.cache, self.mask, self.pos, adapter)
