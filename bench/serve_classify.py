@@ -163,6 +163,8 @@ def start(
             cmd.append("--no-classify-packing")
         if kind.endswith("-static"):  # serve_generate: no continuous batching
             cmd.append("--no-continuous-batching")
+        if kind.endswith("-eager"):  # serve_generate: no fused lone-request step
+            cmd += ["--decode", "eager"]
         env["HONED_SERVE_TORCH_THREADS"] = str(threads)
         ready = "/readyz"
     else:

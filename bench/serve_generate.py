@@ -1,8 +1,10 @@
 """Generation over HTTP (SSE streaming): tokens/s at batch 1 and at concurrency 8, and
 time-to-first-token p50/p99; baseline: plain `model.generate` at batch 1 in this process.
-The server runs twice, one after the other: with continuous batching (the default: requests
-join the running batch between decode steps), and `--no-continuous-batching` (one `generate`
-per micro-batch, which later requests wait for).
+The server runs three times, one after the other: the defaults (continuous batching: requests
+join the running batch between decode steps; a request decoding alone on the fused CPU step),
+`--decode eager` (continuous batching, every step the model's own forward: the default before
+the fused step), and `--no-continuous-batching` (one `generate` per micro-batch, which later
+requests wait for).
 
     .venv/bin/python bench/serve_generate.py [--base packaged:smollm2-135m-instruct]
                                              [--requests 24] [--max-tokens 32]
@@ -115,7 +117,7 @@ def main() -> None:
         )
         plain = plain_generate(base, max(4, args.requests // 4), args.max_tokens, args.threads)
         results = {}
-        for kind in ("honed-gen", "honed-gen-static"):
+        for kind in ("honed-gen", "honed-gen-eager", "honed-gen-static"):
             proc, url = start(kind, base, args.threads, Path(tmp))
             try:
                 b1 = asyncio.run(drive(url, max(4, args.requests // 4), 1, args.max_tokens))
