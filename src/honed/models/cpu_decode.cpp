@@ -20,9 +20,10 @@
 //           LoRA scales (layers, 7) float32 or 0, LoRA ranks (layers, 7) int64 or 0] then per
 //           layer: [attn norm (H), q (Hq*D, H), k (Hkv*D, H), v (Hkv*D, H), o (H, Hq*D),
 //           mlp norm (H), gate (I, H), up (I, H), down (H, I), keys (Hkv, L, D),
-//           values (Hkv, L, D), written length (int64 scalar)] and, for q k v o gate up down
-//           in that order, [LoRA A (r, in), LoRA B (out, r)] (0 where a module has none):
-//           y = W x + scale * B (A x), as peft's LoRA layers compute it (dropout off).
+//           values (Hkv, L, D), written length (int64 scalar)], then for q k v o gate up
+//           down in that order [LoRA A (r, in), LoRA B (out, r)] (0 where a module has
+//           none), then their biases (out) (0 where none, as in Llama; Qwen2 has q/k/v ones):
+//           y = W x + bias + scale * B (A x), as peft's LoRA layers compute it (dropout off).
 //   mask  = (L,) int64, 1 where a cache column is attended (the new column included)
 //   scratch = H + H + Hq*D + 2*Hkv*D + Hq*D + H + I + Hq*L floats
 //   logits  = (V,) floats out
@@ -38,7 +39,8 @@
 namespace {
 
 constexpr int kHeader = 7;
-constexpr int kPerLayer = 12 + 14;
+constexpr int kPerLayer = 12 + 14 + 7;
+constexpr int kBias = 12 + 14;  // a layer's bias pointers start here
 constexpr int kMaxRank = 256;
 enum Module { kQ, kK, kV, kO, kGate, kUp, kDown, kModules };
 
@@ -49,6 +51,7 @@ struct Lora {
   int64_t r[kModules];
   float scale[kModules];
   float* t[kModules];
+  const float* bias[kModules];  // the projections' own biases (not LoRA's), or null
   bool any;
 };
 
@@ -85,6 +88,7 @@ struct Seg {
   const float* w;
   float* y;
   int64_t n;
+  const float* bias = nullptr;
   const float* lora_b = nullptr;
   const float* t = nullptr;
   int64_t r = 0;
@@ -93,6 +97,7 @@ struct Seg {
 
 inline float row_out(const Seg& s, int64_t row, const float* x, int64_t K) {
   float y = dot(s.w + row * K, x, K);
+  if (s.bias != nullptr) y += s.bias[row];
   if (s.lora_b != nullptr) y += s.scale * dot(s.lora_b + row * s.r, s.t, s.r);
   return y;
 }
@@ -118,7 +123,7 @@ void lora_down(const Lora& lo, std::initializer_list<Module> mods, const float* 
 }
 
 Seg seg(const float* w, float* y, int64_t n, const Lora& lo, Module m) {
-  Seg s{w, y, n};
+  Seg s{w, y, n, lo.bias[m]};
   if (lo.a[m] != nullptr) {
     s.lora_b = lo.b[m];
     s.t = lo.t[m];
@@ -261,7 +266,8 @@ void mlp_block(const Dims& d, const uint64_t* p, const Lora& lo, Scratch& s) {
   for (int64_t i = 0; i < d.H; ++i) s.x[i] += s.tmp[i];
 }
 
-// The LoRA terms of layer l (none when the header has no scales or the layer no A/B).
+// The LoRA terms and biases of layer l (no LoRA when the header has no scales or the layer
+// no A/B).
 Lora layer_lora(const uint64_t* ptrs, int64_t l, float (*t)[kMaxRank]) {
   Lora lo{};
   const float* scales = reinterpret_cast<const float*>(ptrs[5]);
@@ -269,6 +275,7 @@ Lora layer_lora(const uint64_t* ptrs, int64_t l, float (*t)[kMaxRank]) {
   const uint64_t* p = ptrs + kHeader + l * kPerLayer + 12;
   for (int m = 0; m < kModules; ++m) {
     lo.t[m] = t[m];
+    lo.bias[m] = reinterpret_cast<const float*>(p[kBias - 12 + m]);
     if (scales == nullptr || p[2 * m] == 0) continue;
     lo.a[m] = reinterpret_cast<const float*>(p[2 * m]);
     lo.b[m] = reinterpret_cast<const float*>(p[2 * m + 1]);

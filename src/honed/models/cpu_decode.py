@@ -1,4 +1,5 @@
-"""The fused CPU decode step: one batch-1 token of a Llama-family decoder in one C++ call.
+"""The fused CPU decode step: one batch-1 token of a Llama-family decoder (Llama, Qwen2) in one
+C++ call.
 
 ``cpu_decode.cpp`` (next to this file; why it is hand-written is said there) is built once per
 machine with the system C++ compiler (about a second) into ``<state>/cache/kernels`` and called
@@ -37,6 +38,9 @@ SOURCE = Path(__file__).with_name("cpu_decode.cpp")
 PREBUILT_DIR = SOURCE.parent
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
 _STATIC_ROPE = {"default", "linear", "llama3"}  # inverse frequencies fixed at load
+# decoders whose layer is Llama's (RMSNorm, rotate-half rotary, GQA attention, SiLU-gated MLP;
+# Qwen2 adds q/k/v biases): what cpu_decode.cpp computes
+_ARCHITECTURES = {"llama", "qwen2"}
 # a decoder layer's projections in the order cpu_decode.cpp reads their LoRA terms
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 MAX_RANK = 256  # cpu_decode.cpp's kMaxRank
@@ -50,12 +54,14 @@ def fused_unsupported(model: Any, batch: int) -> str | None:
         return "batches decode through the compiled step"
     model = _causal_lm(model)
     cfg = model.config
-    if getattr(cfg, "model_type", None) != "llama" or not hasattr(model, "lm_head"):
-        return "not a Llama-family causal LM"
+    if getattr(cfg, "model_type", None) not in _ARCHITECTURES or not hasattr(model, "lm_head"):
+        return f"not a causal LM of {sorted(_ARCHITECTURES)}"
     if model.device.type != "cpu" or model.dtype != torch.float32:
         return "float32 on a CPU only"
-    if cfg.attention_bias or cfg.mlp_bias or cfg.hidden_act != "silu":
-        return "biases or a non-SiLU MLP"
+    if cfg.hidden_act != "silu" or getattr(model.lm_head, "bias", None) is not None:
+        return "a non-SiLU MLP or an LM head bias"
+    if any(kind != "full_attention" for kind in getattr(cfg, "layer_types", None) or []):
+        return "sliding-window layers"
     rope = getattr(model.model.rotary_emb, "rope_type", "default")
     if rope not in _STATIC_ROPE:
         return f"rope type {rope!r} changes with the length"
@@ -200,6 +206,8 @@ class FusedStep:
                 ptrs += [a.data_ptr(), b.data_ptr()] if a is not None else [0, 0]
                 keep += [a, b]
                 lora[-1].append((scale, a.shape[0] if a is not None else 0))
+            biases = [getattr(_base(proj), "bias", None) for proj in projections]
+            ptrs += [0 if bias is None else bias.data_ptr() for bias in biases]
         self._lora_weights = keep  # the pointers' tensors live as long as this binding
         if adapter is not None:
             self.lora_scales = torch.tensor([[s for s, _ in row] for row in lora])
@@ -236,9 +244,13 @@ class FusedStep:
         return logits
 
 
+def _base(module: Any) -> Any:
+    """A projection's own layer, under a peft LoRA layer when one is injected."""
+    return module.get_base_layer() if hasattr(module, "base_layer") else module
+
+
 def _weight(module: Any) -> torch.Tensor:
-    """A projection's own weight, under a peft LoRA layer when one is injected."""
-    return module.get_base_layer().weight if hasattr(module, "base_layer") else module.weight
+    return _base(module).weight
 
 
 def _lora(module: Any, adapter: str | None) -> tuple[Any, Any, float]:
