@@ -105,13 +105,8 @@ def _causal_lm(model: Any) -> Any:
 @functools.cache
 def _library() -> tuple[ctypes.CDLL | None, str | None]:
     """The built library (or None) and why not."""
-    if platform.machine() not in (
-        "x86_64",
-        "AMD64",
-    ) or torch.backends.cpu.get_cpu_capability() not in (
-        "AVX2",
-        "AVX512",
-    ):
+    x86 = platform.machine() in ("x86_64", "AMD64")
+    if not x86 or torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
         return None, "the CPU has no AVX2"
     cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     if cxx is None and not prebuilt().exists():
@@ -120,7 +115,7 @@ def _library() -> tuple[ctypes.CDLL | None, str | None]:
         path = prebuilt() if prebuilt().exists() else _build(cxx)
         lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as exc:
-        log.warning("decode: the fused CPU step did not build (%s); using the compiled step", exc)
+        log.warning("decode: the fused CPU step did not build (%s)", exc)
         return None, f"the fused step did not build: {exc}"
     fn = lib.honed_llama_step
     fn.restype = ctypes.c_int
