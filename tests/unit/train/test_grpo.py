@@ -111,6 +111,18 @@ def test_batch_must_hold_whole_groups(tmp_path: Path) -> None:
     assert kwargs["beta"] == 0.04 and kwargs["eval_strategy"] == "no"
 
 
+def test_grpo_checkpoints_activations_unless_the_spec_says_no(tmp_path: Path) -> None:
+    """Unset, grpo recomputes activations (its backward holds every completion of a step
+    with its prompt: 20.8 -> 10.4 GB RSS on the RLHF example); the spec can turn it off."""
+    spec = case.build_spec(tmp_path)
+    paths, opts = RunPaths(tmp_path / "x"), GrpoOptions(graders=case.default_graders())
+    assert spec.training.gradient_checkpointing is None
+    assert grpo_config_kwargs(spec, paths, opts)["activation_checkpointing"] is True
+    off = spec.training.model_copy(update={"gradient_checkpointing": False})
+    spec = spec.model_copy(update={"training": off})
+    assert grpo_config_kwargs(spec, paths, opts)["activation_checkpointing"] is False
+
+
 def test_grade_and_kl_estimate() -> None:
     grader = build_grader({"kind": "numeric", "field": "n"})
     rows = [{"prompt": [{"role": "user", "content": "x"}], "fields": {"n": i}} for i in (1, 2)]

@@ -169,7 +169,8 @@ def test_trl_configs_raise_no_deprecation_the_user_did_not_cause(tmp_path: Path)
         sft_args = SFTConfig(**sft.sft_config_kwargs(spec, paths))
         dpo_args = DPOConfig(**trl_kwargs(spec, paths))
     assert not [w for w in caught if issubclass(w.category, FutureWarning)]
-    assert sft_args.activation_checkpointing is spec.training.gradient_checkpointing
+    assert spec.training.gradient_checkpointing is None  # unset: sft leaves it off
+    assert sft_args.activation_checkpointing is False
     assert dpo_args.activation_checkpointing is False
 
 

@@ -374,7 +374,8 @@ def grpo_config_kwargs(spec: RunSpec, paths: RunPaths, opts: GrpoOptions) -> dic
         top_p=opts.top_p,
         loss_type=opts.loss_type,
         train_sampling_strategy="random",  # prompts are grouped by TRL's own sampler
-        activation_checkpointing=cfg.gradient_checkpointing,
+        # on unless the spec says otherwise: see TrainingConfig.gradient_checkpointing
+        activation_checkpointing=cfg.gradient_checkpointing is not False,
         log_completions=False,
     )
     if opts.validate_during_training:

@@ -198,7 +198,7 @@ def sft_config_kwargs(spec: RunSpec, paths: RunPaths) -> dict[str, Any]:
         packing_strategy="bfd",  # best-fit decreasing; implies padding-free batches
         completion_only_loss=True,
         # SFTConfig turns it on by default; honed leaves it to the spec (on CPU it only costs).
-        activation_checkpointing=spec.training.gradient_checkpointing,
+        activation_checkpointing=bool(spec.training.gradient_checkpointing),
         dataset_num_proc=None,
         optim=method.optim() if hasattr(method, "optim") else "adamw_torch",
     )
