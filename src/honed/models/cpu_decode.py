@@ -48,8 +48,8 @@ MAX_RANK = 256  # cpu_decode.cpp's kMaxRank
 
 def fused_unsupported(model: Any, batch: int) -> str | None:
     """Why the fused step cannot decode ``batch`` rows of ``model``, or None when it can."""
-    if os.environ.get("HONED_FUSED_DECODE", "1") == "0":
-        return "HONED_FUSED_DECODE=0"
+    if os.environ.get("HONED_FUSED_DECODE", "1").strip().lower() in ("0", "false", "no", "off"):
+        return "HONED_FUSED_DECODE is off"
     if batch != 1:
         return "batches decode through the compiled step"
     model = _causal_lm(model)
@@ -109,14 +109,16 @@ def _library() -> tuple[ctypes.CDLL | None, str | None]:
     if not x86 or torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
         return None, "the CPU has no AVX2"
     cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-    if cxx is None and not prebuilt().exists():
+    ready = prebuilt()
+    if cxx is None and not ready.exists():
         return None, "no C++ compiler found (set CXX) and no prebuilt step"
     try:
-        path = prebuilt() if prebuilt().exists() else _build(cxx)
-        lib = ctypes.CDLL(str(path))
+        lib = ctypes.CDLL(str(ready if ready.exists() else _build(cxx)))
     except (OSError, subprocess.SubprocessError) as exc:
-        log.warning("decode: the fused CPU step did not build (%s)", exc)
-        return None, f"the fused step did not build: {exc}"
+        said = getattr(exc, "stderr", None) or ""  # the compiler's own words, when it ran
+        why = f"{exc}{': ' + said.strip()[-300:] if said.strip() else ''}"
+        log.warning("decode: the fused CPU step did not build (%s)", why)
+        return None, f"the fused step did not build: {why}"
     fn = lib.honed_llama_step
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p, ctypes.c_double, ctypes.c_void_p, ctypes.c_int64]

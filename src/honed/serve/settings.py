@@ -173,7 +173,7 @@ class ServeSettings(BaseSettings):
         "static KV cache (512 tokens) and a one-token step (honed.models.fast_decode): the "
         "fused C++ step (honed.models.cpu_decode; base or LoRA rows) for a float32 "
         "Llama or Qwen2 model on an AVX2 "
-        "CPU (SmolLM2-135M in the server on 2 quiet cores: 24-28 tokens/s, ~2.6x eager; "
+        "CPU (SmolLM2-135M in the server on 2 quiet cores: 24-33 tokens/s, ~2.6x eager; "
         "built once in about a second), else a torch.compile'd step compiled during warm-up "
         "(16-94 s quiet; /readyz waits for it); when requests join, the batch goes on "
         "eagerly. Greedy outputs equal the eager path's. 'eager': the model's own forward "

@@ -245,8 +245,9 @@ class GenerativeModel:
 
     def _generate(self, rows: list[Row]) -> None:
         adapters = {r.job.adapter for r in rows}
-        if len(rows) == 1 and self.solo is not None and (self.solo.fused or not self.peft):
-            self._decode_alone(rows[0])
+        adapter = rows[0].job.adapter if self.peft else None
+        if len(rows) == 1 and self.solo is not None and self.solo.takes(adapter, self.peft):
+            self._decode_alone(rows[0])  # else a DoRA row, say, keeps set_adapter's path
         elif not self.peft:
             run_batch(self.model, self.tokenizer, rows, self.device, mixed=False)
         elif len(adapters) > 1:
@@ -259,7 +260,7 @@ class GenerativeModel:
             run_batch(self.model, self.tokenizer, rows, self.device, mixed=False)
 
     def _decode_alone(self, row: Row) -> None:
-        """One row on the static compiled path (a running batch that nobody joins)."""
+        """One row on the static path (a running batch that nobody joins)."""
         batch = RunningBatch(self.model, self.tokenizer, self.device, self.peft, self.solo)
         batch.admit([row])
         batch.evict()
