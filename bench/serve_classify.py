@@ -9,12 +9,15 @@ Financial PhraseBank sentences (real length spread, so padding costs what it cos
 All servers run as subprocesses, one at a time. Two DIY servers: `diy-serial` answers one
 request at a time (the issue's wording; torch on every core), `diy-pool` runs requests on
 FastAPI's thread pool (the strongest DIY set-up; one torch thread each). honed runs
-five ways, all with packed (padding-free) passes unless named `-padded`: float32 weights
+six ways, all with packed (padding-free) passes unless named `-padded`: float32 weights
 (exactly the evaluated model), `--dtype bfloat16`, `--classify-quantization int8` with batch
-threads, int8 with `--classify-processes` (worker processes), and the same with
-`--no-classify-packing`, which shows what packing adds in the same round. After the rounds,
+threads, int8 with `--classify-processes` (worker processes), the same with
+`--no-classify-packing`, which shows what packing adds in the same round, and the same with
+`HONED_ENCODER_KERNELS=off` (`-torch`: torch's int8 Linear and attention instead of honed's
+kernels, honed.models.cpu_encoder, which int8 uses on CPUs without VNNI). After the rounds,
 each way's label agreement with float32 padded passes over every PhraseBank sentence
-(through the server's loader and engine). Every server runs once per round; ratios are taken
+(through the server's loader and engine; honed's kernels where they run, and torch's int8
+Linear as "int8 packed, torch"). Every server runs once per round; ratios are taken
 within a round and the median over rounds is reported (the VM's speed drifts between rounds).
 The load generator is aiohttp (0.2 ms CPU per request, against 1.6 ms for httpx): it shares
 the two cores with the server under test, so a heavy client would cap the faster server more
@@ -49,7 +52,15 @@ def sentences() -> list[str]:
 
 TEXTS = sentences()
 DIY = ("diy-serial", "diy-pool")
-KINDS = (*DIY, "honed", "honed-bf16", "honed-int8", "honed-int8-procs", "honed-int8-procs-padded")
+KINDS = (
+    *DIY,
+    "honed",
+    "honed-bf16",
+    "honed-int8",
+    "honed-int8-procs",
+    "honed-int8-procs-padded",
+    "honed-int8-procs-torch",
+)
 
 
 def _free_port() -> int:
@@ -165,6 +176,8 @@ def start(
             cmd.append("--no-continuous-batching")
         if kind.endswith("-eager"):  # serve_generate: no fused lone-request step
             cmd += ["--decode", "eager"]
+        if kind.endswith("-torch"):  # torch's int8 Linear and attention, not honed's kernels
+            env["HONED_ENCODER_KERNELS"] = "off"
         env["HONED_SERVE_TORCH_THREADS"] = str(threads)
         ready = "/readyz"
     else:
@@ -253,19 +266,22 @@ def label_agreement(model: Path) -> dict[str, float]:
     from honed.serve.settings import ServeSettings
 
     ref = parse_entry(f"clf={model}")
-    ways = {  # name: (dtype, quantization, packing)
-        "float32": (torch.float32, "none", False),
-        "float32 packed": (torch.float32, "none", True),
-        "bf16 packed": (torch.bfloat16, "none", True),
-        "int8 padded": (torch.float32, "int8", False),
-        "int8 packed": (torch.float32, "int8", True),
+    ways = {  # name: (dtype, quantization, packing, HONED_ENCODER_KERNELS)
+        "float32": (torch.float32, "none", False, "auto"),
+        "float32 packed": (torch.float32, "none", True, "auto"),
+        "bf16 packed": (torch.bfloat16, "none", True, "auto"),
+        "int8 padded": (torch.float32, "int8", False, "auto"),
+        "int8 packed": (torch.float32, "int8", True, "auto"),
+        "int8 packed, torch": (torch.float32, "int8", True, "off"),
     }
     labels = {}
-    for name, (dtype, quantization, packing) in ways.items():
+    for name, (dtype, quantization, packing, kernels) in ways.items():
+        os.environ["HONED_ENCODER_KERNELS"] = kernels
         parts = load_classifier(ref, "cpu", dtype, quantization, packing)
         clf = ClassifierModel("clf", *parts, settings=ServeSettings(max_batch_size=32))
         batches = [TEXTS[i : i + 32] for i in range(0, len(TEXTS), 32)]
         labels[name] = [r["label"] for b in batches for r in clf.classify(b)[0]]
+    os.environ.pop("HONED_ENCODER_KERNELS")
     want = labels.pop("float32")
     return {k: sum(map(str.__eq__, want, v)) / len(want) for k, v in labels.items()}
 

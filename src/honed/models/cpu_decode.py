@@ -4,7 +4,7 @@ C++ call.
 ``cpu_decode.cpp`` (next to this file; why it is hand-written is said there) is built once per
 machine with the system C++ compiler (about a second) into ``<state>/cache/kernels`` and called
 through ctypes; an image without a compiler ships it prebuilt next to this file
-(``python -m honed.models.cpu_decode``, as deploy/Dockerfile's build stage does).
+(``honed.models.native`` builds and loads it).
 ``StaticDecoder`` (``fast_decode``) uses it for its batch-1 steps when ``fused_unsupported``
 finds nothing against it: the prompt still goes through the model's own eager forward into the
 ``StaticCache``, and this step reads that cache's buffers and the model's own parameters in
@@ -20,23 +20,16 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import logging
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-log = logging.getLogger("honed.serve")
+from honed.models import native
 
 SOURCE = Path(__file__).with_name("cpu_decode.cpp")
 PREBUILT_DIR = SOURCE.parent
-FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
 _STATIC_ROPE = {"default", "linear", "llama3"}  # inverse frequencies fixed at load
 # decoders whose layer is Llama's (RMSNorm, rotate-half rotary, GQA attention, SiLU-gated MLP;
 # Qwen2 adds q/k/v biases): what cpu_decode.cpp computes
@@ -105,20 +98,9 @@ def _causal_lm(model: Any) -> Any:
 @functools.cache
 def _library() -> tuple[ctypes.CDLL | None, str | None]:
     """The built library (or None) and why not."""
-    x86 = platform.machine() in ("x86_64", "AMD64")
-    if not x86 or torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
-        return None, "the CPU has no AVX2"
-    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-    ready = prebuilt()
-    if cxx is None and not ready.exists():
-        return None, "no C++ compiler found (set CXX) and no prebuilt step"
-    try:
-        lib = ctypes.CDLL(str(ready if ready.exists() else _build(cxx)))
-    except (OSError, subprocess.SubprocessError) as exc:
-        said = getattr(exc, "stderr", None) or ""  # the compiler's own words, when it ran
-        why = f"{exc}{': ' + said.strip()[-300:] if said.strip() else ''}"
-        log.warning("decode: the fused CPU step did not build (%s)", why)
-        return None, f"the fused step did not build: {why}"
+    lib, why = native.load(SOURCE, PREBUILT_DIR, "the fused step")
+    if lib is None:
+        return None, why
     fn = lib.honed_llama_step
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p, ctypes.c_double, ctypes.c_void_p, ctypes.c_int64]
@@ -126,33 +108,9 @@ def _library() -> tuple[ctypes.CDLL | None, str | None]:
     return lib, None
 
 
-def _key(*parts: str) -> str:
-    return hashlib.sha256(SOURCE.read_bytes() + " ".join([*FLAGS, *parts]).encode()).hexdigest()
-
-
 def prebuilt(folder: Path | None = None) -> Path:
     """Where a build made ahead of time for this source lives (default: next to it)."""
-    return (folder or PREBUILT_DIR) / f"cpu_decode-{_key()[:16]}.so"
-
-
-def _build(cxx: str, out: Path | None = None) -> Path:
-    """Compile the source once per (source, compiler, flags) into the state cache (or ``out``);
-    later processes load the file."""
-    if out is None:
-        version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True)
-        from honed.state import cache_dir
-
-        out = cache_dir("kernels") / f"cpu_decode-{_key(version.stdout)[:16]}.so"
-    if out.exists():
-        return out
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        built = Path(tmp) / out.name
-        subprocess.run(
-            [cxx, *FLAGS, str(SOURCE), "-o", str(built)], capture_output=True, text=True, check=True
-        )
-        os.replace(built, out)  # atomic: a concurrent build writes the same bytes
-    log.info("decode: built the fused CPU step into %s", out)
-    return out
+    return native.prebuilt(SOURCE, folder or PREBUILT_DIR)
 
 
 class FusedStep:
@@ -259,18 +217,9 @@ def _lora(module: Any, adapter: str | None) -> tuple[Any, Any, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m honed.models.cpu_decode [FOLDER]``: build the step ahead of time (default:
-    into the installed package, where an image without a compiler finds it)."""
-    import argparse
-
-    p = argparse.ArgumentParser(description=main.__doc__)
-    p.add_argument("folder", nargs="?", type=Path, default=PREBUILT_DIR)
-    folder = p.parse_args(argv).folder
-    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-    if cxx is None:
-        raise SystemExit("honed.models.cpu_decode: no C++ compiler found (set CXX)")
-    folder.mkdir(parents=True, exist_ok=True)
-    print(_build(cxx, prebuilt(folder)))
+    """``python -m honed.models.cpu_decode [FOLDER]``: ``honed.models.native``'s build of every
+    kernel ahead of time (the name deploy/Dockerfile used first)."""
+    native.main(argv)
 
 
 if __name__ == "__main__":

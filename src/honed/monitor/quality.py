@@ -99,7 +99,7 @@ def redact_pii(text: str) -> str:
 def pii_redactor(ner_model: Path | None = None) -> Callable[[str], str]:
     """The request log's redaction hook: the structured types and, with ``ner_model`` (a
     honed ``ner`` run folder), names, street addresses and places. The detector (and model)
-    loads at the first text, in the log's writer thread, not on the request path."""
+    loads at the first text (the server calls it once at start), in the caller's thread."""
     if ner_model is None:
         return redact_pii
     from honed.security.pii import PiiDetector

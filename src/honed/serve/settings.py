@@ -210,9 +210,11 @@ class ServeSettings(BaseSettings):
     classify_max_length: int = Field(512, ge=1, description="Truncate classified texts (tokens).")
     classify_quantization: Literal["none", "int8"] = Field(
         "none",
-        description="'int8': dynamic int8 quantization of classifier encoders (CPU, float32 "
-        "weights): ~1.5x bf16 and ~2.7x float32 throughput per core with VNNI; labels agree "
-        "with float32 on ~99.5% of PhraseBank sentences. 'none' serves the evaluated weights.",
+        description="'int8': int8 classifier encoders (CPU, float32 weights). On CPUs without "
+        "VNNI honed's kernel (7-bit weights per channel, activations per token; 1.35-2x "
+        "torch's int8 Linear, every PhraseBank label equal to float32); with VNNI torch's "
+        "dynamic int8 (~1.5x bf16, ~2.7x float32 per core; ~99.5% equal labels). "
+        "HONED_ENCODER_KERNELS=off keeps torch's. 'none' serves the evaluated weights.",
     )
     classify_packing: bool = Field(
         True,

@@ -72,6 +72,44 @@ def test_text_without_digits_or_at_sign_is_not_analyzed(monkeypatch) -> None:
     assert find_pii("") == []
 
 
+GATE_TEXTS = [
+    "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn in the corresponding period in 2007 .",
+    "the number of K shares will be 9 540 000 and of A shares 26 885 540 .",
+    "A replay will be available until 27 October 2006 : US callers : +1 617 801 6888 .",
+    "contact Maija-Liisa Friman , CEO , tel. +358 9 7597 0711 .",
+    "rosendal at outotec.com tel. +358 20 529 2004 , +358 400 817198 e-mail eila .",
+    "Mail a@b.co or call 212-555-0199 from 10.0.0.1",
+    "card 4111 1111 1111 1111 please, not 4111 1111 1111 1112",
+    "IBAN GB59IFUE40226315499137 please; SSN 460-89-9847; host 2001:db8::8a2e:370:7334",
+    "655 437 108 office",
+    "5 534 530 tonnes",
+]
+
+
+@pytest.mark.parametrize("text", GATE_TEXTS)
+def test_the_gate_never_changes_what_presidio_finds(text: str) -> None:
+    """find_pii skips Presidio when no recognizer's pattern match survives its own checks:
+    the spans are those of the analyzer run on every text."""
+    from honed.security import pii
+
+    everything = pii._spans(pii.analyzer(), text, pii.STRUCTURED, 0.5)
+    assert find_pii(text) == everything
+
+
+def test_numbers_without_a_candidate_skip_the_analyzer(monkeypatch) -> None:
+    from honed.security import pii
+
+    pii.analyzer()  # built (and the gate compiled) before the analyzer is made to fail
+
+    def fail(*args, **kwargs):
+        raise AssertionError("Presidio ran on a text no recognizer could report")
+
+    monkeypatch.setattr(pii, "_spans", fail)
+    assert find_pii("Net sales rose 12.5 % to EUR 131.6 mn in 2007 .") == []
+    with pytest.raises(AssertionError, match="Presidio ran"):
+        find_pii("call 212-555-0199 now")
+
+
 class _FakeTagger:
     """Stands in for a trained honed ner model: tags 'Maria Rossi' and 'Milan'."""
 

@@ -36,3 +36,36 @@ def test_request_log_can_be_turned_off(tiny):
         return app.state.request_logger
 
     assert run_app(settings, check) is None
+
+
+def test_the_redaction_is_built_at_start_not_under_traffic(tiny, tmp_path, monkeypatch):
+    """Presidio (and a NER model) take seconds to build: the server builds the log's redactor
+    before it is ready, so the writer thread does not take that CPU from the first requests."""
+    from honed.monitor import quality
+
+    seen: list[str] = []
+
+    def redactor(ner_model=None):
+        def redact(text: str) -> str:
+            seen.append(text)
+            return text
+
+        return redact
+
+    monkeypatch.setattr(quality, "pii_redactor", redactor)
+    settings = settings_for(tiny, request_log_url=f"sqlite:///{tmp_path / 'r.db'}")
+
+    async def before_any_request(client, app):
+        return list(seen)
+
+    warmed = run_app(settings, before_any_request)
+    assert len(warmed) == 1 and "212-555-0199" in warmed[0]
+
+
+def test_guard_warm_up_builds_the_pii_analyzer():
+    from honed.security import pii
+    from honed.serve.http.guards import warm
+
+    pii._gate.cache_clear()
+    warm(pii.find_pii, pii.STRUCTURED, 0.5)
+    assert pii._gate.cache_info().currsize == 1  # built with the analyzer, not at a request

@@ -61,11 +61,17 @@ def packed_attention(
     import torch.nn.functional as F
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    from honed.models import cpu_encoder
+
     lengths = kwargs.pop(LENGTHS_KWARG, None)
     if lengths is None:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
+    # honed's kernel: every text in one call (~150 us a text a layer saved on MiniLM)
+    out = cpu_encoder.attention(query, key, value, lengths, scaling)
+    if out is not None:
+        return out, None
     parts = zip(
         query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2), strict=True
     )
