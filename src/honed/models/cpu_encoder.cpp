@@ -8,8 +8,8 @@
 // summed into int16) then vpmaddwd (int16 pairs into int32): with activations and weights both
 // kept to 7 bits (|u * w| <= 127 * 63), two vpmaddubsw results add in int16 without overflow
 // before one vpmaddwd, so eight k steps cost three multiply-port instructions instead of four.
-// That, and a 4 x 16 register tile, runs these shapes at ~130-190 GOP/s a core, 1.35-2x fbgemm
-// (bench/serve_classify.py and docs/benchmarks.md). Quantization is finer than torch's too:
+// That, a 4 x 16 register tile and L2-sized row blocks run these shapes at ~130-190 GOP/s a
+// core, 1.2-1.8x fbgemm (docs/benchmarks.md, /v1/classify). Quantization is finer than torch's:
 // per token (asymmetric, 7 bits) for activations, per output channel (symmetric, 7 bits) for
 // weights, against one scale per tensor: the output error measured ~0.016 against ~0.021
 // relative to float32.

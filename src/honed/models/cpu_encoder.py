@@ -3,7 +3,7 @@ attention for packed passes (why they are hand-written, and their layouts, is sa
 
 - ``Int8Linear`` replaces a float32 ``nn.Linear`` for inference: weights per output channel
   and activations per token, 7 bits each, int32 accumulation, float32 out. ``quantize_int8``
-  (``honed.models.quantize``) uses it on CPUs without VNNI, where it runs 1.35-2x torch's
+  (``honed.models.quantize``) uses it on CPUs without VNNI, where it runs 1.2-1.8x torch's
   dynamic int8 Linear; on CPUs with VNNI (AVX512-VNNI, AVX-VNNI) torch's fbgemm kernels use
   the instruction this kernel does without, so they stay.
 - ``attention`` runs a packed pass's attention (``honed.serve.engine.packing``) in one call

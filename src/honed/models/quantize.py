@@ -67,7 +67,7 @@ def quantize_int8(model: Any, device: str = "cpu", dtype: Any = None) -> Any:
     stays float32 so scores keep their calibration.
 
     On CPUs without VNNI, honed's own kernel (``honed.models.cpu_encoder.Int8Linear``: 7-bit
-    weights per output channel, activations per token; 1.35-2x torch's int8 Linear there);
+    weights per output channel, activations per token; 1.2-1.8x torch's int8 Linear there);
     elsewhere, and for any layer it does not fit, torch's dynamic quantization (weights int8
     per tensor, activations per batch).
 

@@ -211,7 +211,7 @@ class ServeSettings(BaseSettings):
     classify_quantization: Literal["none", "int8"] = Field(
         "none",
         description="'int8': int8 classifier encoders (CPU, float32 weights). On CPUs without "
-        "VNNI honed's kernel (7-bit weights per channel, activations per token; 1.35-2x "
+        "VNNI honed's kernel (7-bit weights per channel, activations per token; 1.2-1.8x "
         "torch's int8 Linear, every PhraseBank label equal to float32); with VNNI torch's "
         "dynamic int8 (~1.5x bf16, ~2.7x float32 per core; ~99.5% equal labels). "
         "HONED_ENCODER_KERNELS=off keeps torch's. 'none' serves the evaluated weights.",
