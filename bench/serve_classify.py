@@ -275,13 +275,17 @@ def label_agreement(model: Path) -> dict[str, float]:
         "int8 packed, torch": (torch.float32, "int8", True, "off"),
     }
     labels = {}
+    before = os.environ.get("HONED_ENCODER_KERNELS")
     for name, (dtype, quantization, packing, kernels) in ways.items():
         os.environ["HONED_ENCODER_KERNELS"] = kernels
         parts = load_classifier(ref, "cpu", dtype, quantization, packing)
         clf = ClassifierModel("clf", *parts, settings=ServeSettings(max_batch_size=32))
         batches = [TEXTS[i : i + 32] for i in range(0, len(TEXTS), 32)]
         labels[name] = [r["label"] for b in batches for r in clf.classify(b)[0]]
-    os.environ.pop("HONED_ENCODER_KERNELS")
+    if before is None:
+        os.environ.pop("HONED_ENCODER_KERNELS")
+    else:
+        os.environ["HONED_ENCODER_KERNELS"] = before
     want = labels.pop("float32")
     return {k: sum(map(str.__eq__, want, v)) / len(want) for k, v in labels.items()}
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,7 @@ MAX_RANK = 256  # cpu_decode.cpp's kMaxRank
 
 def fused_unsupported(model: Any, batch: int) -> str | None:
     """Why the fused step cannot decode ``batch`` rows of ``model``, or None when it can."""
-    if os.environ.get("HONED_FUSED_DECODE", "1").strip().lower() in ("0", "false", "no", "off"):
+    if native.switch("HONED_FUSED_DECODE") == "off":
         return "HONED_FUSED_DECODE is off"
     if batch != 1:
         return "batches decode through the compiled step"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -28,14 +27,12 @@ from honed.models import native
 
 SOURCE = Path(__file__).with_name("cpu_encoder.cpp")
 PREBUILT_DIR = SOURCE.parent
-_OFF = ("0", "false", "no", "off")
 _BLOCK = 16  # output channels per packed block (cpu_encoder.cpp's kBlock)
 MAX_HEAD_DIM = 256  # cpu_encoder.cpp's kMaxHeadDim
 
 
 def _mode() -> str:
-    value = os.environ.get("HONED_ENCODER_KERNELS", "auto").strip().lower()
-    return "off" if value in _OFF else "on" if value in ("1", "on", "true", "yes") else "auto"
+    return native.switch("HONED_ENCODER_KERNELS")
 
 
 @functools.cache

@@ -32,6 +32,26 @@ SOURCES = ("cpu_decode.cpp", "cpu_encoder.cpp")
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
 
 
+_OFF = ("0", "false", "no", "off")
+_ON = ("1", "true", "yes", "on")
+_WARNED: set[str] = set()
+
+
+def switch(name: str) -> str:
+    """An on/off environment switch of the kernels: "off" (0/false/no/off), "on"
+    (1/true/yes/on) or "auto" (unset, empty or "auto"). Any other value is read as "auto" and
+    named in a warning once, so a typo does not pass silently."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in _OFF:
+        return "off"
+    if value in _ON:
+        return "on"
+    if value not in ("", "auto") and name not in _WARNED:
+        _WARNED.add(name)
+        log.warning("%s=%r is not one of auto, 0/false/no/off, 1/true/yes/on: auto", name, value)
+    return "auto"
+
+
 def compiler() -> str | None:
     return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
 

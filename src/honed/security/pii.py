@@ -191,7 +191,13 @@ def _recognizer_classes() -> tuple[type, type]:
 
         def analyze(self, text: str, entities: list[str], *args: Any, **kwargs: Any) -> Any:
             found = super().analyze(text, entities, *args, **kwargs)
-            return [r for r in found if not _needs_context(text, r.start, r.end)]
+            return [r for r in found if self.keeps(text, r.start, r.end)]
+
+        @staticmethod
+        def keeps(text: str, start: int, end: int) -> bool:
+            """A match ``analyze`` keeps after the pattern checks (PII detection's gate asks
+            every recognizer that has this method)."""
+            return not _needs_context(text, start, end)
 
     class HonedCardRecognizer(PatternRecognizer):
         def validate_result(self, pattern_text: str) -> bool:
@@ -312,7 +318,7 @@ def _candidate(text: str, entities: tuple[str, ...]) -> bool:
 
 
 def _passes(recognizer: Any, text: str, compiled: list[Any], own_checks: bool) -> bool:
-    phone_cls, _ = _recognizer_classes()
+    keeps = getattr(recognizer, "keeps", None)  # a rule its analyze adds (honed's phones)
     for pattern in compiled:
         for match in pattern.finditer(text):
             start, end = match.span()
@@ -323,7 +329,7 @@ def _passes(recognizer: Any, text: str, compiled: list[Any], own_checks: bool) -
                 return True
             if recognizer.validate_result(found) is False or recognizer.invalidate_result(found):
                 continue
-            if isinstance(recognizer, phone_cls) and _needs_context(text, start, end):
+            if keeps is not None and not keeps(text, start, end):
                 continue
             return True
     return False
@@ -347,6 +353,7 @@ def _gate(entities: tuple[str, ...]) -> tuple[tuple[Any, list[Any], bool], ...] 
             continue  # it reports spaCy's entities, and the blank pipeline has none
         if not isinstance(rec, PatternRecognizer):
             return None
+        # base analyze, or one that only filters it through ``keeps`` (honed's phones)
         own = type(rec).analyze is PatternRecognizer.analyze or isinstance(rec, phone_cls)
         flags = rec.global_regex_flags
         gate.append((rec, [regex.compile(p.regex, flags=flags) for p in rec.patterns], own))

@@ -143,3 +143,14 @@ def test_every_kernel_builds_ahead_of_time(tmp_path):
     native.main([str(tmp_path)])
     for name in native.SOURCES:
         assert native.prebuilt(native.FOLDER / name, tmp_path).exists()
+
+
+def test_a_switch_value_it_does_not_know_is_auto_and_named(monkeypatch, caplog):
+    monkeypatch.setattr(native, "_WARNED", set())
+    for value, want in [("off", "off"), (" No ", "off"), ("1", "on"), ("", "auto")]:
+        monkeypatch.setenv("HONED_ENCODER_KERNELS", value)
+        assert native.switch("HONED_ENCODER_KERNELS") == want
+    monkeypatch.setenv("HONED_ENCODER_KERNELS", "of")  # a typo
+    with caplog.at_level("WARNING", logger="honed.serve"):
+        assert native.switch("HONED_ENCODER_KERNELS") == "auto"
+    assert "HONED_ENCODER_KERNELS='of'" in caplog.text
